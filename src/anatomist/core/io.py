@@ -1,0 +1,81 @@
+"""Files users can trust: safetensors for tensors, JSON for metadata, every write atomic.
+
+An atomic write goes to a temporary file in the same folder and is renamed over the target,
+so a crash leaves either the old file or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from anatomist.core.errors import AnatomistError
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def save_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def load_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AnatomistError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise AnatomistError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Save tensors as safetensors, atomically. Tensors are made contiguous and moved to CPU."""
+    # clone: safetensors refuses tensors that share storage (tied weights, views)
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
+
+
+def load_tensors(
+    path: str | Path, device: str | torch.device = "cpu", required: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupted file, or a missing key, names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnatomistError(f"{path}: file not found")
+    try:
+        out = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AnatomistError(f"{path}: corrupted or truncated safetensors file ({e})") from None
+    missing = [k for k in (required or []) if k not in out]
+    if missing:
+        raise AnatomistError(f"{path}: missing tensor key(s) {missing}; found {sorted(out)}")
+    return out
