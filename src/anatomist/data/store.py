@@ -91,7 +91,7 @@ def model_fingerprint(model: nn.Module) -> str:
     return _fingerprint(*parts)[:16]
 
 
-def _generator(seed: int, *keys: int) -> torch.Generator:
+def seeded_generator(seed: int, *keys: int) -> torch.Generator:
     digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
@@ -297,12 +297,12 @@ class ActivationStore:
         while True:
             pos = self._pos
             fresh = pos["block"] == 0 and pos["batch"] == 0
-            order = torch.randperm(self.n_blocks, generator=_generator(self.seed, pos["epoch"]))
+            order = torch.randperm(self.n_blocks, generator=seeded_generator(self.seed, pos["epoch"]))
             any_batch = False
             while pos["block"] < self.n_blocks:
                 window, next_block = self._window(order, pos["block"])
                 n = next(iter(window.values())).shape[0]
-                perm = torch.randperm(n, generator=_generator(self.seed, pos["epoch"], pos["window"]))
+                perm = torch.randperm(n, generator=seeded_generator(self.seed, pos["epoch"], pos["window"]))
                 for b in range(pos["batch"], n // self.batch_size):
                     idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
                     batch = {s: w[idx].to(self.device, torch.float32) for s, w in window.items()}
