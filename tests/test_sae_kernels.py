@@ -83,3 +83,22 @@ def test_dead_topk_code_only_uses_dead_latents() -> None:
     assert code is not None
     assert set(code.cols.tolist()) <= {3, 7, 11}
     assert code.cols.numel() == 10 * 3  # k clipped to the number of dead latents
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_reused_buffers_give_fresh_activations_each_step(arch: str) -> None:
+    """The pre-activation and dense-activation buffers are reused across steps: no stale latent survives."""
+    torch.manual_seed(4)
+    sae = make_sae(SAEConfig(arch=arch, d_in=8, d_sae=40, k=3))
+    for step in range(3):
+        x = torch.randn(16, 8) * (step + 1)
+        acts = sae.train_forward(x).acts
+        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        if arch == "topk":
+            top = pre.topk(3, dim=-1)
+            expected = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        else:
+            code = batch_topk_code(pre.detach(), 3)
+            expected = torch.zeros_like(pre).index_put((code.rows, code.cols), code.pre.relu())
+        torch.testing.assert_close(acts, expected.detach())
+    assert sae.train_forward(torch.randn(5, 8)).acts.shape == (5, 40)  # a new batch size gets a new buffer

@@ -2,6 +2,7 @@
 
 from anatomist.features.archs import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TiedReLUSAE, TopKSAE
 from anatomist.features.base import SAE_REGISTRY, SAEConfig, SparseDictionary, TrainOutput, make_sae
+from anatomist.features.formats import detect_format, load_sae, save_sae
 
 __all__ = [
     "SAE_REGISTRY",
@@ -13,5 +14,8 @@ __all__ = [
     "TiedReLUSAE",
     "TopKSAE",
     "TrainOutput",
+    "detect_format",
+    "load_sae",
     "make_sae",
+    "save_sae",
 ]

@@ -64,7 +64,17 @@ class TiedReLUSAE(ReLUSAE):
 
 
 class _SparseCodeSAE(SparseDictionary):
-    """TopK-style dictionaries: a selection rule picks active pairs; training can use the sparse kernel."""
+    """TopK-style dictionaries: a selection rule picks active pairs; training can use the sparse kernel.
+
+    Training reuses two [batch, d_sae] buffers across steps (pre-activations, dense activations): a fresh
+    64 MB tensor per step costs page faults comparable to the top-k itself. So `TrainOutput.acts` of these
+    architectures is valid until the next `train_forward` call; clone it to keep it longer.
+    """
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self._workspace: dict[str, Tensor] = {}
+        self._last_pairs: tuple[Tensor, Tensor] | None = None  # where the acts buffer is non-zero
 
     def select(self, pre: Tensor) -> SparseCode:
         raise NotImplementedError
@@ -72,14 +82,38 @@ class _SparseCodeSAE(SparseDictionary):
     def train_forward(self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None) -> TrainOutput:
         target = self._target(x, target)
         with torch.no_grad():
-            pre = self.pre_acts(x)  # [batch, d_sae], no graph: gradients go through the chosen pairs only
+            pre = self._train_pre_acts(x)  # [batch, d_sae], no graph: gradients go through the chosen pairs only
         code = self.select(pre)
         recon = self._decode_code(x, code) + self.b_dec  # [batch, d_out]
-        acts = code.dense(self.cfg.d_sae)
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[code.cols[code.pre > 0]] = True
         aux = self._auxk(x, pre, target, recon, dead_mask)
-        return TrainOutput(recon, acts, fired, recon.new_zeros(()), aux)
+        return TrainOutput(recon, self._dense_acts(code), fired, recon.new_zeros(()), aux)
+
+    def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, bool]:
+        buf = self._workspace.get(name)
+        fresh = buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device
+        if fresh:
+            buf = self._workspace[name] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        assert buf is not None
+        return buf, fresh
+
+    def _train_pre_acts(self, x: Tensor) -> Tensor:
+        if self.cfg.autocast_bf16 or x.dim() != 2 or x.dtype != self.W_enc.dtype:
+            return self.pre_acts(x)
+        self._check_width(x, self.cfg.d_in, "input")
+        x_in = x - self.b_dec if self.cfg.centers_input else x
+        buf, _ = self._buffer("pre", (x.shape[0], self.cfg.d_sae), x_in)
+        return torch.addmm(self.b_enc, x_in, self.W_enc, out=buf)
+
+    @torch.no_grad()
+    def _dense_acts(self, code: SparseCode) -> Tensor:
+        buf, fresh = self._buffer("acts", (code.offsets.shape[0], self.cfg.d_sae), code.pre)
+        if not fresh and self._last_pairs is not None:
+            buf[self._last_pairs] = 0  # clear the previous step's pairs only
+        buf[code.rows, code.cols] = code.pre.relu()
+        self._last_pairs = (code.rows, code.cols)
+        return buf
 
     def _decode_code(self, x: Tensor, code: SparseCode) -> Tensor:
         """sum over active pairs of relu(pre) * W_dec[col]: sparse kernel, or dense autograd (reference)."""
@@ -220,6 +254,6 @@ class JumpReLUSAE(SparseDictionary):
 
     def _set_weights(self, w: dict[str, Tensor]) -> None:
         super()._set_weights(w)
-        if not torch.all(w["threshold"] > 0):
-            raise AnatomistError("jumprelu weights: every 'threshold' must be positive")
-        self.log_threshold.copy_(w["threshold"].log())
+        if not torch.all(w["threshold"] >= 0):
+            raise AnatomistError("jumprelu weights: 'threshold' must not be negative")
+        self.log_threshold.copy_(w["threshold"].log())  # a zero threshold becomes -inf: a plain ReLU

@@ -111,7 +111,8 @@ class TrainOutput(NamedTuple):
     """What one training forward gives the loop (see the module docstring for the loss contract)."""
 
     recon: Tensor  # [batch, d_out] reconstruction (SAE) or prediction (transcoder)
-    acts: Tensor  # [batch, d_sae] latent activations, dense (detached for topk/batchtopk: no penalty uses them)
+    acts: Tensor  # [batch, d_sae] latent activations, dense; topk/batchtopk: detached (no penalty uses them)
+    #               and a buffer reused by the next train_forward call (clone to keep it)
     fired: Tensor  # [d_sae] bool: the latent was active for at least one input of the batch
     sparsity_loss: Tensor  # scalar: L1 (relu), L0 (jumprelu), 0 (topk/batchtopk); already scaled
     aux_loss: Tensor  # scalar: AuxK (topk/batchtopk, needs dead_mask), 0 otherwise; already scaled
@@ -156,6 +157,7 @@ class SparseDictionary(nn.Module):
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
+        self.metadata: dict[str, Any] = {}  # model_name, site, provenance... (kept by save_sae / load_sae)
         dt = cfg.torch_dtype
         d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.out_dim
         # Gao et al.: random unit decoder rows, encoder initialised to the decoder's transpose (SAE case).

@@ -5,19 +5,20 @@ latents are picked without building a graph. Everything after that touches only 
 (row, latent) pairs:
 
     forward   recon[b]  = sum_n relu(pre_n) * W_dec[col_n]              (embedding_bag over the rows' latents)
-    backward  g_act[n]  = <grad_recon[row_n], W_dec[col_n]>              (gathered dot products)
+    backward  g_act[n]  = <grad_recon[row_n], W_dec[col_n]>         (SDDMM: a dense product sampled at the pairs)
               g_pre[n]  = g_act[n] * 1[pre_n > 0]
-              dW_dec[i] = sum_{n: col_n = i} relu(pre_n) * grad_recon[row_n]   (embedding_bag, bags = latents)
+              dW_dec[i] = sum_{n: col_n = i} relu(pre_n) * grad_recon[row_n]   (COO sparse @ dense)
               dW_enc[:, i] = sum_{n: col_n = i} g_pre[n] * x_in[row_n]         (same, over the encoder input)
               db_enc[i] = sum_{n: col_n = i} g_pre[n];  d b_in = -W_enc @ db_enc  (x_in = x - b_in)
 
-so the dense [batch, d_sae] @ [d_sae, d] products of autograd (three of them: decoder, dW_enc, dx) become
-gathers and embedding_bags of nnz rows. Both embedding_bags group the pairs by latent, so the pairs are sorted
-by latent once per backward. The code is device-agnostic (the same ops run on CUDA).
+so the dense [batch, d_sae] @ [d_sae, d] products of autograd (decoder forward, dW_dec, dW_enc, dx) become
+sparse ops over the nnz pairs, none of which gathers an [nnz, d] intermediate (on 2 CPU cores such gathers
+cost more than the encoder matmul itself). The ops exist on CUDA too, so the code is device-agnostic.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -32,12 +33,6 @@ class SparseCode(NamedTuple):
     cols: Tensor  # [nnz] long, latent index
     pre: Tensor  # [nnz] pre-activation of each pair (the activation is relu(pre))
     offsets: Tensor  # [batch] long, index of each row's first pair (embedding_bag offsets)
-
-    def dense(self, d_sae: int) -> Tensor:
-        """The activations as a dense [batch, d_sae] tensor (no gradient)."""
-        out = self.pre.new_zeros(self.offsets.shape[0], d_sae)
-        out[self.rows, self.cols] = self.pre.detach().relu()
-        return out
 
 
 def _offsets(rows: Tensor, n_rows: int) -> Tensor:
@@ -113,20 +108,13 @@ class _SparseDecode(torch.autograd.Function):
         d_sae = W_dec.shape[0]
         need_x, need_b_in, need_w_enc, need_b_enc, need_w_dec = ctx.needs_input_grad[:5]
         grad_out = grad_out.contiguous()  # [batch, d_out]
-        g_pre = _rowwise_dot(grad_out, rows, W_dec, cols) * (pre > 0)  # [nnz]
-        # group the pairs by latent once: bags of an embedding_bag whose "embeddings" are batch rows
-        cols_sorted, perm = cols.sort()
-        rows_by_col = rows[perm]
-        col_offsets = _offsets(cols_sorted, d_sae)
+        g_pre = sampled_dot(grad_out, W_dec, rows, cols, offsets) * (pre > 0)  # [nnz]
         gx = gb_in = gw_enc = gb_enc = gw_dec = None
         if need_w_dec:
-            acts = pre.relu().to(grad_out.dtype)[perm]
-            gw_dec = F.embedding_bag(rows_by_col, grad_out, col_offsets, mode="sum", per_sample_weights=acts)
+            gw_dec = latent_major_matmul(rows, cols, pre.relu().to(grad_out.dtype), grad_out, d_sae)
         if need_w_enc:
             x_in = x if b_in is None else x - b_in  # [batch, d_in]
-            gw_enc = F.embedding_bag(
-                rows_by_col, x_in, col_offsets, mode="sum", per_sample_weights=g_pre[perm].to(x_in.dtype)
-            ).t()  # [d_in, d_sae]
+            gw_enc = latent_major_matmul(rows, cols, g_pre.to(x_in.dtype), x_in, d_sae).t()  # [d_in, d_sae]
         if need_b_enc or need_b_in:
             g_col = torch.zeros(d_sae, dtype=g_pre.dtype, device=g_pre.device).index_add_(0, cols, g_pre)
             gb_enc = g_col if need_b_enc else None
@@ -137,13 +125,25 @@ class _SparseDecode(torch.autograd.Function):
         return gx, gb_in, gw_enc, gb_enc, gw_dec, None, None, None, None
 
 
-def _rowwise_dot(a: Tensor, rows: Tensor, W: Tensor, cols: Tensor, chunk: int = 32768) -> Tensor:
-    """out[n] = <a[rows[n]], W[cols[n]]>, gathered in chunks so the [chunk, d] gathers stay in cache."""
-    out = torch.empty(rows.shape[0], dtype=a.dtype, device=a.device)
-    for s in range(0, rows.shape[0], chunk):
-        r, c = rows[s : s + chunk], cols[s : s + chunk]
-        out[s : s + chunk] = (a.index_select(0, r) * W.index_select(0, c)).sum(-1)
-    return out
+def sampled_dot(a: Tensor, W: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor) -> Tensor:
+    """out[n] = <a[rows[n]], W[cols[n]]>: (a @ W^T) sampled at the pairs (SDDMM), without gathering rows.
+
+    `rows` must be sorted (it is: a SparseCode is row-major), so the pairs form a CSR pattern.
+    """
+    nnz = rows.shape[0]
+    crow = torch.cat([offsets, offsets.new_tensor([nnz])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        pattern = torch.sparse_csr_tensor(crow, cols, a.new_zeros(nnz), (a.shape[0], W.shape[0]))
+        return torch.sparse.sampled_addmm(pattern, a, W.t(), beta=0.0).values()
+
+
+def latent_major_matmul(rows: Tensor, cols: Tensor, vals: Tensor, dense: Tensor, d_sae: int) -> Tensor:
+    """out[i] = sum over pairs n with cols[n] = i of vals[n] * dense[rows[n]]: S^T @ dense, S the [batch, d_sae]
+    sparse matrix of the pairs. A COO sparse-dense product accumulates row by row, with no sort and no
+    [nnz, d] intermediate."""
+    s_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (d_sae, dense.shape[0]))
+    return torch.sparse.mm(s_t, dense)
 
 
 def sparse_decode(
