@@ -393,7 +393,9 @@ def _quick_eval(sae: SparseDictionary, rows: dict[Site, torch.Tensor], site: Sit
     for start in range(0, len(x), 4096):
         acts = sae.encode(x[start : start + 4096] * s_in)
         stats.update(y[start : start + 4096] * s_out, sae.decode(acts), acts)
-    return stats.result()
+    result = stats.result()
+    result["mse"] /= s_out**2  # in the units of the raw activations, like the final evaluation
+    return result
 
 
 def _check_run_config(run: Path, cfg: TrainConfig) -> None:
