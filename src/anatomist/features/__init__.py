@@ -3,6 +3,7 @@
 from anatomist.features.archs import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TiedReLUSAE, TopKSAE
 from anatomist.features.base import SAE_REGISTRY, SAEConfig, SparseDictionary, TrainOutput, make_sae
 from anatomist.features.formats import detect_format, load_sae, save_sae
+from anatomist.features.train import DataConfig, TrainConfig, train_sae
 
 __all__ = [
     "SAE_REGISTRY",
@@ -14,8 +15,11 @@ __all__ = [
     "TiedReLUSAE",
     "TopKSAE",
     "TrainOutput",
+    "DataConfig",
+    "TrainConfig",
     "detect_format",
     "load_sae",
     "make_sae",
     "save_sae",
+    "train_sae",
 ]
