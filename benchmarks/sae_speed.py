@@ -1,11 +1,13 @@
 """TopK SAE training speed: anatomist vs eai-sparsify vs sae-lens, in one process on the same activations.
 
-    python benchmarks/sae_speed.py [--steps 6] [--rounds 3] [--bf16 auto|on|off]
+    python benchmarks/sae_speed.py [--steps 6] [--rounds 3] [--plain-adam] [--threads N] [--bf16 auto|on|off]
 
 Every library trains the same TopK SAE (d_in 512, 4096 latents, k 32, batch 4096 random activations, Adam,
 fp32) with its own standard step (forward with dead-latent mask, loss, backward, decoder-norm handling,
-optimizer step, dead tracking). On a shared machine the load drifts, so the libraries take turns: each
-round times `--steps` steps of each library after warm-up, and a library's speed is its median round.
+optimizer step, dead tracking). The peers' trainers use torch's default Adam; anatomist uses the same Adam
+with `fused=True` (one kernel per tensor instead of a dozen passes; `--plain-adam` adds a row without it).
+On a shared machine the load drifts, so the libraries take turns: each round times `--steps` steps of
+each library after warm-up, and a library's speed is its median round.
 The bound is one dense encoder matmul [4096, 512] @ [512, 4096] plus the top-k, timed in the same run:
 no training step can do less work than that, so bound tokens/s = batch / (t_matmul + t_topk).
 """
@@ -40,11 +42,11 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def anatomist_step(bf16: bool = False) -> Callable[[torch.Tensor], None]:
+def anatomist_step(bf16: bool = False, fused: bool = True) -> Callable[[torch.Tensor], None]:
     from anatomist.features import SAEConfig, make_sae
 
     sae = make_sae(SAEConfig(arch="topk", d_in=D_IN, d_sae=D_SAE, k=K, autocast_bf16=bf16))
-    opt = torch.optim.Adam(sae.parameters(), lr=LR)
+    opt = torch.optim.Adam(sae.parameters(), lr=LR, fused=fused)
     since_fired = torch.zeros(D_SAE)
 
     def step(x: torch.Tensor) -> None:
@@ -116,6 +118,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per library per round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds (libraries take turns in each)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per library before the rounds")
+    ap.add_argument("--plain-adam", action="store_true", help="also time anatomist with torch's default Adam")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument(
         "--bf16",
         choices=["auto", "on", "off"],
@@ -124,6 +128,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = [torch.randn(BATCH, D_IN) for _ in range(4)]  # the same activations for every library
 
@@ -140,6 +146,8 @@ def main() -> None:
     print(f"bound (one encoder matmul + topk per step): {bound:,.0f} tokens/s")
 
     libs: dict[str, Callable[[torch.Tensor], None]] = {"anatomist": anatomist_step()}
+    if args.plain_adam:
+        libs["anatomist plain Adam"] = anatomist_step(fused=False)
     try:
         libs["sparsify"] = sparsify_step()
     except ImportError:

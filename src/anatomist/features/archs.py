@@ -85,8 +85,7 @@ class _SparseCodeSAE(SparseDictionary):
             pre = self._train_pre_acts(x)  # [batch, d_sae], no graph: gradients go through the chosen pairs only
         code = self.select(pre)
         recon = self._decode_code(x, code) + self.b_dec  # [batch, d_out]
-        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
-        fired[code.cols[code.pre > 0]] = True
+        fired = torch.zeros(self.cfg.d_sae, device=x.device).index_add_(0, code.cols, (code.pre > 0).float()) > 0
         aux = self._auxk(x, pre, target, recon, dead_mask)
         return TrainOutput(recon, self._dense_acts(code), fired, recon.new_zeros(()), aux)
 
