@@ -133,6 +133,8 @@ def sampled_dot(a: Tensor, W: Tensor, rows: Tensor, cols: Tensor, offsets: Tenso
 
     `rows` must be sorted (it is: a SparseCode is row-major), so the pairs form a CSR pattern.
     """
+    if a.dtype not in (torch.float32, torch.float64):  # the sparse kernel has no bf16/fp16 version
+        return sampled_dot(a.float(), W.float(), rows, cols, offsets).to(a.dtype)
     nnz = rows.shape[0]
     crow = torch.cat([offsets, offsets.new_tensor([nnz])])
     with warnings.catch_warnings():
