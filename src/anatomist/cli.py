@@ -60,9 +60,11 @@ def demo(
 
 
 def _mount() -> None:
+    from anatomist.features.cli import sae_app
     from anatomist.nets.toys.cli import toy_app
 
     app.add_typer(toy_app, name="toy")
+    app.add_typer(sae_app, name="sae")
 
 
 def main() -> None:

@@ -1,0 +1,195 @@
+"""TopK SAE training speed: anatomist vs eai-sparsify vs sae-lens, in one process on the same activations.
+
+    python benchmarks/sae_speed.py [--steps 6] [--rounds 3] [--plain-adam] [--threads N] [--bf16 auto|on|off]
+
+Every library trains the same TopK SAE (d_in 512, 4096 latents, k 32, batch 4096 random activations, Adam,
+fp32) with its own standard step (forward with dead-latent mask, loss, backward, decoder-norm handling,
+optimizer step, dead tracking). The peers' trainers use torch's default Adam; anatomist uses the same Adam
+with `fused=True` (one kernel per tensor instead of a dozen passes; `--plain-adam` adds a row without it).
+On a shared machine the load drifts, so the libraries take turns: each round times `--steps` steps of
+each library after warm-up, and a library's speed is its median round.
+The bound is one dense encoder matmul [4096, 512] @ [512, 4096] plus the top-k, timed in the same run:
+no training step can do less work than that, so bound tokens/s = batch / (t_matmul + t_topk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+D_IN, D_SAE, K, BATCH, LR = 512, 4096, 32, 4096, 2e-4
+DEAD_AFTER_TOKENS = 10_000_000  # Gao et al.'s and sparsify's default; nothing is dead this early anyway
+
+
+def best_time(fn: Callable[[], object], repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def cpu_has_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def anatomist_step(bf16: bool = False, fused: bool = True) -> Callable[[torch.Tensor], None]:
+    from anatomist.features import SAEConfig, make_sae
+
+    sae = make_sae(SAEConfig(arch="topk", d_in=D_IN, d_sae=D_SAE, k=K, autocast_bf16=bf16))
+    opt = torch.optim.Adam(sae.parameters(), lr=LR, fused=fused)
+    since_fired = torch.zeros(D_SAE)
+
+    def step(x: torch.Tensor) -> None:
+        nonlocal since_fired
+        out = sae.train_forward(x, dead_mask=since_fired > DEAD_AFTER_TOKENS)
+        loss = (out.recon - x).pow(2).sum(-1).mean() + out.aux_loss
+        loss.backward()
+        sae.before_step()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sae.after_step()
+        since_fired = torch.where(out.fired, 0, since_fired + x.shape[0])
+
+    return step
+
+
+def sparsify_step() -> Callable[[torch.Tensor], None]:
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    sae = SparseCoder(D_IN, SparseCoderConfig(num_latents=D_SAE, k=K))
+    opt = torch.optim.Adam(sae.parameters(), lr=LR)
+    since_fired = torch.zeros(D_SAE, dtype=torch.long)
+
+    def step(x: torch.Tensor) -> None:  # sparsify.Trainer's inner step, without its model and data plumbing
+        out = sae(x, dead_mask=since_fired > DEAD_AFTER_TOKENS)
+        loss = out.fvu + (1 / 32) * out.auxk_loss
+        loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        sae.set_decoder_norm_to_unit_norm()
+        did_fire = torch.zeros(D_SAE, dtype=torch.bool)
+        did_fire[out.latent_indices.flatten()] = True
+        since_fired.add_(x.shape[0])
+        since_fired[did_fire] = 0
+
+    return step
+
+
+def saelens_step() -> Callable[[torch.Tensor], None]:
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K))
+    opt = torch.optim.Adam(sae.parameters(), lr=LR)
+    since_fired = torch.zeros(D_SAE)
+
+    def step(x: torch.Tensor) -> None:  # SAETrainer._train_step, without logging and schedulers
+        sae.train()
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                x, {}, dead_neuron_mask=since_fired > DEAD_AFTER_TOKENS, n_training_steps=0, is_logging_step=False
+            )
+        )
+        with torch.no_grad():
+            did_fire = out.feature_acts.bool().float().sum(-2).bool()
+            since_fired.add_(x.shape[0])
+            since_fired[did_fire] = 0
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per library per round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (libraries take turns in each)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per library before the rounds")
+    ap.add_argument("--plain-adam", action="store_true", help="also time anatomist with torch's default Adam")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument(
+        "--bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also time anatomist with a bf16 encoder matmul (auto: only where the CPU has AVX512-BF16)",
+    )
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    data = [torch.randn(BATCH, D_IN) for _ in range(4)]  # the same activations for every library
+
+    x, w = data[0], torch.randn(D_IN, D_SAE)
+    t_mm = best_time(lambda: x @ w)
+    pre = x @ w
+    t_topk = best_time(lambda: pre.topk(K, dim=-1, sorted=False))
+    bound = BATCH / (t_mm + t_topk)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"dense fp32 matmul [{BATCH},{D_IN}]@[{D_IN},{D_SAE}]: {t_mm * 1e3:.1f} ms "
+        f"({2 * BATCH * D_IN * D_SAE / t_mm / 1e9:.0f} GFLOP/s); topk({K}): {t_topk * 1e3:.1f} ms"
+    )
+    print(f"bound (one encoder matmul + topk per step): {bound:,.0f} tokens/s")
+
+    libs: dict[str, Callable[[torch.Tensor], None]] = {"anatomist": anatomist_step()}
+    if args.plain_adam:
+        libs["anatomist plain Adam"] = anatomist_step(fused=False)
+    try:
+        libs["sparsify"] = sparsify_step()
+    except ImportError:
+        print("eai-sparsify not installed (pip install anatomist[bench]); skipped")
+    try:
+        libs["sae-lens"] = saelens_step()
+    except ImportError:
+        print("sae-lens not installed (pip install anatomist[bench]); skipped")
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and cpu_has_bf16())
+    if bf16:
+        libs["anatomist bf16"] = anatomist_step(bf16=True)
+    elif args.bf16 == "auto":
+        xb, wb = x[:256].bfloat16(), w.bfloat16()
+        t_bf16 = best_time(lambda: xb @ wb, repeats=2) * BATCH / 256
+        print(
+            f"bf16: CPU lacks AVX512-BF16/AMX; a bf16 matmul of the same size takes ~{t_bf16 * 1e3:.0f} ms "
+            f"(vs {t_mm * 1e3:.0f} ms fp32): anatomist bf16 not timed (--bf16 on to force)"
+        )
+
+    for step in libs.values():
+        for i in range(args.warmup):
+            step(data[i % len(data)])
+    per_round: dict[str, list[float]] = {name: [] for name in libs}
+    for r in range(args.rounds):
+        for name, step in libs.items():
+            t0 = time.perf_counter()
+            for i in range(args.steps):
+                step(data[i % len(data)])
+            per_round[name].append(args.steps * BATCH / (time.perf_counter() - t0))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
+
+    speed = {name: statistics.median(v) for name, v in per_round.items()}
+    print("\ntokens/s (median round):")
+    for name, v in speed.items():
+        print(f"  {name:15s} {v:10,.0f}   {v / bound:5.1%} of the bound")
+    a = speed["anatomist"]
+    for peer in ("sparsify", "sae-lens"):
+        if peer in speed:
+            print(f"anatomist / {peer}: {a / speed[peer]:.2f}x")
+    if "anatomist bf16" in speed:
+        print(f"anatomist bf16 / anatomist fp32: {speed['anatomist bf16'] / a:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

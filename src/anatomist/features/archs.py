@@ -1,0 +1,258 @@
+"""The architectures: ReLU + L1 (untied, tied), TopK, BatchTopK, JumpReLU.
+
+- relu (Cunningham et al.): acts = ReLU(pre); loss + l1_coeff * sum_i acts_i * ||W_dec_i|| (rows are unit
+  norm unless normalize_decoder is False, where the norm-weighted L1 keeps the penalty scale-honest).
+- relu-tied: the same with W_enc = W_dec^T, one parameter.
+- topk (Gao et al.): keep the k largest pre-activations of each row, ReLU after; AuxK on dead latents.
+- batchtopk (Bussmann et al.): keep the k * batch largest of the whole batch while training; an EMA of the
+  smallest kept activation is the threshold used at inference (saved as a JumpReLU threshold).
+- jumprelu (Rajamanoharan et al.): acts = pre * H(pre - theta), theta = exp(log_threshold) per latent,
+  straight-through pseudo-derivatives with a rectangle kernel of width `jumprelu_bandwidth`; L0 penalty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anatomist.core import AnatomistError
+from anatomist.features.base import SAEConfig, SparseDictionary, TrainOutput, register
+from anatomist.features.kernels import SparseCode, batch_topk_code, dead_topk_code, sparse_decode, topk_code
+
+
+def _fired(acts: Tensor) -> Tensor:
+    return (acts > 0).reshape(-1, acts.shape[-1]).any(0)  # [d_sae]
+
+
+def _topk_dense(pre: Tensor, k: int) -> Tensor:
+    vals, idx = pre.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
+
+
+@register("relu")
+class ReLUSAE(SparseDictionary):
+    def activation(self, pre: Tensor) -> Tensor:
+        return F.relu(pre)
+
+    def train_forward(self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None) -> TrainOutput:
+        self._target(x, target)
+        acts = self.encode(x)  # [batch, d_sae]
+        recon = self.decode(acts)  # [batch, d_out]
+        l1 = acts.sum(-1) if self.cfg.normalize_decoder else acts @ self.W_dec.norm(dim=-1)
+        zero = recon.new_zeros(())
+        return TrainOutput(recon, acts, _fired(acts), self.cfg.l1_coeff * l1.mean(), zero)
+
+
+@register("relu-tied")
+class TiedReLUSAE(ReLUSAE):
+    """x_hat = W_dec^T-tied ReLU SAE: the encoder is the transpose of the (unit-row) decoder."""
+
+    tied = True
+
+    @property
+    def W_enc(self) -> Tensor:  # type: ignore[override]  # [d_in, d_sae], a view of W_dec
+        return self.W_dec.t()
+
+    def _set_weights(self, w: dict[str, Tensor]) -> None:
+        if not torch.allclose(w["W_enc"], w["W_dec"].t()):
+            raise AnatomistError("relu-tied weights: W_enc is not the transpose of W_dec (load as 'relu' instead)")
+        super()._set_weights(w)
+
+
+class _SparseCodeSAE(SparseDictionary):
+    """TopK-style dictionaries: a selection rule picks active pairs; training can use the sparse kernel.
+
+    Training reuses two [batch, d_sae] buffers across steps (pre-activations, dense activations): a fresh
+    64 MB tensor per step costs page faults comparable to the top-k itself. So `TrainOutput.acts` of these
+    architectures is valid until the next `train_forward` call; clone it to keep it longer.
+    """
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self._workspace: dict[str, Tensor] = {}
+        self._last_pairs: tuple[Tensor, Tensor] | None = None  # where the acts buffer is non-zero
+
+    def select(self, pre: Tensor) -> SparseCode:
+        raise NotImplementedError
+
+    def train_forward(self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None) -> TrainOutput:
+        target = self._target(x, target)
+        with torch.no_grad():
+            pre = self._train_pre_acts(x)  # [batch, d_sae], no graph: gradients go through the chosen pairs only
+        code = self.select(pre)
+        recon = self._decode_code(x, code) + self.b_dec  # [batch, d_out]
+        fired = torch.zeros(self.cfg.d_sae, device=x.device).index_add_(0, code.cols, (code.pre > 0).float()) > 0
+        aux = self._auxk(x, pre, target, recon, dead_mask)
+        return TrainOutput(recon, self._dense_acts(code), fired, recon.new_zeros(()), aux)
+
+    def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, bool]:
+        buf = self._workspace.get(name)
+        fresh = buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device
+        if fresh:
+            buf = self._workspace[name] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        assert buf is not None
+        return buf, fresh
+
+    def _train_pre_acts(self, x: Tensor) -> Tensor:
+        if self.cfg.autocast_bf16 or x.dim() != 2 or x.dtype != self.W_enc.dtype:
+            return self.pre_acts(x)
+        self._check_width(x, self.cfg.d_in, "input")
+        x_in = x - self.b_dec if self.cfg.centers_input else x
+        buf, _ = self._buffer("pre", (x.shape[0], self.cfg.d_sae), x_in)
+        return torch.addmm(self.b_enc, x_in, self.W_enc, out=buf)
+
+    @torch.no_grad()
+    def _dense_acts(self, code: SparseCode) -> Tensor:
+        buf, fresh = self._buffer("acts", (code.offsets.shape[0], self.cfg.d_sae), code.pre)
+        if not fresh and self._last_pairs is not None:
+            buf[self._last_pairs] = 0  # clear the previous step's pairs only
+        buf[code.rows, code.cols] = code.pre.relu()
+        self._last_pairs = (code.rows, code.cols)
+        return buf
+
+    def _decode_code(self, x: Tensor, code: SparseCode) -> Tensor:
+        """sum over active pairs of relu(pre) * W_dec[col]: sparse kernel, or dense autograd (reference)."""
+        b_in = self.b_dec if self.cfg.centers_input else None
+        if self.cfg.sparse_kernel:
+            return sparse_decode(x, b_in, self.W_enc, self.b_enc, self.W_dec, code)
+        x_in = x if b_in is None else x - b_in
+        pre = x_in @ self.W_enc + self.b_enc  # [batch, d_sae] with its graph
+        acts = torch.zeros_like(pre).index_put((code.rows, code.cols), pre[code.rows, code.cols].relu())
+        return acts @ self.W_dec
+
+    def _auxk(self, x: Tensor, pre: Tensor, target: Tensor, recon: Tensor, dead_mask: Tensor | None) -> Tensor:
+        """AuxK (Gao et al.): the top dead latents reconstruct the residual error, normalised by its variance.
+
+        Gao's objective is nmse(main) + alpha * nmse(aux); rescaled to the loop's summed squared error, the aux
+        term becomes alpha * ||e - e_hat||^2 * Var(target) / Var(e).
+        """
+        zero = recon.new_zeros(())
+        if dead_mask is None or self.cfg.auxk_alpha == 0:
+            return zero
+        code = dead_topk_code(pre, dead_mask.to(pre.device), self.cfg.aux_k)
+        if code is None:
+            return zero
+        err = (target - recon).detach()  # [batch, d_out]
+        err_hat = self._decode_code(x, code)
+        var_err = (err - err.mean(0)).pow(2).sum(-1).mean()
+        var_target = (target - target.mean(0)).pow(2).sum(-1).mean().detach()
+        aux = (err_hat - err).pow(2).sum(-1).mean() * (var_target / var_err.clamp_min(1e-12))
+        return self.cfg.auxk_alpha * aux
+
+
+@register("topk")
+class TopKSAE(_SparseCodeSAE):
+    def activation(self, pre: Tensor) -> Tensor:
+        return _topk_dense(pre, self.cfg.k or 0)
+
+    def select(self, pre: Tensor) -> SparseCode:
+        return topk_code(pre, self.cfg.k or 0)
+
+
+@register("batchtopk")
+class BatchTopKSAE(_SparseCodeSAE):
+    """BatchTopK; `threshold` is -1 until the first training batch has estimated it (inference is then TopK)."""
+
+    has_threshold = True
+    threshold_: Tensor
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.register_buffer("threshold_", torch.full((cfg.d_sae,), -1.0, dtype=cfg.torch_dtype))
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.threshold_
+
+    @property
+    def threshold_known(self) -> bool:
+        return bool(self.threshold_[0] >= 0)
+
+    def activation(self, pre: Tensor) -> Tensor:
+        if not self.threshold_known:
+            return _topk_dense(pre, self.cfg.k or 0)
+        return pre * (pre > self.threshold_)
+
+    def select(self, pre: Tensor) -> SparseCode:
+        code = batch_topk_code(pre, self.cfg.k or 0)
+        if self.training and code.pre.numel():
+            with torch.no_grad():
+                smallest = code.pre.min()
+                beta = self.cfg.batchtopk_threshold_beta if self.threshold_known else 0.0
+                self.threshold_.mul_(beta).add_((1 - beta) * smallest)
+        return code
+
+    def _set_weights(self, w: dict[str, Tensor]) -> None:
+        super()._set_weights(w)
+        if not torch.all(w["threshold"] == w["threshold"][0]):
+            raise AnatomistError("batchtopk weights: 'threshold' must hold one value for every latent")
+        self.threshold_.copy_(w["threshold"])
+
+
+class _JumpReLU(torch.autograd.Function):
+    """pre * H(pre - theta); d/dpre = H, d/dtheta = -(theta / eps) * rect((pre - theta) / eps) (STE)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, theta: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        pre, theta = ctx.saved_tensors
+        near = ((pre - theta).abs() < ctx.eps / 2).to(g.dtype)
+        g_theta = -(theta / ctx.eps) * near * g
+        return g * (pre > theta), g_theta.reshape(-1, theta.shape[-1]).sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - theta); no gradient to pre, d/dtheta = -(1 / eps) * rect((pre - theta) / eps) (STE)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: Tensor, theta: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        pre, theta = ctx.saved_tensors
+        near = ((pre - theta).abs() < ctx.eps / 2).to(g.dtype)
+        return None, (-(1 / ctx.eps) * near * g).reshape(-1, theta.shape[-1]).sum(0), None
+
+
+@register("jumprelu")
+class JumpReLUSAE(SparseDictionary):
+    has_threshold = True
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        init = torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=cfg.torch_dtype)
+        self.log_threshold = nn.Parameter(init)  # [d_sae]; log keeps theta positive
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
+
+    def activation(self, pre: Tensor) -> Tensor:
+        return pre * (pre > self.threshold)
+
+    def train_forward(self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None) -> TrainOutput:
+        self._target(x, target)
+        pre = self.pre_acts(x)  # [batch, d_sae]
+        theta, eps = self.threshold, self.cfg.jumprelu_bandwidth
+        acts = _JumpReLU.apply(pre, theta, eps)
+        recon = self.decode(acts)
+        l0 = _Step.apply(pre, theta, eps).sum(-1).mean()
+        return TrainOutput(recon, acts, _fired(acts), self.cfg.l0_coeff * l0, recon.new_zeros(()))
+
+    def _set_weights(self, w: dict[str, Tensor]) -> None:
+        super()._set_weights(w)
+        if not torch.all(w["threshold"] >= 0):
+            raise AnatomistError("jumprelu weights: 'threshold' must not be negative")
+        self.log_threshold.copy_(w["threshold"].log())  # a zero threshold becomes -inf: a plain ReLU

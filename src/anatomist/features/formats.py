@@ -1,0 +1,318 @@
+"""Sparse dictionaries on disk: anatomist's folder, SAELens folders (read and write), sparsify folders (read).
+
+anatomist folder (written by `save_sae(..., format="anatomist")`):
+
+    config.yaml           the SAEConfig (YAML; every field, so the file alone rebuilds the dictionary)
+    weights.safetensors   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out],
+                          threshold [d_sae] (jumprelu, batchtopk); float tensors in the config's dtype
+    metadata.json         {"anatomist_format": 1, ...}: what the caller passed, e.g. model_name, site,
+                          target_site (transcoders), training provenance
+
+SAELens folder (SAELens 6 layout, read back by `sae_lens.SAE.load_from_disk`):
+
+    cfg.json                  {"architecture", "d_in", "d_sae", ["d_out"], ["k"], "dtype", "device",
+                               "apply_b_dec_to_input", "normalize_activations": "none", "reshape_activations",
+                               "metadata": {"sae_lens_version", "model_name", "hook_name", ...}}
+    sae_weights.safetensors   W_enc, b_enc, W_dec, b_dec, [threshold]
+
+    relu / relu-tied -> "standard" ("transcoder" when d_out is set); topk -> "topk" (no SAELens TopK
+    transcoder exists: refused); jumprelu and batchtopk -> "jumprelu" ("jumprelu_transcoder"), BatchTopK's
+    single threshold written for every latent. SAELens transcoders never centre their input, so a centring
+    transcoder is saved with b_dec folded into b_enc (exact).
+    Reading also accepts pre-6 layouts (model_name/hook_name/hook_point at top level, activation_fn(_str),
+    activation_fn_kwargs.k, boolean normalize_activations, a unit scaling_factor) and topk files with
+    rescale_acts_by_decoder_norm (folded into the weights). Anything that changes inference in a way we do
+    not implement (layer_norm / constant_norm_rescale input normalisation, gated, skip transcoders, ...)
+    is refused by name.
+
+sparsify folder (one per hook point; a parent folder holding several is refused with their names):
+
+    cfg.json          {"d_in", "k", "num_latents" | "expansion_factor", "activation": "topk", "transcode", ...}
+    sae.safetensors   encoder.weight [d_sae, d_in], encoder.bias [d_sae], W_dec [d_sae, d_in], b_dec [d_in]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from anatomist.core import AnatomistError, load_json, load_tensors, save_json, save_tensors
+from anatomist.features.base import SAEConfig, SparseDictionary, make_sae
+
+ANATOMIST_FORMAT_VERSION = 1
+SAELENS_VERSION_WRITTEN = "6.0.0"  # the layout we write; SAELens >= 6 reads it without conversion
+_CORE_KEYS = ["W_enc", "b_enc", "W_dec", "b_dec"]
+_SAELENS_ARCHS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+_SAELENS_TRANSCODERS = {"transcoder": "relu", "jumprelu_transcoder": "jumprelu"}
+_IDENTITY_NORMALISATIONS = ("none", "expected_average_only_in")  # no runtime transform at inference in SAELens
+_DTYPES = {
+    "float32": "float32",
+    "torch.float32": "float32",
+    "float64": "float64",
+    "torch.float64": "float64",
+    "bfloat16": "bfloat16",
+    "torch.bfloat16": "bfloat16",
+    "float16": "float32",
+    "torch.float16": "float32",
+}
+
+
+def detect_format(path: str | Path) -> Literal["anatomist", "saelens", "sparsify"]:
+    """Which of the three folder formats `path` holds; an error says what was expected otherwise."""
+    folder = Path(path)
+    if (folder / "weights.safetensors").is_file() and (folder / "config.yaml").is_file():
+        return "anatomist"
+    if (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file():
+        return "saelens"
+    if (folder / "cfg.json").is_file() and (folder / "sae.safetensors").is_file():
+        return "sparsify"
+    if not folder.is_dir():
+        raise AnatomistError(f"{folder}: no such folder (expected a folder holding a sparse dictionary)")
+    inner = sorted(p.name for p in folder.iterdir() if p.is_dir() and _looks_like_sae(p))
+    if inner:
+        raise AnatomistError(f"{folder}: holds several dictionaries (one per hook point); load one of {inner}")
+    raise AnatomistError(
+        f"{folder}: not a sparse-dictionary folder; expected config.yaml + weights.safetensors (anatomist), "
+        f"cfg.json + sae_weights.safetensors (SAELens) or cfg.json + sae.safetensors (sparsify); "
+        f"found {sorted(p.name for p in folder.iterdir())}"
+    )
+
+
+def _looks_like_sae(folder: Path) -> bool:
+    names = {p.name for p in folder.iterdir()}
+    return bool({"weights.safetensors", "sae_weights.safetensors", "sae.safetensors"} & names)
+
+
+def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseDictionary:
+    """Load a dictionary from an anatomist, SAELens or sparsify folder (detected); `.metadata` holds its info."""
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    fmt = detect_format(folder)
+    loader = {"anatomist": _load_anatomist, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt]
+    sae = loader(folder)
+    sae.metadata = {**sae.metadata, "source_format": fmt, "source_path": str(folder)}
+    return sae.to(device).eval()
+
+
+def save_sae(
+    sae: SparseDictionary,
+    path: str | Path,
+    format: Literal["anatomist", "saelens"] = "anatomist",
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write `sae` as a folder in `format`; the folder appears whole or not at all (written aside, renamed)."""
+    folder = Path(path)
+    if folder.exists() and any(folder.iterdir()) and not _looks_like_sae(folder):
+        raise AnatomistError(f"{folder}: exists and is not a sparse-dictionary folder; refusing to replace it")
+    meta = {**sae.metadata, **(metadata or {})}
+    for key in ("source_format", "source_path"):
+        meta.pop(key, None)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if format == "anatomist":
+            _save_anatomist(sae, tmp, meta)
+        elif format == "saelens":
+            _save_saelens(sae, tmp, meta)
+        else:
+            raise AnatomistError(f"unknown format '{format}' (use 'anatomist' or 'saelens')")
+        old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- anatomist -------------------------------------------------------------------------------------------------
+def _save_anatomist(sae: SparseDictionary, folder: Path, meta: dict[str, Any]) -> None:
+    sae.cfg.to_yaml(folder / "config.yaml")
+    save_tensors(folder / "weights.safetensors", sae.export_weights())
+    save_json(folder / "metadata.json", {"anatomist_format": ANATOMIST_FORMAT_VERSION, **meta})
+
+
+def _load_anatomist(folder: Path) -> SparseDictionary:
+    cfg = SAEConfig.from_yaml(folder / "config.yaml")
+    meta = load_json(folder / "metadata.json") if (folder / "metadata.json").is_file() else {}
+    version = meta.pop("anatomist_format", ANATOMIST_FORMAT_VERSION)
+    if version > ANATOMIST_FORMAT_VERSION:
+        raise AnatomistError(f"{folder / 'metadata.json'}: format version {version} is newer than this anatomist")
+    return _build(cfg, load_tensors(folder / "weights.safetensors"), folder / "weights.safetensors", meta)
+
+
+def _build(cfg: SAEConfig, weights: dict[str, Tensor], source: Path, meta: dict[str, Any]) -> SparseDictionary:
+    sae = make_sae(cfg)
+    sae.import_weights(weights, source=str(source))
+    sae.metadata = meta
+    return sae
+
+
+def _unit_rows(w_dec: Tensor) -> bool:
+    return bool(torch.allclose(w_dec.float().norm(dim=-1), torch.ones(w_dec.shape[0]), atol=1e-3))
+
+
+# ---- SAELens ---------------------------------------------------------------------------------------------------
+def _save_saelens(sae: SparseDictionary, folder: Path, meta: dict[str, Any]) -> None:
+    cfg = sae.cfg
+    w = sae.export_weights()
+    if cfg.arch in ("relu", "relu-tied"):
+        arch = "transcoder" if cfg.is_transcoder else "standard"
+    elif cfg.arch == "topk":
+        if cfg.is_transcoder:
+            raise AnatomistError("SAELens has no TopK transcoder; save this one with format='anatomist'")
+        arch = "topk"
+    else:  # jumprelu, batchtopk: a per-latent threshold on the pre-activation
+        if cfg.arch == "batchtopk" and not bool((w["threshold"] >= 0).all()):
+            raise AnatomistError("this BatchTopK dictionary has no inference threshold yet (train it first)")
+        arch = "jumprelu_transcoder" if cfg.is_transcoder else "jumprelu"
+    centers = cfg.centers_input
+    if cfg.is_transcoder and centers:  # SAELens transcoders do not centre: fold b_dec into b_enc
+        w["b_enc"] = w["b_enc"] - w["b_dec"] @ w["W_enc"]
+        centers = False
+    out: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": centers,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+    }
+    if cfg.is_transcoder:
+        out["d_out"] = cfg.out_dim
+    if arch == "topk":
+        out["k"] = cfg.k
+        out["rescale_acts_by_decoder_norm"] = False
+    sl_meta: dict[str, Any] = {"sae_lens_version": SAELENS_VERSION_WRITTEN, "sae_lens_training_version": None}
+    sl_meta.update(meta)
+    if "hook_name" not in meta and "site" in meta:
+        sl_meta["hook_name"] = meta["site"]
+    if cfg.is_transcoder and "hook_name_out" not in meta and "target_site" in meta:
+        sl_meta["hook_name_out"] = meta["target_site"]
+    out["metadata"] = sl_meta
+    save_json(folder / "cfg.json", out)
+    save_tensors(folder / "sae_weights.safetensors", w)
+
+
+def _saelens_config(raw: dict[str, Any], cfg_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Bring any SAELens cfg.json (pre-6 or 6.x) to one shape: (fields, metadata)."""
+    meta = dict(raw.get("metadata") or {})
+    for key in (
+        "model_name",
+        "hook_name",
+        "hook_point",
+        "hook_layer",
+        "hook_head_index",
+        "dataset_path",
+        "context_size",
+        "prepend_bos",
+        "neuronpedia_id",
+        "sae_lens_version",
+        "sae_lens_training_version",
+    ):
+        if key in raw and key not in meta:
+            meta["hook_name" if key == "hook_point" else key] = raw[key]
+    cfg = dict(raw)
+    activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
+    if "architecture" not in cfg:
+        cfg["architecture"] = "topk" if activation == "topk" else "standard"
+    if activation == "topk" and "k" not in cfg:
+        cfg["k"] = (cfg.get("activation_fn_kwargs") or {}).get("k")
+    if activation not in ("relu", "topk") and cfg["architecture"] == "standard":
+        raise AnatomistError(f"{cfg_path}: activation_fn '{activation}' is not supported (relu and topk are)")
+    norm = cfg.get("normalize_activations", "none")
+    norm = {False: "none", None: "none", True: "expected_average_only_in"}.get(norm, norm)
+    if norm not in _IDENTITY_NORMALISATIONS:
+        raise AnatomistError(
+            f"{cfg_path}: normalize_activations '{norm}' transforms inputs at inference; not supported "
+            f"(supported: {list(_IDENTITY_NORMALISATIONS)})"
+        )
+    meta = {k: v for k, v in meta.items() if k not in ("sae_lens_version", "sae_lens_training_version")}
+    if cfg.get("reshape_activations", "none") != "none":
+        meta["reshape_activations"] = cfg["reshape_activations"]  # weights act on the flattened [.., d_in]
+    return cfg, meta
+
+
+def _load_saelens(folder: Path) -> SparseDictionary:
+    cfg_path, w_path = folder / "cfg.json", folder / "sae_weights.safetensors"
+    raw = load_json(cfg_path)
+    if not isinstance(raw, dict):
+        raise AnatomistError(f"{cfg_path}: expected a JSON object")
+    cfg, meta = _saelens_config(raw, cfg_path)
+    arch_name = cfg["architecture"]
+    if arch_name in _SAELENS_ARCHS:
+        arch, d_out = _SAELENS_ARCHS[arch_name], None
+    elif arch_name in _SAELENS_TRANSCODERS:
+        arch, d_out = _SAELENS_TRANSCODERS[arch_name], cfg.get("d_out")
+    else:
+        known = sorted(_SAELENS_ARCHS) + sorted(_SAELENS_TRANSCODERS)
+        raise AnatomistError(f"{cfg_path}: SAELens architecture '{arch_name}' is not supported (supported: {known})")
+    for key in ("d_in", "d_sae") + (("k",) if arch == "topk" else ()) + (("d_out",) if d_out is not None else ()):
+        if not isinstance(cfg.get(key), int):
+            raise AnatomistError(f"{cfg_path}: needs an integer '{key}' for architecture '{arch_name}'")
+    required = _CORE_KEYS + (["threshold"] if arch == "jumprelu" else [])
+    w = load_tensors(w_path, required=required)
+    scale = w.pop("scaling_factor", None)
+    if scale is not None and not torch.allclose(scale, torch.ones_like(scale)):
+        raise AnatomistError(f"{w_path}: a fine-tuning 'scaling_factor' other than 1 is not supported")
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+        norms = w["W_dec"].norm(dim=-1).clamp_min(1e-8)  # fold: same pre-activation ranking, unit decoder rows
+        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norms, w["b_enc"] * norms, w["W_dec"] / norms[:, None]
+    if arch == "jumprelu":
+        w["threshold"] = w["threshold"].clamp_min(0)  # SAELens applies ReLU first: a negative threshold acts as 0
+    dtype = _DTYPES.get(str(cfg.get("dtype", "float32")), "float32")
+    sae_cfg = SAEConfig.parse(
+        {
+            "arch": arch,
+            "d_in": cfg["d_in"],
+            "d_sae": cfg["d_sae"],
+            "d_out": d_out,
+            "k": cfg.get("k") if arch == "topk" else None,
+            "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)) and d_out is None,
+            "normalize_decoder": _unit_rows(w["W_dec"]) if "W_dec" in w else True,
+            "dtype": dtype,
+        },
+        source=str(cfg_path),
+    )
+    return _build(sae_cfg, w, w_path, meta)
+
+
+# ---- sparsify --------------------------------------------------------------------------------------------------
+def _load_sparsify(folder: Path) -> SparseDictionary:
+    cfg_path, w_path = folder / "cfg.json", folder / "sae.safetensors"
+    cfg = load_json(cfg_path)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("d_in"), int):
+        raise AnatomistError(f"{cfg_path}: expected a sparsify config with an integer 'd_in'")
+    if cfg.get("activation", "topk") != "topk":
+        raise AnatomistError(f"{cfg_path}: sparsify activation '{cfg['activation']}' is not supported (topk is)")
+    if cfg.get("skip_connection", False):
+        raise AnatomistError(f"{cfg_path}: sparsify skip connections (W_skip) are not supported")
+    d_in = cfg["d_in"]
+    d_sae = cfg.get("num_latents") or d_in * cfg.get("expansion_factor", 32)
+    w = load_tensors(w_path, required=["encoder.weight", "encoder.bias", "W_dec", "b_dec"])
+    weights = {"W_enc": w["encoder.weight"].t(), "b_enc": w["encoder.bias"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+    transcode = bool(cfg.get("transcode", False))
+    dtype = {torch.float64: "float64", torch.bfloat16: "bfloat16"}.get(w["W_dec"].dtype, "float32")
+    sae_cfg = SAEConfig.parse(
+        {
+            "arch": "topk",
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "k": cfg.get("k", 32),
+            "d_out": d_in if transcode else None,  # sparsify transcoders predict a site of the same width
+            "apply_b_dec_to_input": not transcode,
+            "normalize_decoder": bool(cfg.get("normalize_decoder", True)),
+            "dtype": dtype,
+        },
+        source=str(cfg_path),
+    )
+    return _build(sae_cfg, weights, w_path, {"site": folder.name})

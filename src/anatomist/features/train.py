@@ -1,0 +1,408 @@
+"""Training sparse dictionaries: one config, one loop, three objectives (Braun et al.).
+
+- local:  mean_b ‖a − â‖² + sparsity (+ AuxK), on shuffled activation rows (ActivationStore)
+- e2e:    kl_coeff · KL(clean ‖ spliced) + sparsity, on token sequences, the SAE spliced into the frozen model
+- e2e+ds: e2e + ds_coeff · mean_k FVU(â^(k), a^(k)) over downstream sites k   (see `anatomist.features.e2e`)
+
+Inputs are scaled so that E‖a‖² = d_in while training (the scale the sparsity coefficients of `SAEConfig`
+assume); the saved dictionary has the scale folded into its weights and reads raw activations.
+
+Everything needed to resume bit-for-bit (dictionary, optimizer, scheduler, RNG, data position, dead-latent
+counters, input scales) is checkpointed atomically; `metrics.jsonl` is append-only (a resumed run appends a
+`{"event": "resume"}` line and then repeats the steps after the checkpoint: the last line for a step counts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from anatomist.core import AnatomistError, Checkpointer, Config, cache_dir, progress, resolve_device, seed_everything
+from anatomist.core.io import save_json
+from anatomist.data.store import ActivationStore, position_mask
+from anatomist.evaluate.dictionary import check_width, evaluate_dictionary
+from anatomist.evaluate.metrics import ReconstructionStats
+from anatomist.features.base import SAEConfig, SparseDictionary, make_sae
+from anatomist.features.e2e import SequenceBatches, downstream_sites, e2e_step, suffix_is_exact
+from anatomist.nets.sites import Site, capture
+
+Objective = Literal["local", "e2e", "e2e+ds"]
+
+
+class DataConfig(Config):
+    """Token sequences from a packaged corpus: the first `n_seqs` train, the next `eval_seqs` evaluate."""
+
+    corpus: str = Field("wiki", description="packaged corpus name (anatomist.data.load_corpus)")
+    seq_len: int = Field(128, gt=1, description="tokens per sequence (BOS included)")
+    n_seqs: int = Field(256, gt=0, description="training sequences")
+    eval_seqs: int = Field(16, ge=0, description="held-out sequences for evaluation, after the training ones")
+    exclude_bos: bool = Field(True, description="drop the first (BOS) position of every sequence")
+    cache: str | None = Field(
+        "auto", description="activation cache folder; 'auto' = under the anatomist cache, null = stream, no disk"
+    )
+    block_seqs: int = Field(32, gt=0, description="sequences per harvest block / cache shard")
+    buffer_rows: int = Field(131_072, gt=0, description="rows in the shuffling window")
+    model_batch_size: int = Field(8, gt=0, description="sequences per model forward while harvesting")
+
+
+class TrainConfig(Config):
+    """One training run of one sparse dictionary."""
+
+    model: str = Field(description="model to load (anatomist.nets.assets.load_model), e.g. smollm2")
+    site: str = Field(description="site the dictionary reads, e.g. model.layers.6 (output) or model.layers.6.mlp:input")
+    target_site: str | None = Field(None, description="transcoder: site it predicts (e.g. model.layers.6.mlp:output)")
+    data: DataConfig = Field(
+        default_factory=lambda: DataConfig.model_validate({}), description="training and evaluation tokens"
+    )
+    sae: SAEConfig = Field(description="the dictionary")
+    objective: Objective = Field("local", description="local (MSE), e2e (KL), e2e+ds (KL + downstream MSE)")
+    steps: int = Field(gt=0, description="optimizer steps")
+    batch_size: int = Field(4096, gt=0, description="local: activation rows per step")
+    batch_seqs: int = Field(4, gt=0, description="e2e: token sequences per step")
+    lr: float = Field(4e-4, gt=0, description="Adam learning rate")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up from 0")
+    decay: Literal["none", "linear", "cosine"] = Field("linear", description="learning-rate decay to 0 at the end")
+    decay_frac: float = Field(0.2, ge=0, le=1, description="share of the steps, at the end, over which lr decays")
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null = no clipping")
+    dead_tokens: int = Field(
+        1_000_000, gt=0, description="a latent is dead once it has not fired for this many tokens (AuxK, metric)"
+    )
+    kl_coeff: float = Field(1.0, ge=0, description="e2e: weight of the KL term")
+    ds_coeff: float = Field(1.0, ge=0, description="e2e+ds: weight β of the downstream reconstruction term")
+    downstream_sites: list[str] | None = Field(
+        None, description="e2e+ds: sites compared downstream; null = every later block of the site's layer stack"
+    )
+    normalize_inputs: bool = Field(True, description="scale activations so that E‖a‖² = d_in while training")
+    log_every: int = Field(50, gt=0, description="steps between metrics.jsonl lines")
+    eval_every: int = Field(500, gt=0, description="steps between evaluations on the held-out rows")
+    checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
+    eval_ce_seqs: int | None = Field(None, ge=0, description="final eval: sequences spliced for CE/KL (null = all)")
+    seed: int = Field(0, description="seed of the dictionary init and every shuffle")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    out_dir: str = Field("runs/sae", description="run folder: config, metrics.jsonl, checkpoints, final dictionary")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.objective != "local" and self.target_site is not None:
+            raise ValueError("e2e objectives train SAEs on one site; target_site (a transcoder) needs objective local")
+        if (self.target_site is None) != (self.sae.d_out is None):
+            raise ValueError("set sae.d_out exactly when target_site is set (a transcoder)")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# objectives: each a small function of tensors
+
+
+def local_loss(out: Any, target: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over dims, mean over the batch (the contract of `TrainOutput`)."""
+    return (target - out.recon).pow(2).sum(-1).mean()
+
+
+def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier of the base lr at a step: linear warm-up, constant, then decay to 0 over the last decay_frac."""
+    decay_start = cfg.steps - int(cfg.decay_frac * cfg.steps) if cfg.decay != "none" else cfg.steps
+
+    def factor(step: int) -> float:
+        f = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if step >= decay_start:
+            t = (step - decay_start) / max(1, cfg.steps - decay_start)
+            f *= 1 - t if cfg.decay == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+        return f
+
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+class _Trainee(nn.Module):
+    """The dictionary plus the training state that travels with it in checkpoints."""
+
+    since_fired: torch.Tensor
+
+    def __init__(self, sae: SparseDictionary):
+        super().__init__()
+        self.sae = sae
+        self.register_buffer("since_fired", torch.zeros(sae.cfg.d_sae, dtype=torch.long))  # tokens since last fired
+
+
+class _WidthOnly:
+    """Stands for a dictionary in width checks before one is built."""
+
+    def __init__(self, cfg: SAEConfig):
+        self.cfg = cfg
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _finite(t: torch.Tensor, what: str, step: int, site: Site, ckpt: Checkpointer) -> None:
+    if not bool(torch.isfinite(t).all()):
+        last = ckpt.latest()
+        kept = f"last good checkpoint: step {last} in {ckpt.dir}" if last is not None else "no checkpoint yet"
+        raise AnatomistError(f"step {step}: NaN or Inf in {what} at site '{site}'; training stopped ({kept})")
+
+
+def _scale(rows: torch.Tensor) -> float:
+    """Factor s with E‖s·a‖² = d."""
+    return math.sqrt(rows.shape[1] / float(rows.double().pow(2).sum(-1).mean()))
+
+
+@torch.no_grad()
+def fold_scale(sae: SparseDictionary, s_in: float, s_out: float) -> None:
+    """Make a dictionary trained on (s_in·x → s_out·y) read x and write y; latents come out divided by s_out.
+
+    Exact for every positively homogeneous activation (ReLU, TopK, BatchTopK/JumpReLU thresholds scale too).
+    """
+    w = sae.export_weights()
+    w["W_enc"] = w["W_enc"] * (s_in / s_out)
+    for key in ("b_enc", "b_dec", "threshold"):
+        if key in w:
+            w[key] = w[key] / s_out
+    sae.import_weights(w, source="fold_scale")
+
+
+def _load_data(cfg: TrainConfig, model: nn.Module | None, inputs: torch.Tensor | None,
+               ) -> tuple[nn.Module, torch.Tensor]:
+    if model is not None and inputs is not None:
+        return model, inputs
+    from anatomist.data import load_corpus
+    from anatomist.nets.assets import load_model
+
+    loaded = load_model(cfg.model, device=cfg.device)
+    if inputs is None:
+        if loaded.tokenizer is None:
+            raise AnatomistError(f"model '{cfg.model}' has no tokenizer; pass token inputs to train_sae")
+        total = cfg.data.n_seqs + cfg.data.eval_seqs
+        inputs = load_corpus(cfg.data.corpus).tokenize(loaded.tokenizer, cfg.data.seq_len, total)
+    return (model or loaded.model), inputs
+
+
+def train_sae(
+    cfg: TrainConfig,
+    model: nn.Module | None = None,
+    inputs: torch.Tensor | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[SparseDictionary, dict[str, Any]]:
+    """Train (or resume, if `cfg.out_dir` holds checkpoints) and evaluate one dictionary.
+
+    model/inputs default to `load_model(cfg.model)` and the tokenised corpus; inputs [n, seq] hold the
+    training sequences followed by `cfg.data.eval_seqs` held-out ones. Returns the trained dictionary (reading
+    raw activations) and the final metrics (also in `out_dir/eval.json`); the dictionary is saved in
+    `out_dir/sae`. `on_step(step, last_logged)` runs after every step.
+    """
+    from anatomist.features.formats import save_sae
+
+    run = Path(cfg.out_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    _check_run_config(run, cfg)
+    model, inputs = _load_data(cfg, model, inputs)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    device = resolve_device(cfg.device)
+    n_eval = min(cfg.data.eval_seqs, max(0, len(inputs) - 1))
+    train_ids, eval_ids = inputs[: len(inputs) - n_eval], inputs[len(inputs) - n_eval :]
+    site = Site.parse(cfg.site)
+    target = Site.parse(cfg.target_site) if cfg.target_site else site
+    store = _store(cfg, model, train_ids, site, target, device)
+
+    seed_everything(cfg.seed)
+    sae = make_sae(cfg.sae).to(device)
+    trainee = _Trainee(sae).to(device)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
+    ckpt = Checkpointer(run, keep=2)
+    seqs = SequenceBatches(len(train_ids), cfg.batch_seqs, cfg.seed)
+    held_out = _held_out_rows(model, eval_ids, [site] if target == site else [site, target], cfg)
+    if ckpt.latest() is not None:
+        state = ckpt.load(trainee, opt, sched)
+        start, extra = state["step"], state["extra"]
+        store.load_state_dict(extra["store"])
+        seqs.load_state_dict(extra["seqs"])
+        s_in, s_out = extra["s_in"], extra["s_out"]
+        _append_jsonl(run / "metrics.jsonl", {"event": "resume", "step": start})
+    else:
+        start = 0
+        s_in, s_out = _scales(cfg, store, site, target, int(train_ids.shape[1]) if train_ids.ndim > 1 else 1)
+
+    row_batches, seq_batches = iter(store), iter(seqs)  # generators: only the one used ever runs
+    e2e: dict[str, Any] = {}
+    if cfg.objective != "local":
+        first = capture(model, train_ids[:1].to(device), [site])[site]
+        e2e["skip"] = suffix_is_exact(model, train_ids[:1].to(device), site, first)
+        e2e["ds_sites"] = ([Site.parse(s) for s in cfg.downstream_sites] if cfg.downstream_sites is not None
+                           else downstream_sites(model, site)) if cfg.objective == "e2e+ds" else []
+        _append_jsonl(run / "metrics.jsonl", {"event": "e2e", "skip_blocks_before_site": e2e["skip"],
+                                              "downstream_sites": [str(s) for s in e2e["ds_sites"]]})
+    log: dict[str, float] = {}
+    for step in progress(range(start + 1, cfg.steps + 1), total=cfg.steps - start, desc="train"):
+        if cfg.objective == "local":
+            batch = next(row_batches)
+            for s, v in batch.items():
+                _finite(v, "activations", step, s, ckpt)
+            x, y = batch[site], batch[target]
+            out = sae.train_forward(x * s_in, y * s_out if target != site else None,
+                                    dead_mask=trainee.since_fired >= cfg.dead_tokens)
+            recon = local_loss(out, y * s_out)
+            loss = recon + out.sparsity_loss + out.aux_loss
+            terms = {"recon": recon.item(), "sparsity": out.sparsity_loss.item(), "aux": out.aux_loss.item()}
+        else:
+            idx = next(seq_batches)
+            ids = train_ids[idx].to(device)
+            a = _site_values(store, model, ids, idx, site)
+            _finite(a, "activations", step, site, ckpt)
+            loss, terms, out = e2e_step(
+                sae, model, ids, a, site, e2e["ds_sites"], scale=s_in, kl_coeff=cfg.kl_coeff,
+                ds_coeff=cfg.ds_coeff, exclude_bos=cfg.data.exclude_bos, skip=e2e["skip"],
+            )
+        _finite(loss.detach(), "the loss", step, site, ckpt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.before_step()
+        gnorm = torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip if cfg.grad_clip else math.inf)
+        _finite(gnorm, "the gradients", step, site, ckpt)
+        opt.step()
+        sae.after_step()
+        sched.step()
+        with torch.no_grad():
+            trainee.since_fired += out.acts.shape[0]
+            trainee.since_fired[out.fired] = 0
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log = {"step": step, "loss": loss.item(), **terms,
+                   "l0": float((out.acts != 0).sum(-1).float().mean()), "lr": float(sched.get_last_lr()[0]),
+                   "grad_norm": float(gnorm),
+                   "dead_fraction": float((trainee.since_fired >= cfg.dead_tokens).float().mean())}
+            _append_jsonl(run / "metrics.jsonl", log)
+        if held_out is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            quick = _quick_eval(sae, held_out, site, target, s_in, s_out)
+            _append_jsonl(run / "metrics.jsonl", {"step": step, "eval": quick})
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            extra = {"store": store.state_dict(), "seqs": seqs.state_dict(), "s_in": s_in, "s_out": s_out}
+            ckpt.save(step, trainee, opt, sched, extra=extra)
+        if on_step is not None:
+            on_step(step, log)
+
+    fold_scale(sae, s_in, s_out)
+    sae.eval()
+    metadata = {"model": cfg.model, "site": str(site), "objective": cfg.objective, "steps": str(cfg.steps)}
+    if target != site:
+        metadata["target_site"] = str(target)
+    save_sae(sae, run / "sae", metadata=metadata)
+    metrics: dict[str, Any] = {"steps": cfg.steps, "objective": cfg.objective}
+    if len(eval_ids):
+        tokens = eval_ids.ndim == 2 and not eval_ids.is_floating_point()  # spliced CE needs a language model
+        metrics.update(evaluate_dictionary(
+            sae, model, eval_ids.to(device), site, target_site=cfg.target_site, exclude_bos=cfg.data.exclude_bos,
+            batch_size=cfg.data.model_batch_size, spliced=tokens, spliced_seqs=cfg.eval_ce_seqs,
+        ))
+    save_json(run / "eval.json", metrics)
+    flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    _append_jsonl(run / "metrics.jsonl", {"step": cfg.steps, "final": flat})
+    return sae, metrics
+
+
+def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Site, target: Site,
+           device: torch.device) -> ActivationStore:
+    """The training activations: shuffled rows (local) or whole sequences (e2e: BOS kept, sequences intact).
+
+    A dictionary whose width does not fit the site fails here, after one small forward, before any harvest.
+    """
+    e2e = cfg.objective != "local"
+    sites = [site] if target == site else [site, target]
+    args: dict[str, Any] = dict(
+        exclude_bos=cfg.data.exclude_bos and not e2e, batch_size=cfg.batch_size, buffer_rows=cfg.data.buffer_rows,
+        block_seqs=cfg.data.block_seqs, model_batch_size=cfg.data.model_batch_size, model_name=cfg.model,
+        seed=cfg.seed, device=device,
+    )
+    store = ActivationStore(model, train_ids, sites, **args)
+    widths = store.widths()
+    check_width(_WidthOnly(cfg.sae), site, widths[site], "input")
+    check_width(_WidthOnly(cfg.sae), target, widths[target], "output")
+    if cfg.data.cache is None:
+        return store
+    folder = (cache_dir("activations") / f"{cfg.model}-{site.module}-{store.fingerprint()}"
+              if cfg.data.cache == "auto" else Path(cfg.data.cache))
+    store = ActivationStore(model, train_ids, sites, cache=folder, **args)
+    store.harvest()
+    return store
+
+
+def _site_values(store: ActivationStore, model: nn.Module, ids: torch.Tensor, idx: torch.Tensor, site: Site,
+                 ) -> torch.Tensor:
+    """Clean site values [b, seq, d] of the sequences `idx`: from the cache, else one forward stopping at the site."""
+    if store.cache is None:
+        return capture(model, ids, [site])[site]
+    seq_len, out = ids.shape[1], []
+    for i in idx.tolist():
+        rows = store.block(i // store.block_seqs)[site]  # [seqs_in_block * seq_len, d], sequences in order
+        out.append(rows.view(-1, seq_len, rows.shape[-1])[i % store.block_seqs])
+    return torch.stack(out).to(ids.device, torch.float32)
+
+
+def _scales(cfg: TrainConfig, store: ActivationStore, site: Site, target: Site, seq_len: int,
+            ) -> tuple[float, float]:
+    """Input/target scales from the first block of training data (BOS rows left out, as in training)."""
+    if not cfg.normalize_inputs:
+        return 1.0, 1.0
+    first = store.block(0)
+    if cfg.objective != "local" and cfg.data.exclude_bos:  # the e2e store keeps BOS rows; the SAE never sees them
+        first = {s: r.view(-1, seq_len, r.shape[-1])[:, 1:].reshape(-1, r.shape[-1]) for s, r in first.items()}
+    s_in = _scale(first[site])
+    if target == site or cfg.sae.centers_input:  # a centred transcoder subtracts b_dec from its input: one scale
+        return s_in, s_in
+    return s_in, _scale(first[target])
+
+
+@torch.no_grad()
+def _held_out_rows(model: nn.Module, eval_ids: torch.Tensor, sites: list[Site], cfg: TrainConfig,
+                   ) -> dict[Site, torch.Tensor] | None:
+    """Rows of the held-out sequences at the dictionary's sites, for the periodic evaluation."""
+    if len(eval_ids) == 0:
+        return None
+    dev = next(iter(model.parameters()), torch.empty(0)).device
+    parts: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+    for start in range(0, len(eval_ids), cfg.data.model_batch_size):
+        x = eval_ids[start : start + cfg.data.model_batch_size].to(dev)
+        keep = position_mask(x, None, None, cfg.data.exclude_bos)
+        values = capture(model, x, sites)
+        for s in sites:
+            v = values[s]
+            parts[s].append(v[keep] if keep is not None and v.ndim == 3 else v.reshape(-1, v.shape[-1]))
+    return {s: torch.cat(p) for s, p in parts.items()}
+
+
+@torch.no_grad()
+def _quick_eval(sae: SparseDictionary, rows: dict[Site, torch.Tensor], site: Site, target: Site,
+                s_in: float, s_out: float) -> dict[str, float]:
+    stats = ReconstructionStats()
+    x, y = rows[site], rows[target]
+    for start in range(0, len(x), 4096):
+        acts = sae.encode(x[start : start + 4096] * s_in)
+        stats.update(y[start : start + 4096] * s_out, sae.decode(acts), acts)
+    result = stats.result()
+    result["mse"] /= s_out**2  # in the units of the raw activations, like the final evaluation
+    return result
+
+
+def _check_run_config(run: Path, cfg: TrainConfig) -> None:
+    """A run folder holds one config: resuming with another one is an error, not a silent mix."""
+    path = run / "config.yaml"
+    if path.is_file():
+        old = TrainConfig.from_yaml(path)
+        if old.model_dump(exclude={"steps"}) != cfg.model_dump(exclude={"steps"}):
+            raise AnatomistError(f"{path}: this run folder was started with another config; use a new out_dir")
+    cfg.to_yaml(path)

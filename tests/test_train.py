@@ -1,0 +1,231 @@
+"""Training loop: recovers planted features, e2e lowers KL, resumes bit-for-bit after SIGKILL, stops on bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from anatomist import AnatomistError, Site, capture
+from anatomist.core import Checkpointer, load_tensors
+from anatomist.features import SAEConfig, make_sae
+from anatomist.features.e2e import e2e_step, kl_loss, suffix_is_exact
+from anatomist.features.train import TrainConfig, fold_scale, lr_factor, train_sae
+
+SCRIPT = '''
+import os, signal, sys
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from anatomist.features.train import TrainConfig, train_sae
+
+def tiny_llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(num_hidden_layers=3, hidden_size=16, intermediate_size=32, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=50, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+IDS = torch.randint(1, 50, (24, 8), generator=torch.Generator().manual_seed(1))
+
+def config(out_dir, **kw):
+    base = dict(model="tiny", site="model.layers.1", steps=12, batch_size=16, lr=3e-3, checkpoint_every=4,
+                log_every=1, eval_every=6, warmup_steps=3, seed=5, out_dir=str(out_dir),
+                data=dict(cache=None, block_seqs=4, buffer_rows=48, model_batch_size=4, eval_seqs=4),
+                sae=dict(arch="topk", d_in=16, d_sae=32, k=4))
+    base.update(kw)
+    return TrainConfig.parse(base)
+
+def run(out_dir, kill_at=None, **kw):
+    def on_step(step, _log):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return train_sae(config(out_dir, **kw), tiny_llama(), IDS, on_step=on_step)
+
+if __name__ == "__main__":
+    run(sys.argv[1], kill_at=int(sys.argv[2]))
+'''
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    path = tmp_path_factory.mktemp("script") / "tiny_run.py"
+    path.write_text(SCRIPT)
+    spec = importlib.util.spec_from_file_location("tiny_run", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.path = path
+    return mod
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    files = sorted((run_dir / "sae").glob("*.safetensors"))
+    assert files, f"no saved dictionary in {run_dir / 'sae'}"
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update({f"{f.name}:{k}": v for k, v in load_file(f).items()})
+    return out
+
+
+def test_lr_schedule_warms_up_and_decays_to_zero() -> None:
+    cfg = TrainConfig.parse(dict(model="m", site="s", steps=100, warmup_steps=10, decay="linear", decay_frac=0.5,
+                                 sae=dict(arch="topk", d_in=4, d_sae=8, k=2)))
+    f = lr_factor(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == 1.0 and f(49) == 1.0
+    assert f(75) == pytest.approx(0.5) and f(99) == pytest.approx(0.02)
+    cos = lr_factor(cfg.replace(decay="cosine"))
+    assert cos(75) == pytest.approx(0.5) and cos(50) == 1.0
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
+def test_fold_scale_makes_the_dictionary_read_raw_activations(arch: str) -> None:
+    torch.manual_seed(0)
+    sae = make_sae(SAEConfig(arch=arch, d_in=8, d_sae=16, k=3))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    if arch == "batchtopk":
+        sae.train_forward(torch.randn(64, 8))  # estimates the inference threshold
+    x, s_in = torch.randn(32, 8) * 5, 0.3
+    want_acts, want = sae.encode(x * s_in), sae(x * s_in)
+    fold_scale(sae, s_in, s_in)
+    torch.testing.assert_close(sae.encode(x), want_acts / s_in)
+    torch.testing.assert_close(sae(x), want / s_in)
+
+
+def test_kl_loss_direction_and_mask() -> None:
+    p = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    q = torch.zeros(1, 2, 3)
+    counted = torch.tensor([[True, False]])
+    pp = p[0, 0].softmax(-1)
+    want = float((pp * (pp.log() - torch.full((3,), 1 / 3).log())).sum())
+    assert float(kl_loss(p, q, counted)) == pytest.approx(want)
+    assert float(kl_loss(p, q, torch.tensor([[False, True]]))) == 0.0
+
+
+def test_local_training_recovers_planted_directions(tmp_path: Path) -> None:
+    """Rows x = 7·(k-sparse codes)·D + 3 through an identity 'model': the loop (input scaling, AuxK, folding) must
+    find D's rows and the saved dictionary must read raw x."""
+    g = torch.Generator().manual_seed(0)
+    d, n_atoms, n = 16, 24, 8192
+    atoms = torch.nn.functional.normalize(torch.randn(n_atoms, d, generator=g), dim=-1)
+    codes = torch.zeros(n, n_atoms)
+    idx = torch.rand(n, n_atoms, generator=g).argsort(-1)[:, :3]
+    codes.scatter_(1, idx, torch.rand(n, 3, generator=g) + 0.5)
+    x = 7 * codes @ atoms + 3
+    cfg = TrainConfig.parse(dict(
+        model="planted", site="0", steps=500, batch_size=256, lr=4e-3, log_every=100, eval_every=250,
+        checkpoint_every=500, dead_tokens=2048, out_dir=str(tmp_path / "run"),
+        data=dict(cache=str(tmp_path / "acts"), block_seqs=1024, buffer_rows=4096, model_batch_size=1024,
+                  eval_seqs=512),
+        sae=dict(arch="topk", d_in=d, d_sae=48, k=3),
+    ))
+    sae, metrics = train_sae(cfg, nn.Sequential(nn.Identity()), x)
+    dec = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
+    mmcs = (atoms @ dec.T).max(-1).values  # [n_atoms]
+    assert float(mmcs.mean()) >= 0.95, mmcs
+    assert metrics["fvu"] < 0.1 and metrics["l0"] <= 3  # the saved dictionary reads raw (unscaled) x
+    assert "ce_clean" not in metrics  # no language model: reconstruction metrics only
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert any('"eval"' in line for line in lines) and any('"final"' in line for line in lines)
+
+
+def test_e2e_lowers_kl_and_e2e_ds_reads_downstream_layers(tmp_path: Path, script: Any) -> None:
+    _, first = script.run(tmp_path / "e0", objective="e2e", steps=1, batch_seqs=4, data=dict(
+        cache=None, block_seqs=4, model_batch_size=4, eval_seqs=4))
+    _, trained = script.run(tmp_path / "e1", objective="e2e", steps=60, batch_seqs=4, lr=1e-2, data=dict(
+        cache=None, block_seqs=4, model_batch_size=4, eval_seqs=4))
+    assert trained["kl"] < 0.5 * first["kl"]
+    _, ds = script.run(tmp_path / "ds", objective="e2e+ds", steps=3, batch_seqs=4, data=dict(
+        cache=None, block_seqs=4, model_batch_size=4, eval_seqs=4))
+    lines = (tmp_path / "ds" / "metrics.jsonl").read_text()
+    assert '"downstream_fvu"' in lines and '"kl"' in lines
+
+
+def test_skipping_the_blocks_before_the_site_changes_nothing(script: Any) -> None:
+    model, ids, site = script.tiny_llama(), script.IDS[:3], Site("model.layers.1")
+    a = capture(model, ids, [site])[site]
+    assert suffix_is_exact(model, ids, site, a)
+    assert not suffix_is_exact(model, ids, site, a + 1)  # the check can fail
+    torch.manual_seed(0)
+    sae = make_sae(SAEConfig(arch="relu", d_in=16, d_sae=32))
+    grads, losses = [], []
+    for skip in (False, True):
+        loss, terms, _ = e2e_step(sae, model, ids, a, site, [Site("model.layers.2")], scale=2.0, kl_coeff=1.0,
+                                  ds_coeff=0.5, exclude_bos=True, skip=skip)
+        sae.zero_grad()
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(sae.W_enc.grad.clone())
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1])
+    assert float(grads[0].abs().sum()) > 0
+
+
+def test_e2e_from_the_cache_matches_streaming(tmp_path: Path, script: Any) -> None:
+    data = dict(block_seqs=4, model_batch_size=4, eval_seqs=4)
+    _, streamed = script.run(tmp_path / "s", objective="e2e", steps=6, batch_seqs=4, data={**data, "cache": None})
+    _, cached = script.run(tmp_path / "c", objective="e2e", steps=6, batch_seqs=4,
+                           data={**data, "cache": str(tmp_path / "acts")})
+    assert (tmp_path / "acts" / "manifest.json").is_file()
+    assert cached["kl"] == pytest.approx(streamed["kl"], rel=1e-4)
+    assert '"skip_blocks_before_site": true' in (tmp_path / "c" / "metrics.jsonl").read_text()
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path: Path, script: Any) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+           "OMP_NUM_THREADS": str(torch.get_num_threads()), "ANATOMIST_PROGRESS": "0"}
+    killed = subprocess.run([sys.executable, str(script.path), str(tmp_path / "b"), "7"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert Checkpointer(tmp_path / "b").latest() == 4 and not (tmp_path / "b" / "sae").exists()
+    script.run(tmp_path / "b")  # resumes from step 4
+    assert '"event": "resume", "step": 4' in (tmp_path / "b" / "metrics.jsonl").read_text()
+    script.run(tmp_path / "a")  # uninterrupted
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_activations_stop_with_step_and_site_and_keep_last_checkpoint(tmp_path: Path, script: Any) -> None:
+    model = script.tiny_llama()
+    calls = [0]
+
+    def poison(_m: nn.Module, _args: Any, out: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > 6:  # harvest forwards from the 7th on give NaN (one block of 4 sequences per forward)
+            out[0].fill_(float("nan"))
+        return out
+
+    model.model.layers[0].register_forward_hook(poison)
+    cfg = script.config(tmp_path / "run", checkpoint_every=1, data=dict(
+        cache=None, block_seqs=4, buffer_rows=8, model_batch_size=4, eval_seqs=4))
+    with pytest.raises(AnatomistError, match=r"step (\d+): NaN or Inf in activations at site 'model.layers.1:output'"
+                       ) as err:
+        train_sae(cfg, model, script.IDS)
+    step = int(str(err.value).split()[1].rstrip(":"))
+    assert step > 1 and f"last good checkpoint: step {step - 1}" in str(err.value)
+    ckpt = Checkpointer(tmp_path / "run")
+    assert ckpt.latest() == step - 1
+    weights = load_tensors(ckpt.dir / f"step_{step - 1:08d}" / "model.safetensors")
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+
+
+def test_d_in_mismatch_is_named_before_harvesting(tmp_path: Path, script: Any) -> None:
+    cfg = script.config(tmp_path / "run", sae=dict(arch="topk", d_in=12, d_sae=32, k=4),
+                        data=dict(cache=str(tmp_path / "acts")))
+    with pytest.raises(AnatomistError, match=r"d_in 12 but site 'model.layers.1:output' has width 16"):
+        train_sae(cfg, script.tiny_llama(), script.IDS)
+    assert not (tmp_path / "acts").exists()
+
+
+def test_resuming_with_another_config_is_refused(tmp_path: Path, script: Any) -> None:
+    script.run(tmp_path / "r", steps=2)
+    with pytest.raises(AnatomistError, match="another config"):
+        script.run(tmp_path / "r", steps=2, lr=1e-3)
