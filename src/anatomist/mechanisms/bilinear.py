@@ -46,6 +46,7 @@ __all__ = [
     "interaction_matrix",
     "interaction_tensor",
     "output_interactions",
+    "truncation_accuracy",
 ]
 
 
@@ -200,6 +201,21 @@ def decompose_mlp(layer: nn.Module, head: nn.Module | Tensor, name: str = "layer
         raise AnatomistError(f"head after {name}: expected nn.Linear or a weight tensor, got {type(head).__name__}")
     q = output_interactions(weights.w, weights.v, U)
     return MLPDecomposition(weights, q, eigendecompose(q), offset)
+
+
+@torch.no_grad()
+def truncation_accuracy(dec: MLPDecomposition, x: Tensor, labels: Tensor, tops: list[int | None]) -> dict[str, float]:
+    """Accuracy of the classifier when every class keeps only its `top` eigenvectors (None: all, the model).
+
+    Returns {"1": acc, "2": acc, ..., "all": acc}; x [N, d_in] (or images, flattened here), labels [N].
+    """
+    cum = dec.contributions(x).cumsum(-1)  # [N, n_out, d_in']: running sums over eigenvectors by |λ|
+    out = {}
+    for top in tops:
+        k = cum.shape[-1] if top is None else min(top, cum.shape[-1])
+        logits = cum[..., k - 1] + dec.offset
+        out["all" if top is None else str(top)] = float((logits.argmax(-1) == labels).float().mean())
+    return out
 
 
 def _check_pair(W: Tensor, V: Tensor) -> None:
