@@ -63,6 +63,11 @@ def _mount() -> None:
     from anatomist.nets.toys.cli import toy_app
 
     app.add_typer(toy_app, name="toy")
+    from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
+
+    app.add_typer(spd_app, name="spd")
+    app.add_typer(apd_app, name="apd")
+    app.add_typer(l3d_app, name="l3d")
 
 
 def main() -> None:
