@@ -9,8 +9,8 @@ To add a method's command (APD, L3D): write it in the block for that method at t
 file. Load the experiment with `load_experiment(config, YourExperiment, toy=..., steps=..., seed=...)`
 (CLI flags override the file; steps/seed go into the experiment's `<method>` sub-config), call your
 library function that writes the run folder and returns metrics (like `run_spd_experiment`), and
-finish with `print_metrics(metrics, as_json)`; take `threads: Threads = 0` and call `set_threads`. Scoring and plots are shared: see
-`anatomist.mechanisms.toyrun` (`toy_report`, `write_toy_plots`).
+finish with `print_metrics(metrics, as_json)`; take `threads: Threads = 0` and call `set_threads`.
+Scoring and plots are shared: see `anatomist.mechanisms.toyrun` (`toy_report`, `write_toy_plots`).
 """
 
 from __future__ import annotations
