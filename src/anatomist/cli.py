@@ -68,6 +68,9 @@ def _mount() -> None:
     app.add_typer(spd_app, name="spd")
     app.add_typer(apd_app, name="apd")
     app.add_typer(l3d_app, name="l3d")
+    from anatomist.mechanisms.bilinear_cli import bilinear_app
+
+    app.add_typer(bilinear_app, name="bilinear")
 
 
 def main() -> None:
