@@ -91,7 +91,7 @@ def _plot_eigenvectors(dec: MLPDecomposition, x: torch.Tensor, y: torch.Tensor, 
             v = v if float(v @ mean_img) >= 0 else -v  # the sign is arbitrary: show it as the digit sees it
             lim = float(v.abs().max())
             ax = axes[c, i]
-            ax.imshow(v.view(28, 28).numpy(), cmap="RdBu", vmin=-lim, vmax=lim)
+            ax.imshow(v.view(28, 28).numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
             ax.set_title(f"{c}: λ={dec.eigen.values[c, i]:.2f}", fontsize=7)
             ax.axis("off")
     fig.suptitle("top eigenvectors of each digit's interaction matrix (by |λ|; red +, blue −)", fontsize=9)
