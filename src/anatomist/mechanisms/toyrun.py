@@ -49,7 +49,7 @@ def one_hot_inputs(toy: Any) -> Tensor:
     return torch.eye(n, device=toy.device) * ONE_HOT_VALUE
 
 
-def _rows_mmcs(matrices: Tensor, W: Tensor) -> float:
+def rows_mmcs(matrices: Tensor, W: Tensor) -> float:
     """Reference-style TMS score: cosine of row f of each component (in linear1, [d_hidden]) with W[:, f]."""
     rows = matrices.permute(0, 2, 1)  # [C, n_features, d_hidden]
     cos = torch.nn.functional.cosine_similarity(rows, W.T[None], dim=-1)  # [C, n_features]
@@ -70,7 +70,7 @@ def toy_report(toy: Any, targets: list[str], matrices: Matrices, importances: Im
         report["min_cosine"] = min(report[n]["min_cosine"] for n in scored)
         report["ml2r"] = sum(report[n]["ml2r"] for n in scored) / len(scored)
     if toy.config.kind == "tms":
-        report["mmcs_rows"] = _rows_mmcs(matrices("linear1"), toy.model.W.detach())
+        report["mmcs_rows"] = rows_mmcs(matrices("linear1"), toy.model.W.detach())
 
     g = torch.Generator(toy.device).manual_seed(12345)
     x = toy.sample_batch(EVAL_SAMPLES, g)[0]

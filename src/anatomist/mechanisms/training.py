@@ -69,9 +69,12 @@ def fit(
     run_dir: str | Path | None = None,
     resume: bool = False,
     generators: dict[str, torch.Generator] | None = None,
-    callback: Callable[[int, Any, dict[str, float]], None] | None = None,
+    callback: Callable[[int, Any, dict[str, float]], bool | None] | None = None,
 ) -> Any:
     """Optimise `dec` (an nn.Module with a `history` list) for `steps` steps; returns it.
+
+    `callback(step, dec, row)` runs after each logged step; returning True ends training there
+    (after a final checkpoint), e.g. once a known answer has been recovered.
 
     `generators` are saved with each checkpoint and restored on resume (the method's mask
     sampler, the caller's data generator), so a resumed run continues bit-for-bit.
@@ -108,8 +111,11 @@ def fit(
                 }
                 dec.history.append(row)
                 running = {}
-                if callback is not None:
-                    callback(done, dec, row)
-            if ckpt is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
+                stop = bool(callback(done, dec, row)) if callback is not None else False
+            else:
+                stop = False
+            if ckpt is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps or stop):
                 ckpt.save(done, dec, optimizer, generators=generators, extra={"history": dec.history})
+            if stop:
+                break
     return dec
