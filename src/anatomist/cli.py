@@ -65,6 +65,14 @@ def _mount() -> None:
 
     app.add_typer(toy_app, name="toy")
     app.add_typer(sae_app, name="sae")
+    from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
+
+    app.add_typer(spd_app, name="spd")
+    app.add_typer(apd_app, name="apd")
+    app.add_typer(l3d_app, name="l3d")
+    from anatomist.mechanisms.bilinear_cli import bilinear_app
+
+    app.add_typer(bilinear_app, name="bilinear")
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ STEPS: list[tuple[str, str]] = [
     ("tms", "anatomist.demo:tms_step"),
     ("smollm2", "anatomist.demo:smollm2_step"),
     ("sae", "anatomist.features.demo:sae_step"),
+    ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
 ]
 
 

@@ -1,0 +1,349 @@
+"""Rank-one subcomponents of a model's weights, shared by every parameter decomposition (SPD, APD, L3D).
+
+A *target* is a weight-carrying layer of any PyTorch model, picked by module-name patterns:
+`nn.Linear`, `nn.Embedding`, Hugging Face `Conv1D` (GPT-2 style, weight stored `[d_in, d_out]`),
+or a linear-like module that exposes `weight`, `in_features` and `out_features` (e.g. a layer
+whose weight is the transpose of another's). Each target's weight, read as the map y = W x
+(`nn.Linear` layout, `[d_out, d_in]`), is written as a sum of C rank-one pieces:
+
+    W ≈ Σ_c U_c V_cᵀ        V: [d_in, C] (read-in directions)    U: [C, d_out] (write-out directions)
+
+and the layer's forward with a mask m over its pieces is
+
+    x ↦ ((x V) ⊙ m) U + bias          (embedding: x V means V[token ids])
+
+`x V` is the *inner activation* of the subcomponents; the bias stays the target's, not decomposed.
+
+Tied weights: when two targets read one stored tensor (TMS's linear2 is linear1's transpose, an
+LM's unembedding may share the embedding), the tensor is decomposed once. The second target uses
+the first one's factors, transposed where its weight is the transpose (V₂ = U₁ᵀ, U₂ = V₁ᵀ), and a
+gradient through either lands on the same parameters. Ties are found from tensor storage, so no
+configuration is needed.
+
+The user's model is never edited: masked forwards swap the target modules' `forward` for the
+duration of a `with` block and restore it on exit, also on error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from anatomist.core.errors import AnatomistError, nearest
+from anatomist.nets.sites import run_model
+
+Kind = Literal["linear", "embedding", "conv1d"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One decomposed layer: where it is, what kind, its map's shape, and whose factors it uses."""
+
+    name: str  # module path in model.named_modules()
+    kind: Kind
+    d_in: int
+    d_out: int
+    owner: str  # the target whose parameters hold this weight's factors (itself unless tied)
+    transposed: bool = False  # tied to the owner's transpose (V = U_ownerᵀ, U = V_ownerᵀ)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    # HF's Conv1D, recognised without importing transformers (a slow import)
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+
+
+def _kind(module: nn.Module) -> Kind | None:
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if _is_conv1d(module):
+        return "conv1d"
+    w = getattr(module, "weight", None)
+    if isinstance(w, Tensor) and w.ndim == 2 and hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return "linear"  # linear-like, e.g. a tied transpose of another layer
+    return None
+
+
+def layer_weight(module: nn.Module) -> Tensor:
+    """A decomposable module's weight as the map y = W x: `[d_out, d_in]` (a view, not a copy)."""
+    kind = _kind(module)
+    if kind is None:
+        raise AnatomistError(f"{type(module).__name__} is not a Linear, Embedding or Conv1D layer")
+    w = module.weight
+    assert isinstance(w, Tensor)
+    return w if kind == "linear" else w.T
+
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    return (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.numel() == b.numel()
+    )
+
+
+def find_targets(model: nn.Module, patterns: Sequence[str] | str) -> list[Target]:
+    """The decomposable layers whose names match any fnmatch pattern (an exact name is a pattern too).
+
+    A wildcard pattern skips the non-decomposable modules it also matches (activations, containers).
+    Errors: a pattern that matches no module (naming the nearest module names), a match that is not
+    a Linear/Embedding/Conv1D layer, or a model with no such layer at all.
+    """
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not patterns:
+        raise AnatomistError("no target patterns given (e.g. ['layers.*.mlp_in'])")
+    modules = dict(model.named_modules())
+    decomposable = [n for n, m in modules.items() if n and _kind(m) is not None]
+    if not decomposable:
+        raise AnatomistError(
+            f"{type(model).__name__} has no decomposable layer (nn.Linear, nn.Embedding or HF Conv1D); "
+            "parameter decomposition needs at least one"
+        )
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            close = nearest(pattern, decomposable)
+            hint = f"; nearest decomposable layers: {', '.join(close)}" if close else ""
+            raise AnatomistError(f"target pattern '{pattern}' matches no module of {type(model).__name__}{hint}")
+        usable = [n for n in hits if _kind(modules[n]) is not None]
+        if not usable:  # a wildcard may also match containers and activations; it must match a layer
+            n = hits[0]
+            inside = [d for d in decomposable if d.startswith(n + ".")][:5]
+            hint = f"; its decomposable sublayers: {', '.join(inside)}" if inside else ""
+            raise AnatomistError(
+                f"target '{n}' (matched by '{pattern}') is a {type(modules[n]).__name__}, "
+                f"not a Linear, Embedding or Conv1D layer{hint}"
+            )
+        chosen += [n for n in usable if n not in chosen]
+    order = {n: i for i, n in enumerate(modules)}
+    chosen.sort(key=order.__getitem__)
+
+    targets: list[Target] = []
+    for name in chosen:
+        module = modules[name]
+        kind = _kind(module)
+        assert kind is not None
+        w = layer_weight(module)
+        d_out, d_in = w.shape
+        owner, transposed = name, False
+        for prev in targets:
+            if prev.owner != prev.name:
+                continue
+            pw = layer_weight(modules[prev.name])
+            if not _same_storage(w, pw):
+                continue
+            if w.shape == pw.shape and w.stride() == pw.stride():
+                owner = prev.name
+                break
+            if w.shape == pw.shape[::-1] and w.stride() == pw.stride()[::-1]:
+                owner, transposed = prev.name, True
+                break
+        if kind == "embedding" and getattr(module, "max_norm", None) is not None:
+            raise AnatomistError(f"target '{name}': nn.Embedding with max_norm renormalises its rows; not supported")
+        targets.append(Target(name, kind, int(d_in), int(d_out), owner, transposed))
+    return targets
+
+
+def model_output(out: Any) -> Tensor:
+    """The tensor a decomposition compares: the output itself, `.logits` of an HF output, or the first element."""
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, Mapping) and isinstance(out.get("logits"), Tensor):
+        return out["logits"]
+    if isinstance(out, tuple | list) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise AnatomistError(f"cannot find an output tensor in a {type(out).__name__} (expected a Tensor or .logits)")
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "-")  # ParameterDict keys may not contain dots
+
+
+class Decomposition(nn.Module):
+    """C rank-one subcomponents for each target layer of `model`, and masked forwards through them.
+
+    Only the factors are parameters of this module (the model is referenced, not registered), so
+    `state_dict()` holds just `V.<target>` and `U.<target>` for each owner of a weight.
+    """
+
+    model: nn.Module
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets: Sequence[str] | str,
+        C: int,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if C < 1:
+            raise AnatomistError(f"C (subcomponents per layer) must be positive, got {C}")
+        object.__setattr__(self, "model", model)  # not a submodule: its weights are the target, not ours
+        self.C = C
+        self.targets: dict[str, Target] = {t.name: t for t in find_targets(model, targets)}
+        self._modules_by_name = {t: model.get_submodule(t) for t in self.targets}
+        self.V = nn.ParameterDict()
+        self.U = nn.ParameterDict()
+        for t in self.targets.values():
+            if t.owner == t.name:
+                w = self.target_weight(t.name)
+                self.V[_key(t.name)] = nn.Parameter(torch.empty(t.d_in, C, dtype=w.dtype, device=w.device))
+                self.U[_key(t.name)] = nn.Parameter(torch.empty(C, t.d_out, dtype=w.dtype, device=w.device))
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Unit-norm random directions, each piece scaled by its overlap u_cᵀ W v_c with the target weight.
+
+        So every piece starts with the size of the part of W it points along, and Σ_c U_c V_cᵀ starts
+        on the scale of W whatever C is.
+        """
+        for t in self.owners():
+            V, U = self.V[_key(t.name)], self.U[_key(t.name)]
+            where = generator.device if generator is not None else V.device
+            V.copy_(torch.randn(V.shape, generator=generator, device=where, dtype=V.dtype))
+            U.copy_(torch.randn(U.shape, generator=generator, device=where, dtype=U.dtype))
+            V.div_(V.norm(dim=0, keepdim=True))
+            U.div_(U.norm(dim=1, keepdim=True))
+            overlap = torch.einsum("ic,co,oi->c", V, U, self.target_weight(t.name))  # [C]
+            U.mul_(overlap[:, None])
+
+    # --- what a decomposition is made of ------------------------------------------------------------
+
+    def owners(self) -> list[Target]:
+        """Targets that hold parameters (one per stored weight; tied targets reuse an owner's)."""
+        return [t for t in self.targets.values() if t.owner == t.name]
+
+    def target(self, name: str) -> Target:
+        if name not in self.targets:
+            close = nearest(name, self.targets)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise AnatomistError(f"'{name}' is not a target of this decomposition{hint}; targets: {list(self.targets)}")
+        return self.targets[name]
+
+    def module(self, name: str) -> nn.Module:
+        return self._modules_by_name[self.target(name).name]
+
+    def factors(self, name: str) -> tuple[Tensor, Tensor]:
+        """`(V [d_in, C], U [C, d_out])` of a target; a tied target's are views of its owner's."""
+        t = self.target(name)
+        V, U = self.V[_key(t.owner)], self.U[_key(t.owner)]
+        return (U.T, V.T) if t.transposed else (V, U)
+
+    def matrices(self, name: str) -> Tensor:
+        """The subcomponents as full matrices, `[C, d_out, d_in]` in `nn.Linear` layout (y = W x)."""
+        V, U = self.factors(name)
+        return U[:, :, None] * V.T[:, None, :]
+
+    def weight(self, name: str) -> Tensor:
+        """Σ_c U_c V_cᵀ, `[d_out, d_in]`."""
+        V, U = self.factors(name)
+        return U.T @ V.T
+
+    def target_weight(self, name: str) -> Tensor:
+        """The target layer's own weight as the map y = W x, `[d_out, d_in]`, detached."""
+        return layer_weight(self.module(name)).detach()
+
+    def bias(self, name: str) -> Tensor | None:
+        b = getattr(self.module(name), "bias", None)
+        return b if isinstance(b, Tensor) else None
+
+    def n_target_params(self) -> int:
+        """Entries of the decomposed weights, each stored weight counted once."""
+        return sum(t.d_in * t.d_out for t in self.owners())
+
+    # --- forwards -----------------------------------------------------------------------------------
+
+    def inner(self, name: str, x: Tensor) -> Tensor:
+        """Inner activations `x V` of a target's subcomponents for its layer input x: `[..., C]`."""
+        V, _ = self.factors(name)
+        if self.target(name).kind == "embedding":
+            return V[x]
+        return x @ V
+
+    def layer_forward(self, name: str, x: Tensor, mask: Tensor | None) -> Tensor:
+        """The target layer computed from its subcomponents: ((x V) ⊙ mask) U + bias."""
+        _, U = self.factors(name)
+        acts = self.inner(name, x)  # [..., C]
+        if mask is not None:
+            if mask.shape[-1] != self.C or mask.ndim > acts.ndim:
+                raise AnatomistError(
+                    f"mask for '{name}' has shape {list(mask.shape)}; expected [..., {self.C}] "
+                    f"matching the inner activations {list(acts.shape)}"
+                )
+            acts = acts * mask
+        bias = self.bias(name)
+        if bias is None:
+            return acts @ U
+        if acts.ndim == 2:
+            return torch.addmm(bias, acts, U)  # one fused kernel on the common [batch, C] path
+        return acts @ U + bias
+
+    @contextmanager
+    def masked(self, masks: Mapping[str, Tensor | None]) -> Iterator[nn.Module]:
+        """Inside the block, each target named in `masks` runs through its subcomponents.
+
+        A mask is `[..., C]` (broadcast against the inner activations, e.g. `[batch, C]` or
+        `[batch, seq, C]`); `None` means all subcomponents unmasked. Targets not named keep their
+        original weight. Yields the model; restores every patched `forward` on exit, also on error.
+        """
+        patched: list[tuple[nn.Module, Any]] = []
+        try:
+            for name, mask in masks.items():
+                module = self.module(name)
+                patched.append((module, module.__dict__.get("forward")))
+
+                def forward(x: Tensor, *_: Any, _name: str = name, _mask: Tensor | None = mask, **__: Any) -> Tensor:
+                    return self.layer_forward(_name, x, _mask)
+
+                module.forward = forward  # type: ignore[method-assign]
+            yield self.model
+        finally:
+            for module, previous in reversed(patched):
+                if previous is None:
+                    module.__dict__.pop("forward", None)
+                else:
+                    module.forward = previous  # type: ignore[method-assign]
+
+    def run_with_masks(self, inputs: Any, masks: Mapping[str, Tensor | None]) -> Tensor:
+        """The model's output tensor on `inputs` with the given targets masked (see `masked`)."""
+        with self.masked(masks):
+            return model_output(run_model(self.model, inputs))
+
+    def run_capturing_inputs(self, inputs: Any, names: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The unchanged model's output and the input of each target layer (its last call), in one forward."""
+        names = list(self.targets) if names is None else list(names)
+        seen: dict[str, Tensor] = {}
+        handles = []
+        try:
+            for name in names:
+
+                def hook(_m: nn.Module, args: tuple[Any, ...], _name: str = name) -> None:
+                    seen[_name] = args[0]
+
+                handles.append(self.module(name).register_forward_pre_hook(hook))
+            out = model_output(run_model(self.model, inputs))
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in names if n not in seen]
+        if missing:
+            raise AnatomistError(f"target layers {missing} were not called by the model's forward on these inputs")
+        return out, seen
+
+    def faithfulness_loss(self) -> Tensor:
+        """‖W − Σ_c U_c V_cᵀ‖² summed over the stored weights, divided by their number of entries."""
+        total = sum(((self.target_weight(t.name) - self.weight(t.name)) ** 2).sum() for t in self.owners())
+        assert isinstance(total, Tensor)
+        return total / self.n_target_params()

@@ -1,0 +1,121 @@
+"""The optimisation loop every parameter decomposition shares (SPD, APD, L3D).
+
+A method supplies its decomposition module, an optimizer and `loss(step, batch) -> (total, terms)`;
+`fit` runs the steps with the learning-rate schedule, stops with a clear error on a non-finite
+loss, records averaged loss terms every `log_every` steps in `dec.history`, and checkpoints
+atomically (and resumes bit-for-bit) through `anatomist.core.Checkpointer`. While it runs, the
+target model is frozen and in eval mode; the user's flags come back afterwards, also on error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from anatomist.core.checkpoint import Checkpointer
+from anatomist.core.errors import AnatomistError
+from anatomist.core.progress import progress
+
+LossFn = Callable[[int, Any], tuple[Tensor, dict[str, Tensor]]]
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode with no parameter requiring grad; its own flags restored on exit."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def cycle(data: Iterable[Any]) -> Iterator[Any]:
+    """Batches forever: an iterator is used as is; a re-iterable (list, DataLoader) restarts when it ends."""
+    while True:
+        n = 0
+        for batch in data:
+            n += 1
+            yield batch
+        if n == 0:
+            raise AnatomistError("the data iterable yielded no batches (exhausted iterator or empty dataset)")
+        if iter(data) is data:
+            raise AnatomistError(f"the data iterator ran out after {n} more batches; pass a re-iterable or more data")
+
+
+def fit(
+    dec: Any,
+    model: nn.Module,
+    data: Iterable[Any],
+    loss: LossFn,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    lr_at: Callable[[int], float],
+    *,
+    method: str,
+    log_every: int = 100,
+    checkpoint_every: int = 0,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    generators: dict[str, torch.Generator] | None = None,
+    callback: Callable[[int, Any, dict[str, float]], bool | None] | None = None,
+) -> Any:
+    """Optimise `dec` (an nn.Module with a `history` list) for `steps` steps; returns it.
+
+    `callback(step, dec, row)` runs after each logged step; returning True ends training there
+    (after a final checkpoint), e.g. once a known answer has been recovered.
+
+    `generators` are saved with each checkpoint and restored on resume (the method's mask
+    sampler, the caller's data generator), so a resumed run continues bit-for-bit.
+    """
+    ckpt = Checkpointer(run_dir) if run_dir is not None else None
+    start = 0
+    if resume and ckpt is not None and ckpt.latest() is not None:
+        state = ckpt.load(dec, optimizer, generators=generators)
+        start = state["step"]
+        dec.history = state["extra"].get("history", [])
+    with frozen(model):
+        batches = cycle(data)
+        t0 = time.perf_counter()
+        running: dict[str, float] = {}
+        for step in progress(range(start, steps), total=steps - start, desc=method):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            total, terms = loss(step, next(batches))
+            if not torch.isfinite(total):
+                bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+                raise AnatomistError(f"{method} loss is not finite at step {step} (terms: {', '.join(bad) or 'total'})")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for k, v in [("loss", total), *terms.items()]:
+                running[k] = running.get(k, 0.0) + float(v.detach())
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                n = (step % log_every) + 1
+                row = {
+                    "step": float(done),
+                    "time_s": time.perf_counter() - t0,
+                    **{k: v / n for k, v in running.items()},
+                }
+                dec.history.append(row)
+                running = {}
+                stop = bool(callback(done, dec, row)) if callback is not None else False
+            else:
+                stop = False
+            if ckpt is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps or stop):
+                ckpt.save(done, dec, optimizer, generators=generators, extra={"history": dec.history})
+            if stop:
+                break
+    return dec

@@ -1,0 +1,107 @@
+"""L3D: per-sample gradients are exact, and a short run recovers TMS 5-2's five rank-one subnetworks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anatomist import AnatomistError
+from anatomist.evaluate.recovery import match
+from anatomist.mechanisms import l3d
+from anatomist.mechanisms.components import find_targets
+from anatomist.nets.toys import load_toy
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # tiny nets: a second intra-op thread buys nothing and, on a busy machine, OpenMP barriers cost a lot
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Tied(nn.Module):
+    """x ↦ ReLU(Wᵀ ReLU(W x) + b): the second layer's weight is the first's transpose."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(4, 3, bias=False)
+        self.b = nn.Parameter(torch.randn(4))
+
+    @property
+    def weight(self) -> Tensor:
+        return self.first.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(F.relu(self.first(x)) @ self.first.weight + self.b)
+
+
+def test_per_sample_gradients_match_a_loop_of_backward_passes() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    x = torch.randn(5, 4)
+    targets = find_targets(model, ["0", "2"])
+    for kind in ["mse", "kl"]:
+        grads = l3d.per_sample_gradients(model, x, targets, divergence_kind=kind)
+        ref = model(x).detach().mean(0)
+        for b in range(5):
+            model.zero_grad()
+            l3d.divergence(model(x[b : b + 1])[0], ref, kind).backward()
+            for name in ["0", "2"]:
+                w = model.get_submodule(name).weight
+                assert w.grad is not None
+                torch.testing.assert_close(grads[name][b], w.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_top_k_masks() -> None:
+    c = torch.tensor([[0.1, -3.0, 0.2], [0.0, 0.5, -0.4], [2.0, 0.0, 0.0]])
+    per = l3d.top_k_mask(c, 1, batch=False)
+    assert per.tolist() == [[False, True, False], [False, True, False], [True, False, False]]
+    batch = l3d.top_k_mask(c, 1, batch=True)  # 3 largest |c| over the batch
+    assert batch.sum() == 3 and batch[0, 1] and batch[2, 0] and batch[1, 1]
+
+
+@pytest.fixture(scope="module")
+def tms() -> nn.Module:
+    return load_toy("tms-5-2")
+
+
+def _stream(toy, batch_size: int, seed: int):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield toy.sample_batch(batch_size, g)[0]
+
+
+def test_recovers_tms_5_2_rank_one_subnetworks(tms) -> None:  # type: ignore[no-untyped-def]
+    truth = tms.ground_truth.components["linear1"]  # [5, 2, 5]: W[:, i] e_iᵀ
+    cfg = l3d.L3DConfig(n_subnetworks=5, rank=1, top_k=0.25, batch_size=4096, lr=3e-2, steps=250)
+    dec = l3d.decompose(tms.model, _stream(tms, cfg.batch_size, 1), ["linear1", "linear2"], cfg)
+    found = match(truth, dec.matrices("linear1"))
+    assert found.mmcs >= 0.95 and found.worst >= 0.9, found.summary()
+    assert sorted(found.index.tolist()) == list(range(5))  # one subnetwork per feature
+    # linear2 is the tie: its subnetworks are the transposes
+    torch.testing.assert_close(dec.matrices("linear2"), dec.matrices("linear1").transpose(1, 2))
+    # a random start does not recover them
+    cold = l3d.initial_decomposition(tms.model, ["linear1", "linear2"], cfg)
+    assert match(truth, cold.matrices("linear1")).mmcs < 0.9
+    # coefficients: each one-hot input loads mostly on its own subnetwork
+    c = dec.coefficients(torch.eye(5) * 0.75).abs()
+    assert (c.argmax(1) == found.index).all()
+
+
+def test_bad_input_errors(tms) -> None:  # type: ignore[no-untyped-def]
+    cfg = l3d.L3DConfig(steps=2, batch_size=8)
+    with pytest.raises(AnatomistError, match="matches no module"):
+        l3d.decompose(tms.model, _stream(tms, 8, 0), ["nope"], cfg)
+    broken = Tied()
+    with torch.no_grad():
+        broken.first.weight.fill_(float("nan"))
+    with pytest.raises(AnatomistError, match="not finite at step 0"):
+        l3d.decompose(broken, iter([torch.rand(8, 4)] * 3), ["first"], cfg)
+    with pytest.raises(AnatomistError, match="ran out"):
+        l3d.decompose(Tied(), iter([torch.rand(8, 4)]), ["first"], cfg)

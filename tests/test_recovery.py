@@ -1,0 +1,50 @@
+"""Recovery metrics on hand-made answers: exact matches, scaled/permuted pieces, sign flips, CI patterns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anatomist.core.errors import AnatomistError
+from anatomist.evaluate.recovery import alive, ci_l0, cosine_matrix, identity_pattern_error, match, ml2r, mmcs
+from anatomist.mechanisms.toyrun import per_feature_components
+
+
+def test_match_permuted_scaled_with_extras() -> None:
+    torch.manual_seed(0)
+    truth = torch.randn(5, 3, 4)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    found = torch.cat([truth[perm] * 0.5, torch.zeros(2, 3, 4)])  # shrunk by half, plus two dead pieces
+    m = match(truth, found)
+    assert torch.allclose(m.cosine, torch.ones(5), atol=1e-6)
+    assert torch.equal(perm[m.index], torch.arange(5))
+    assert m.mmcs == pytest.approx(1.0, abs=1e-6) and m.ml2r == pytest.approx(0.5, abs=1e-6)
+
+
+def test_sign_flip_and_partial_overlap() -> None:
+    truth = torch.eye(2).reshape(2, 1, 2)  # pieces e0, e1
+    found = torch.tensor([[[-1.0, 0.0]], [[1.0, 1.0]]])  # -e0 (wrong sign), e0+e1
+    c = cosine_matrix(truth, found)
+    assert torch.allclose(c.float(), torch.tensor([[-1.0, 2**-0.5], [0.0, 2**-0.5]]), atol=1e-6)
+    assert mmcs(truth, found) == pytest.approx(2**-0.5, abs=1e-6)
+    assert ml2r(truth, found) == pytest.approx(2**0.5, abs=1e-6)
+    with pytest.raises(AnatomistError, match="shape"):
+        match(truth, torch.zeros(3, 2, 2))
+
+
+def test_l0_alive_identity_pattern() -> None:
+    ci = torch.zeros(4, 6)
+    ci[0, 2] = ci[1, 0] = ci[2, 5] = ci[3, 3] = 1.0
+    assert ci_l0(ci) == 1.0
+    assert alive(ci).tolist() == [True, False, True, True, False, True]
+    perfect = identity_pattern_error(ci)
+    assert perfect["error"] == 0.0 and perfect["n_distinct"] == 4
+    assert per_feature_components(ci) == 4
+    blurred = ci.clone()
+    blurred[1, 2] = 1.0  # feature 1 also switches on feature 0's subcomponent
+    worse = identity_pattern_error(blurred)
+    assert worse["error"] == pytest.approx(1 / 24) and worse["max_error"] == 1.0
+    assert per_feature_components(blurred) == 2  # features 2 and 3 still own one each
+    merged = ci.clone()
+    merged[1] = merged[0]  # features 0 and 1 share one subcomponent
+    assert identity_pattern_error(merged)["n_distinct"] == 2

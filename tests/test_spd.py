@@ -1,0 +1,193 @@
+"""SPD: its pieces (sigmoids, masks, gates, losses), recovery of planted mechanisms, resume, bad input."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from anatomist.core.errors import AnatomistError
+from anatomist.evaluate.recovery import match
+from anatomist.mechanisms import spd
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: on a busy shared machine a second OpenMP thread only adds waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_hard_sigmoids() -> None:
+    x = torch.tensor([-2.0, 0.0, 0.5, 1.0, 3.0])
+    assert torch.allclose(spd.lower_leaky(x), torch.tensor([-0.02, 0.0, 0.5, 1.0, 1.0]))
+    assert torch.allclose(spd.upper_leaky(x), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.02]))
+
+
+def test_stochastic_masks_lie_between_g_and_one() -> None:
+    g = {"a": torch.tensor([[0.0, 0.3, 1.0]]).expand(1000, 3)}
+    m = spd.stochastic_masks(g, torch.Generator().manual_seed(0))["a"]
+    assert (m >= g["a"]).all() and (m <= 1).all()
+    assert torch.allclose(m.mean(0), torch.tensor([0.5, 0.65, 1.0]), atol=0.03)  # g + (1-g)/2 on average
+
+
+def test_kl_output_loss() -> None:
+    logits = torch.randn(4, 7)
+    assert spd.output_loss(logits, logits, "kl").abs() < 1e-6
+    p, q = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]])  # KL(target p ‖ pred q)
+    expected = 0.5 * torch.log(torch.tensor(0.5) / torch.softmax(q, -1)).sum()
+    assert torch.allclose(spd.output_loss(q, p, "kl"), expected)
+
+
+def test_batched_gates_equal_per_layer_gates() -> None:
+    net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    dec = spd.SPDDecomposition(net, ["0", "2"], spd.SPDConfig(C=4, d_gate=3), torch.Generator().manual_seed(0))
+    _, acts = dec.run_capturing_inputs(torch.randn(6, 3))
+    together = dec.gate_preactivations(acts)
+    for i, name in enumerate(["0", "2"]):
+        alone = dec.ci(dec.inner(name, acts[name]), slice(4 * i, 4 * i + 4))
+        assert torch.allclose(together[name], alone)
+
+
+class Planted(nn.Module):
+    """y = W2 ReLU(W1 x) + b: feature i is read by column i of W1 into its own hidden pair and written
+    back by row i of W2, so its true mechanisms are one rank-one piece in each layer."""
+
+    def __init__(self, n: int = 3, scales: tuple[float, ...] = (1.0, 1.6, 0.6)):
+        super().__init__()
+        h = 2 * n
+        self.read = nn.Linear(n, h, bias=False)
+        self.write = nn.Linear(h, n)
+        g = torch.Generator().manual_seed(0)
+        A, B = torch.zeros(h, n), torch.zeros(n, h)
+        for i in range(n):
+            a = (torch.rand(2, generator=g) + 0.5) * scales[i]
+            A[2 * i : 2 * i + 2, i] = a
+            B[i, 2 * i : 2 * i + 2] = a / a.pow(2).sum()
+        with torch.no_grad():
+            self.read.weight.copy_(A)
+            self.write.weight.copy_(B)
+            self.write.bias.fill_(0.1)
+        eye = torch.eye(n)
+        self.truth = {
+            "read": torch.stack([torch.outer(A[:, i], eye[i]) for i in range(n)]),
+            "write": torch.stack([torch.outer(eye[i], B[i]) for i in range(n)]),
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.write(torch.relu(self.read(x)))
+
+
+def sparse_batches(n: int, batch: int, p: float, g: torch.Generator) -> Iterator[Tensor]:
+    while True:
+        yield torch.rand(batch, n, generator=g) * (torch.rand(batch, n, generator=g) < p)
+
+
+FAST = spd.SPDConfig(C=6, steps=800, batch_size=128, lr=2e-2, importance_minimality_coeff=1e-2, log_every=400)
+
+
+def test_recovers_planted_mechanisms_of_an_unknown_model() -> None:
+    net = Planted()
+    flags = [p.requires_grad for p in net.parameters()]
+    net.train()
+    dec = spd.decompose(
+        net, sparse_batches(3, FAST.batch_size, 0.25, torch.Generator().manual_seed(0)), ["read", "write"], FAST
+    )
+    for name in ("read", "write"):
+        m = match(net.truth[name], dec.matrices(name).detach())
+        assert m.mmcs > 0.98 and m.worst > 0.97, (name, m.summary())
+        assert 0.9 < m.ml2r < 1.12, (name, m.summary())
+    # each feature alone switches on one subcomponent per layer (a permuted identity)
+    ci = dec.importances(torch.eye(3) * 0.75)
+    for name in ("read", "write"):
+        assert ((ci[name] > 0.5).sum(1) == 1).all(), ci[name]
+    assert [p.requires_grad for p in net.parameters()] == flags and net.training  # the user's flags come back
+    assert dec.history[-1]["faithfulness"] < 1e-3
+
+
+def test_checkpoint_resume_is_bit_exact(tmp_path: Path) -> None:
+    cfg = FAST.replace(steps=6, checkpoint_every=3, log_every=3)
+
+    def run(run_dir: Path, resume: bool) -> spd.SPDDecomposition:
+        g = torch.Generator().manual_seed(1)
+        data = sparse_batches(3, 32, 0.25, g)
+        return spd.decompose(
+            Planted(), data, ["read", "write"], cfg, run_dir=run_dir, resume=resume, generators={"d": g}
+        )
+
+    full = run(tmp_path / "a", resume=False)
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "step_00000006")  # as if killed after step 3's checkpoint
+    resumed = run(tmp_path / "a", resume=True)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert [r["step"] for r in resumed.history] == [3.0, 6.0]
+    full.save(tmp_path / "saved")
+    loaded = spd.SPDDecomposition.load(Planted(), tmp_path / "saved")
+    assert torch.equal(loaded.matrices("read"), full.matrices("read"))
+
+
+def test_nan_loss_names_the_step() -> None:
+    def data() -> Iterator[Tensor]:
+        for step in range(100):
+            yield torch.full((4, 3), float("nan")) if step == 2 else torch.rand(4, 3)
+
+    with pytest.raises(AnatomistError, match="not finite at step 2"):
+        spd.decompose(Planted(), data(), ["read"], FAST.replace(steps=10))
+
+
+def test_bad_targets_and_data() -> None:
+    with pytest.raises(AnatomistError, match="'reed' matches no module.*read"):
+        spd.decompose(Planted(), [torch.rand(4, 3)], ["reed"], FAST)
+    with pytest.raises(AnatomistError, match="no decomposable layer"):
+        spd.decompose(nn.Sequential(nn.ReLU()), [torch.rand(4, 3)], ["*"], FAST)
+    with pytest.raises(AnatomistError, match="ran out"):
+        spd.decompose(Planted(), iter([torch.rand(4, 3)]), ["read"], FAST.replace(steps=3))
+
+
+def test_gate_mlp_gradients() -> None:
+    ci = spd.CausalImportance(2, 3, 4, torch.Generator().manual_seed(0)).double()
+    s = torch.randn(5, 6, dtype=torch.double)
+    s[[1, 3]] = 0.0  # all-zero rows take the shared s = 0 path
+    s.requires_grad_(True)
+    params = (ci.w_in, ci.b_in, ci.w_out, ci.b_out)
+    assert torch.autograd.gradcheck(lambda s, *w: spd._GateMLP.apply(s, *w), (s, *params))
+    # and it is the MLP the paper describes: w_outᵀ GELU(w_in s + b_in) + b_out per gate
+    plain = (torch.nn.functional.gelu(s[..., None] * ci.w_in + ci.b_in) * ci.w_out).sum(-1) + ci.b_out
+    assert torch.allclose(ci(s), plain)
+
+
+def pentagon_tms() -> tuple[nn.Module, Any]:
+    """TMS 5-2 with the weights training converges to: five unit columns 72° apart, bias -0.1."""
+    from anatomist.nets.toys import toy_config
+
+    cfg = toy_config("tms-5-2")
+    model = cfg.build()
+    angles = torch.arange(5) * 2 * math.pi / 5
+    with torch.no_grad():
+        model.linear1.weight.copy_(torch.stack([angles.cos(), angles.sin()]))
+        model.b_final.fill_(-0.1)
+    return model, cfg
+
+
+def test_tms_5_2_recovery_short() -> None:
+    model, cfg = pentagon_tms()
+    truth = cfg.ground_truth(model).components["linear1"]
+    conf = spd.SPDConfig(steps=600, batch_size=256, lr=2e-2, importance_minimality_coeff=1e-2, log_every=600)
+    init = match(truth, spd.initial_decomposition(model, ["linear1", "linear2"], conf).matrices("linear1").detach())
+    g = torch.Generator().manual_seed(0)
+    batches = (cfg.sample_batch(conf.batch_size, g)[0] for _ in range(conf.steps))
+    dec = spd.decompose(model, batches, ["linear1", "linear2"], conf)
+    final = match(truth, dec.matrices("linear1").detach())
+    # a random start scores ≈ 0.79 (worst ≈ 0.6); 600 short steps already single out every feature
+    assert final.mmcs > 0.93 and final.worst > 0.8 and final.mmcs > init.mmcs + 0.1, (init.summary(), final.summary())
+    ci = dec.importances(torch.eye(5) * 0.75)["linear1"]
+    assert (ci.argmax(1).unique().numel() == 5) and (ci.max(1).values > 0.9).all(), ci
+    assert torch.allclose(dec.matrices("linear2"), dec.matrices("linear1").transpose(1, 2))  # one tied set
