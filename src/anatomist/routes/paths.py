@@ -136,8 +136,18 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1, eps=1e-12)
 
 
+def _random_basis(rank: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, rank, generator=gen, dtype=torch.float64))
+    return q.T  # [rank, d], orthonormal rows
+
+
 def stability(routing: Routing, seed: int = 0) -> list[dict[str, float | str]]:
-    """Per consecutive pair of layers: mean cosine of each token's control (content, full) vector across them."""
+    """Per consecutive pair of layers: mean cosine of each token's control (content, full) vector across them.
+
+    References: the same cosines with tokens paired at random ("_shuffled"), and the control
+    cosine had each router's row space been a random subspace of the same rank
+    ("control_cos_random_subspaces"): low control similarity is only telling below that.
+    """
     gen = torch.Generator().manual_seed(seed)
     out: list[dict[str, float | str]] = []
     for i in range(len(routing.layers) - 1):
@@ -145,12 +155,16 @@ def stability(routing: Routing, seed: int = 0) -> list[dict[str, float | str]]:
         ctrl_b, cont_b = routing.split(i + 1)
         perm = torch.randperm(ctrl_a.shape[0], generator=gen)  # pairs of different tokens: the baseline
         ba, bb = router_basis(routing.layers[i]), router_basis(routing.layers[i + 1])
+        # reference: the same hidden states read through independent random subspaces of the same ranks
+        qa, qb = (_random_basis(len(b), b.shape[1], gen) for b in (ba, bb))
+        ha, hb = routing.hidden[i].double(), routing.hidden[i + 1].double()
         out.append(
             {
                 "layer": routing.layers[i].name,
                 "next_layer": routing.layers[i + 1].name,
                 "control_cos": float(_cos(ctrl_a, ctrl_b).mean()),
                 "control_cos_shuffled": float(_cos(ctrl_a, ctrl_b[perm]).mean()),
+                "control_cos_random_subspaces": float(_cos(ha @ qa.T @ qa, hb @ qb.T @ qb).mean()),
                 "content_cos": float(_cos(cont_a, cont_b).mean()),
                 "content_cos_shuffled": float(_cos(cont_a, cont_b[perm]).mean()),
                 "hidden_cos": float(_cos(routing.hidden[i], routing.hidden[i + 1]).mean()),
@@ -207,5 +221,6 @@ def group_scores(groups: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[
         "mi_bits": mi,
         "mi_chance_bits": mi0,
         "mi_lift_bits": mi - mi0,
+        "mi_lift_frac": (mi - mi0) / h if h > 0 else 0.0,  # share of the label's entropy explained beyond chance
         "label_entropy_bits": h,
     }
