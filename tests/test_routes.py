@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,7 @@ from anatomist import AnatomistError, Site, capture, splice
 from anatomist.nets.toys.moe_lm import MoEBlock, MoELM, MoELMConfig
 from anatomist.routes import control_content, find_moe_layers, moe_layer, router_basis
 from anatomist.routes.control import split_coordinates
+from anatomist.routes.experiment import AnalyzeConfig, analyze, summary
 from anatomist.routes.paths import Routing, collect_routing, group_scores, path_groups, path_stats, stability, top_paths
 from anatomist.routes.probes import probe_accuracy, probe_layer
 
@@ -199,8 +203,61 @@ def test_collect_routing_matches_router() -> None:
     ids = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(0))
     routing = collect_routing(model, ids, band=[0, 2], batch_size=2)
     assert routing.hidden.shape == (2, 48, 32) and routing.top1.shape == (48, 2)
-    _, routers = model.forward_with_router(ids)
+    routers = model(ids).router_logits
     torch.testing.assert_close(routing.logits[1], routers[2])
     torch.testing.assert_close(routing.layers[0].router_logits(routing.hidden[0]), routing.logits[0])
     with pytest.raises(AnatomistError, match="out of range"):
         collect_routing(model, ids, band=[5])
+
+
+class _Tokenizer:
+    """Decodes id i to one of a few token kinds, enough for every token label."""
+
+    all_special_ids = [0]
+
+    def decode(self, ids: list[int]) -> str:
+        i = ids[0]
+        return ["<s>", ",", ".", "The", "7", " the", " of", " a"][i % 8] + ("" if i < 8 else "x" * (i // 8))
+
+
+def test_analyze_writes_results_and_plots(tmp_path: Path) -> None:
+    model = _toy()
+    ids = torch.randint(1, 64, (24, 16), generator=torch.Generator().manual_seed(0))
+    cfg = AnalyzeConfig(probe_tokens=300, max_clusters=16, n_position_buckets=5)
+    res = analyze(model, ids, _Tokenizer(), tmp_path, cfg)
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "results.json",
+        "stability.png",
+        "probes.png",
+        "monosemanticity.png",
+    }
+    assert json.loads((tmp_path / "results.json").read_text())["paths"] == res["paths"]
+    assert res["paths"]["n_tokens"] == ids.numel() and res["router_rank"] == [8, 8, 8]
+    assert len(res["stability"]) == 2 and set(res["probes"]) == {lay.name for lay in find_moe_layers(model)}
+    mono = res["monosemanticity"]
+    assert (
+        mono["kmeans_control"]["token"]["n_groups"] <= 16
+        and mono["path"]["position"]["n_groups"] == res["paths"]["n_paths"]
+    )
+    # a path refines each single-layer expert grouping, so it can only explain more of any label
+    for lab in mono["path"]:
+        assert all(mono["path"][lab]["mi_bits"] >= mono[g][lab]["mi_bits"] - 1e-9 for g in mono if "@" in g)
+    numbers = summary(res)
+    assert numbers["n_paths"] == res["paths"]["n_paths"] and 0 <= numbers["probe_expert_control"] <= 1
+    with pytest.raises(AnatomistError, match="shape of ids"):
+        analyze(model, ids, _Tokenizer(), tmp_path, cfg, label_ids=ids[:2])
+
+
+def test_cli_layers_on_a_saved_hf_model(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from anatomist.routes.cli import routes_app
+
+    _hf("olmoe").save_pretrained(tmp_path / "olmoe")
+    result = CliRunner().invoke(routes_app, ["layers", str(tmp_path / "olmoe"), "--json"])
+    assert result.exit_code == 0, result.output
+    layers = json.loads(result.output)["layers"]
+    assert [lay["router"] for lay in layers] == [f"model.layers.{i}.mlp.gate" for i in range(3)]
+    assert all(lay["n_experts"] == 8 and lay["router_rank"] == 8 for lay in layers)
+    bad = CliRunner().invoke(routes_app, ["analyze", "moe-lm", "--band", "0,x"])
+    assert isinstance(bad.exception, AnatomistError) and "--band" in str(bad.exception)

@@ -33,9 +33,8 @@ def layers(
 ) -> None:
     """List a model's MoE layers: block, router, experts, top-k and the router's rank."""
     from anatomist.routes.control import find_moe_layers, router_basis
-    from anatomist.routes.experiment import load_subject
+    from anatomist.routes.experiment import load_moe_model
 
-    subject = load_subject(model, n_seqs=1)
     rows = [
         {
             "block": lay.name,
@@ -45,7 +44,7 @@ def layers(
             "d_model": lay.d_model,
             "router_rank": len(router_basis(lay)),
         }
-        for lay in find_moe_layers(subject.model)
+        for lay in find_moe_layers(load_moe_model(model))
     ]
     if as_json:
         print(json.dumps({"model": model, "layers": rows}))

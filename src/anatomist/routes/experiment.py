@@ -40,7 +40,7 @@ class AnalyzeConfig(Config):
     top_tokens: int = Field(default=20, ge=2, description="the most frequent tokens that get a token-identity label")
     n_position_buckets: int = Field(default=7, ge=2, description="log2 position buckets (7: 0, 1, 2-3, ..., 32+)")
     probe_tokens: int = Field(default=8000, ge=100, description="tokens sampled for each linear probe (75% train)")
-    max_clusters: int = Field(default=512, ge=2, description="cap on k for the k-means comparison at the paths' k")
+    max_clusters: int = Field(default=4096, ge=2, description="cap on k for the k-means matched to the paths")
     n_top_paths: int = Field(default=12, ge=1, description="most used paths listed with their tokens")
     seed: int = Field(default=0, description="seed for splits, shuffles and k-means")
 
@@ -67,16 +67,29 @@ def band_features(routing: Routing) -> dict[str, torch.Tensor]:
 
 
 def monosemanticity(
-    routing: Routing, labels: dict[str, np.ndarray], max_clusters: int = 512, seed: int = 0
+    routing: Routing, labels: dict[str, np.ndarray], max_clusters: int = 4096, seed: int = 0
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{grouping: {label: group_scores}} for single-layer experts, paths and k-means groupings."""
-    top1 = routing.top1.numpy()
-    paths, _, _ = path_groups(routing.top1)
-    groupings: dict[str, np.ndarray] = {f"expert@{lay.name}": top1[:, i] for i, lay in enumerate(routing.layers)}
-    groupings["path"] = paths.numpy()
+    """{grouping: {label: group_scores}} for experts, paths and k-means groupings at matched group counts.
+
+    Groupings: `expert@L` (the top-1 expert at layer L: n_experts groups); `kmeansE_{part}@L`
+    (k-means with k = n_experts on that layer's control / content / full hidden state: matched to
+    one expert); `path_len{j}` (paths over the band's first j layers) and `path` (the whole band);
+    `kmeans_{part}` (k-means on the band's concatenated control / content / full states with k = the
+    number of distinct paths, capped at `max_clusters`: matched to paths).
+    """
+    top1 = routing.top1
+    n_experts = routing.layers[0].n_experts
+    groupings: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(routing.layers):
+        groupings[f"expert@{layer.name}"] = top1[:, i].numpy()
+        control, content = split_coordinates(layer, routing.hidden[i])
+        for part, x in (("control", control), ("content", content), ("full", routing.hidden[i])):
+            groupings[f"kmeansE_{part}@{layer.name}"] = _kmeans(x, n_experts, seed)
+    for j in range(2, top1.shape[1] + 1):
+        groupings["path" if j == top1.shape[1] else f"path_len{j}"] = path_groups(top1[:, :j])[0].numpy()
     k = int(min(len(np.unique(groupings["path"])), max_clusters, len(top1)))
-    for name, x in band_features(routing).items():
-        groupings[f"kmeans_{name}"] = _kmeans(x, k, seed)
+    for part, x in band_features(routing).items():
+        groupings[f"kmeans_{part}"] = _kmeans(x, k, seed)
     return {g: {lab: group_scores(a, y, seed) for lab, y in labels.items()} for g, a in groupings.items()}
 
 
@@ -170,9 +183,10 @@ def summary(results: dict[str, Any]) -> dict[str, float]:
             accs = [p[target][feat]["accuracy"] for p in probes if target in p]
             out[f"probe_{target}_{feat}"] = float(np.mean(accs))
     mono = results["monosemanticity"]
-    experts = [g for g in mono if g.startswith("expert@")]
-    for lab in LABELS:  # share of each label's entropy a grouping explains beyond chance
-        out[f"mono_{lab}_expert"] = float(np.mean([mono[g][lab]["mi_lift_frac"] for g in experts]))
+    for lab in LABELS:  # share of each label's entropy a grouping explains beyond chance, layers averaged
+        for prefix in ("expert@", "kmeansE_control@", "kmeansE_content@", "kmeansE_full@"):
+            per_layer = [mono[g][lab]["mi_lift_frac"] for g in mono if g.startswith(prefix)]
+            out[f"mono_{lab}_{prefix[:-1]}"] = float(np.mean(per_layer))
         for g in ("path", "kmeans_control", "kmeans_content", "kmeans_full"):
             out[f"mono_{lab}_{g}"] = mono[g][lab]["mi_lift_frac"]
     return out
@@ -190,22 +204,36 @@ class Subject:
     info: dict[str, Any]
 
 
-def load_subject(name: str, n_seqs: int, seq_len: int = 64) -> Subject:
-    """'moe-lm' (the tiny MoE LM, on its held-out wiki rows; trained first if not cached) or any
-    model `load_model` knows (a local Hugging Face MoE folder, ...) on wiki rows."""
+def load_moe_model(name: str) -> nn.Module:
+    """'moe-lm' (the tiny MoE LM toy, trained first if not cached) or a model `load_model` knows."""
     if name == "moe-lm":
         from anatomist.nets.toys import load_toy
-        from anatomist.nets.toys.moe_lm import held_out
+
+        return load_toy("moe-lm").model
+    from anatomist.nets.assets import load_model
+
+    model = load_model(name).model
+    find_moe_layers(model)  # a clear error for a model without MoE layers
+    return model
+
+
+def load_subject(name: str, n_seqs: int, seq_len: int = 64) -> Subject:
+    """A model with held-out text: 'moe-lm' on its held-out wiki rows (trained first if not cached),
+    or any model `load_model` knows (e.g. a local Hugging Face MoE folder) on wiki rows."""
+    if name == "moe-lm":
+        from anatomist.nets.toys import load_toy
+        from anatomist.nets.toys.moe_lm import MoELMConfig, held_out
 
         toy = load_toy("moe-lm")
-        ids, label_ids, tokenizer = held_out(toy.config, n_seqs)  # type: ignore[arg-type]
+        assert isinstance(toy.config, MoELMConfig)
+        ids, label_ids, tokenizer = held_out(toy.config, n_seqs)
         return Subject(name, toy.model, tokenizer, ids, label_ids, {"final_loss": toy.final_loss, **toy.metrics})
     from anatomist.data import load_corpus
     from anatomist.nets.assets import load_model
 
     lm = load_model(name)
+    find_moe_layers(lm.model)  # a clear error before tokenising anything
     if lm.tokenizer is None:
         raise AnatomistError(f"model '{name}' has no tokenizer: the routes analysis needs one for token labels")
-    find_moe_layers(lm.model)  # a clear error before tokenising anything
     rows = load_corpus("wiki").tokenize(lm.tokenizer, seq_len=seq_len, n_seqs=n_seqs)
     return Subject(name, lm.model, lm.tokenizer, rows, rows, {})

@@ -22,7 +22,7 @@ def _bars(ax: Any, groups: list[str], series: dict[str, list[float]], colours: d
     for j, (name, values) in enumerate(series.items()):
         ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width, label=name, color=colours.get(name))
     ax.set_xticks(x, groups, fontsize=8)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=6, frameon=False)
 
 
 def plot_stability(results: dict[str, Any], path: Path) -> None:
@@ -71,23 +71,25 @@ def plot_probes(results: dict[str, Any], path: Path) -> None:
 def plot_monosemanticity(results: dict[str, Any], path: Path) -> None:
     mono = results["monosemanticity"]
     labels = list(next(iter(mono.values())))
-    experts = [g for g in mono if g.startswith("expert@")]
+
+    def mean_over_layers(prefix: str) -> list[float]:
+        return [float(np.mean([mono[g][lab]["mi_lift_frac"] for g in mono if g.startswith(prefix)])) for lab in labels]
+
+    e, p = results["n_experts"], results["paths"]["n_paths"]
     series = {
-        "single expert (mean)": [float(np.mean([mono[g][lab]["mi_lift_frac"] for g in experts])) for lab in labels]
+        f"expert (k={e})": mean_over_layers("expert@"),
+        f"k-means control (k={e})": mean_over_layers("kmeansE_control@"),
+        f"k-means content (k={e})": mean_over_layers("kmeansE_content@"),
+        f"path (k={p})": [mono["path"][lab]["mi_lift_frac"] for lab in labels],
+        "k-means control (k=paths)": [mono["kmeans_control"][lab]["mi_lift_frac"] for lab in labels],
+        "k-means content (k=paths)": [mono["kmeans_content"][lab]["mi_lift_frac"] for lab in labels],
+        "k-means full (k=paths)": [mono["kmeans_full"][lab]["mi_lift_frac"] for lab in labels],
     }
-    for g in ("path", "kmeans_control", "kmeans_content", "kmeans_full"):
-        series[g] = [mono[g][lab]["mi_lift_frac"] for lab in labels]
-    colours = {
-        "single expert (mean)": "#edae49",
-        "path": "#30638e",
-        "kmeans_control": _COLOURS["control"],
-        "kmeans_content": _COLOURS["content"],
-        "kmeans_full": _COLOURS["full"],
-    }
-    fig, ax = plt.subplots(figsize=(6, 3), dpi=90)
-    _bars(ax, labels, series, colours)
+    shades = ["#edae49", "#f2a7b0", "#8fc9d2", "#30638e", _COLOURS["control"], _COLOURS["content"], _COLOURS["full"]]
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=90)
+    _bars(ax, labels, series, dict(zip(series, shades, strict=True)))
     ax.set_ylabel("(MI − chance MI) / H(label)", fontsize=8)
-    ax.set_title(f"Monosemanticity vs token labels ({results['paths']['n_paths']} paths)", fontsize=9)
+    ax.set_title("Monosemanticity vs token labels (single layers: mean over the band)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
