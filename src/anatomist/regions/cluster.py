@@ -59,7 +59,7 @@ def _reader(features: Features, metric: Metric) -> tuple[int, Reader]:
         if metric == "hamming":
             return len(codes), lambda idx: torch.from_numpy(codes.hard(idx).astype(np.float32))
         return len(codes), lambda idx: torch.from_numpy(codes.values(idx))
-    rows = torch.from_numpy(features) if isinstance(features, np.ndarray) else features
+    rows = torch.from_numpy(features) if isinstance(features, np.ndarray) else features  # bool rows stay bool
     if not isinstance(rows, torch.Tensor) or rows.ndim != 2:
         raise AnatomistError(f"cluster: features must be a [n, d] array or SplineCodes, got {type(features).__name__}")
     return len(rows), lambda idx: rows[torch.as_tensor(idx)].float()
