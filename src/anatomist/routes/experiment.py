@@ -177,7 +177,8 @@ def summary(results: dict[str, Any]) -> dict[str, float]:
         "top10_path_share": results["paths"]["top10_share"],
     }
     for key in ("control_cos", "control_cos_random_subspaces", "content_cos", "control_cos_shuffled"):
-        out[f"stability_{key}"] = float(np.mean([s[key] for s in results["stability"]]))
+        if results["stability"]:  # a band of one layer has no consecutive pair
+            out[f"stability_{key}"] = float(np.mean([s[key] for s in results["stability"]]))
     for target in ("token", "position", "expert", "next_expert"):
         for feat in FEATURES:
             accs = [p[target][feat]["accuracy"] for p in probes if target in p]
