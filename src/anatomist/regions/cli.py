@@ -84,6 +84,7 @@ def cluster(
     ),
     n: Annotated[int | None, typer.Option(help="images, or tokens for a language model")] = None,
     k: Annotated[int | None, typer.Option(help="clusters, the same for every representation")] = None,
+    runs: Annotated[int | None, typer.Option(help="k-medoids runs with different seeds (scores averaged)")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,16 +92,16 @@ def cluster(
     from anatomist.regions.experiments import ClusterConfig, cluster_experiment
 
     base = ClusterConfig.from_yaml(config) if config else ClusterConfig()
-    result = cluster_experiment(base.replace(model=model, **_overrides(sites, n=n, k=k)), out)
+    result = cluster_experiment(base.replace(model=model, **_overrides(sites, n=n, k=k, runs=runs)), out)
     result["out"] = str(out)
     if as_json:
         print(json.dumps(result))
         return
     print(f"{result['n']} rows, codes in {result['code_bytes'] / 1e6:.2f} MB")
-    print(f"{'site':28s} {'representation':12s} {'label':12s} {'purity':>7s} {'chance':>7s} {'NMI':>6s}")
+    print(f"{'site':28s} {'representation':12s} {'label':12s} {'purity':>7s} {'chance':>7s} {'NMI':>6s} {'(sd)':>6s}")
     for r in result["rows"]:
         print(
             f"{r['site']:28s} {r['representation']:12s} {r['label']:12s} {r['purity']:7.3f} "
-            f"{r['chance_purity']:7.3f} {r['nmi']:6.3f}"
+            f"{r['chance_purity']:7.3f} {r['nmi']:6.3f} {r['nmi_sd']:6.3f}"
         )
     print(f"-> {out}")

@@ -24,6 +24,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial.distance import cdist
 from sklearn.metrics import normalized_mutual_info_score
 
 from anatomist.core.errors import AnatomistError
@@ -37,8 +38,8 @@ def distances(x: torch.Tensor, y: torch.Tensor, metric: Metric) -> torch.Tensor:
     """[n, m] distances between the rows of x [n, d] and y [m, d]."""
     if metric == "hamming":  # x, y in {0, 1}: count of differing units, exact in float32 below 2**24
         return x @ (1 - y).T + (1 - x) @ y.T
-    if metric == "l1":
-        return torch.cdist(x, y, p=1.0)
+    if metric == "l1":  # scipy's loop is faster than torch.cdist(p=1) on CPU
+        return torch.from_numpy(cdist(x.numpy(), y.numpy(), "cityblock")).float()
     if metric == "euclidean":
         return torch.cdist(x, y, p=2.0)
     if metric == "cosine":

@@ -68,6 +68,7 @@ class ClusterConfig(Config):
     images: str = Field(default="mnist", description="image set for image classifiers")
     seq_len: int = Field(default=128, ge=2, description="tokens per row for language models")
     top_tokens: int = Field(default=20, ge=2, description="token identity is scored on the most frequent tokens only")
+    runs: int = Field(default=1, ge=1, description="k-medoids runs (seeds seed, seed+1, ...); scores are their mean")
     seed: int = Field(default=0, description="seed for sampling and k-medoids")
 
 
@@ -123,16 +124,19 @@ def _repeat_inputs(inputs: dict[str, torch.Tensor], k: int) -> dict[str, torch.T
     return {key: v.expand(k, *v.shape[1:]) for key, v in inputs.items()}
 
 
-def _endpoints(loaded: Any, cfg: DensityConfig) -> tuple[list[Any], np.ndarray, Site | None]:
+def _endpoints(loaded: Any, cfg: DensityConfig, rng: np.random.Generator) -> tuple[list[Any], np.ndarray, Site | None]:
     """Path ends (one input each, or (embedding, ids) for LMs) with their predicted classes."""
     model = loaded.model
     if loaded.kind == "image-classifier":
         from anatomist.data import load_images
 
         imgs = load_images(cfg.images)
+        # a random pool big enough to find the pairs in, so few images are run through the model
+        pool = np.sort(rng.choice(len(imgs), min(len(imgs), 10 * (cfg.pairs + cfg.same_class_pairs) + 100), False))
+        x = imgs.images[torch.from_numpy(pool)]
         with torch.no_grad():
-            pred = torch.cat([model(imgs.images[i : i + 500]).argmax(-1) for i in range(0, len(imgs), 500)])
-        return [(x, None) for x in imgs.images], pred.numpy(), None
+            pred = torch.cat([model(x[i : i + 500]).argmax(-1) for i in range(0, len(x), 500)])
+        return list(zip(x, [None] * len(x), strict=True)), pred.numpy(), None
     from anatomist.data import load_corpus
 
     n_rows = 4 * (cfg.pairs + cfg.same_class_pairs)
@@ -171,8 +175,8 @@ def density_experiment(cfg: DensityConfig, out: str | Path | None = None) -> dic
     """Boundary density along paths (see the module docstring); plots and results.json go to `out`."""
     loaded = _load(cfg.model)
     sites = code_sites(loaded.model, cfg.sites or default_sites(loaded))
-    ends, classes, at = _endpoints(loaded, cfg)
     rng = np.random.default_rng(cfg.seed)
+    ends, classes, at = _endpoints(loaded, cfg, rng)
     grid = np.linspace(0.0, 1.0, cfg.bins + 1)
     mids = (grid[:-1] + grid[1:]) / 2
     records = []
@@ -335,17 +339,12 @@ def cluster_experiment(cfg: ClusterConfig, out: str | Path | None = None) -> dic
             reps.append(("soft code", "l1", codes.values()[:, cols]))
         reps += [("activation", "euclidean", act), ("direction", "cosine", act)]
         for rep, metric, feats in reps:
-            got = cluster(feats, cfg.k, metric, fit_on=cfg.fit_on, seed=cfg.seed)
+            runs = [cluster(feats, cfg.k, metric, fit_on=cfg.fit_on, seed=cfg.seed + r) for r in range(cfg.runs)]
             for label, values in labels.items():
-                rows.append(
-                    {
-                        "site": name,
-                        "representation": rep,
-                        "metric": metric,
-                        "label": label,
-                        **score_clusters(got.assignment, values[: len(got.assignment)], seed=cfg.seed),
-                    }
-                )
+                scores = [score_clusters(got.assignment, values, seed=cfg.seed) for got in runs]
+                mean = {key: float(np.mean([sc[key] for sc in scores])) for key in scores[0]}
+                spread = {"nmi_sd": float(np.std([sc["nmi"] for sc in scores])), "runs": cfg.runs}
+                rows.append({"site": name, "representation": rep, "metric": metric, "label": label, **mean, **spread})
     result = {
         "config": cfg.model_dump(mode="json"),
         "sites": [c.module for c in sites],
