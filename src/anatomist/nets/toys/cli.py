@@ -1,0 +1,50 @@
+"""`anatomist toy ...`: train the toy models and list them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from anatomist.nets.toys.registry import TOYS
+from anatomist.nets.toys.train import train_toy
+
+toy_app = typer.Typer(help="Toy models with known ground truth (TMS, residual MLP).", no_args_is_help=True)
+
+
+@toy_app.command("list")
+def list_toys(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List the named toys and their default configs."""
+    if as_json:
+        print(json.dumps({name: c.model_dump(mode="json") for name, c in TOYS.items()}))
+        return
+    for name, c in TOYS.items():
+        print(f"{name:14s} {c.kind:10s} steps={c.steps} batch={c.batch_size} lr={c.lr:g} ({c.lr_schedule})")
+
+
+@toy_app.command()
+def train(
+    name: Annotated[str, typer.Argument(help=f"toy to train: {', '.join(TOYS)}")],
+    out: Annotated[Path, typer.Option(help="run folder to write (config.yaml, model.safetensors, metrics.json)")],
+    steps: Annotated[int | None, typer.Option(help="optimizer steps (default: the toy's published count)")] = None,
+    seed: Annotated[int, typer.Option(help="seed for initialisation, fixed weights and data")] = 0,
+    device: Annotated[str, typer.Option(help="'cpu', 'cuda', 'cuda:N' or 'auto'")] = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Train a toy from scratch and write its run folder; prints the final (held-out) loss."""
+    toy = train_toy(name, steps=steps, seed=seed, device=device)
+    toy.save(out)
+    summary = {k: v for k, v in toy.metrics.items() if k != "loss_curve"}
+    summary = {"final_loss": toy.final_loss, **summary, "out": str(out)}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    extra = "".join(f", {k} {v:.4g}" for k, v in summary.items() if k.endswith("_loss") and k != "final_loss")
+    print(
+        f"{name}: final loss {toy.final_loss:.6g} ({toy.config.steps} steps, "
+        f"{summary['wall_time_s']:.1f} s{extra}) -> {out}"
+    )
