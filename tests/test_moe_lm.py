@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from anatomist import AnatomistError
-from anatomist.nets.toys import TrainedToy, load_toy
-from anatomist.nets.toys import moe_lm
+from anatomist.nets.toys import TrainedToy, load_toy, moe_lm
 from anatomist.nets.toys.moe_lm import MoEBlock, MoELM, MoELMConfig, balance_loss, build_vocab, remap
 
 

@@ -61,8 +61,10 @@ def demo(
 
 def _mount() -> None:
     from anatomist.nets.toys.cli import toy_app
+    from anatomist.routes.cli import routes_app
 
     app.add_typer(toy_app, name="toy")
+    app.add_typer(routes_app, name="routes")
 
 
 def main() -> None:

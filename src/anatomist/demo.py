@@ -24,6 +24,7 @@ from anatomist.core.io import save_json
 STEPS: list[tuple[str, str]] = [
     ("tms", "anatomist.demo:tms_step"),
     ("smollm2", "anatomist.demo:smollm2_step"),
+    ("routes", "anatomist.routes.demo:routes_step"),
 ]
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,8 @@ class MoELMConfig(ToyConfig):
     lr: float = Field(default=3e-3, gt=0, description="peak AdamW learning rate")
     lr_schedule: Literal["constant", "cosine"] = Field(default="cosine", description="decay after the warm-up")
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay (matrices only)")
+
+    max_cpu_threads: ClassVar[int | None] = 1  # small matrices: a second thread only adds OpenMP waits
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:

@@ -9,11 +9,12 @@ import yaml
 
 from anatomist.core.errors import AnatomistError, nearest
 from anatomist.nets.toys.base import ToyConfig
+from anatomist.nets.toys.moe_lm import MoELMConfig
 from anatomist.nets.toys.resid_mlp import ResidMLPConfig
 from anatomist.nets.toys.tms import TMSConfig
 
 # kind -> config class; a saved config's `kind` picks the class that parses it
-KINDS: dict[str, type[ToyConfig]] = {"tms": TMSConfig, "resid_mlp": ResidMLPConfig}
+KINDS: dict[str, type[ToyConfig]] = {"tms": TMSConfig, "resid_mlp": ResidMLPConfig, "moe_lm": MoELMConfig}
 
 TOYS: dict[str, ToyConfig] = {
     c.name: c
@@ -27,6 +28,7 @@ TOYS: dict[str, ToyConfig] = {
         ResidMLPConfig(name="resid-mlp-1", n_features=100, d_mlp=50, n_layers=1, steps=1000),
         ResidMLPConfig(name="resid-mlp-2", n_features=100, d_mlp=25, n_layers=2, steps=1000),
         ResidMLPConfig(name="resid-mlp-3", n_features=102, d_mlp=17, n_layers=3, steps=2000),
+        MoELMConfig(name="moe-lm"),  # a tiny MoE language model on the wiki corpus (routes lens)
     ]
 }
 
