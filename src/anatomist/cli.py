@@ -60,19 +60,16 @@ def demo(
 
 
 def _mount() -> None:
+    """Each lens's commands live beside the lens; mounting them here keeps `anatomist --help` fast to read."""
     from anatomist.features.cli import sae_app
-    from anatomist.nets.toys.cli import toy_app
-
-    app.add_typer(toy_app, name="toy")
-    app.add_typer(sae_app, name="sae")
-    from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
-
-    app.add_typer(spd_app, name="spd")
-    app.add_typer(apd_app, name="apd")
-    app.add_typer(l3d_app, name="l3d")
     from anatomist.mechanisms.bilinear_cli import bilinear_app
+    from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
+    from anatomist.nets.toys.cli import toy_app
+    from anatomist.routes.cli import routes_app
 
-    app.add_typer(bilinear_app, name="bilinear")
+    for sub, name in [(toy_app, "toy"), (sae_app, "sae"), (spd_app, "spd"), (apd_app, "apd"), (l3d_app, "l3d"),
+                      (bilinear_app, "bilinear"), (routes_app, "routes")]:
+        app.add_typer(sub, name=name)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ STEPS: list[tuple[str, str]] = [
     ("smollm2", "anatomist.demo:smollm2_step"),
     ("sae", "anatomist.features.demo:sae_step"),
     ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
+    ("routes", "anatomist.routes.demo:routes_step"),
 ]
 
 

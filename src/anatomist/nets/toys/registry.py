@@ -10,6 +10,7 @@ import yaml
 from anatomist.core.errors import AnatomistError, nearest
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.bilinear_mnist import BilinearMNISTConfig
+from anatomist.nets.toys.moe_lm import MoELMConfig
 from anatomist.nets.toys.resid_mlp import ResidMLPConfig
 from anatomist.nets.toys.tms import TMSConfig
 
@@ -18,6 +19,7 @@ KINDS: dict[str, type[ToyConfig]] = {
     "tms": TMSConfig,
     "resid_mlp": ResidMLPConfig,
     "bilinear_mnist": BilinearMNISTConfig,
+    "moe_lm": MoELMConfig,
 }
 
 TOYS: dict[str, ToyConfig] = {
@@ -33,6 +35,7 @@ TOYS: dict[str, ToyConfig] = {
         ResidMLPConfig(name="resid-mlp-2", n_features=100, d_mlp=25, n_layers=2, steps=1000),
         ResidMLPConfig(name="resid-mlp-3", n_features=102, d_mlp=17, n_layers=3, steps=2000),
         BilinearMNISTConfig(),  # no planted ground truth: read with `anatomist bilinear mnist`
+        MoELMConfig(name="moe-lm"),  # a tiny MoE language model on the wiki corpus (routes lens)
     ]
 }
 

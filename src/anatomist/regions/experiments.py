@@ -1,0 +1,362 @@
+"""The polytope lens on real models: boundary density around class changes, and region clustering.
+
+`density_experiment`: straight paths between pairs of inputs of different classes (MNIST digits,
+or, for a language model, the input embeddings of two wiki rows whose next-token predictions
+differ). Along each path: code changes per bin at every site and the model's prediction. The
+paper's claim is that boundary density peaks where the prediction changes; we compare the density
+in a window around the change with the density elsewhere, and, as controls, around the path's
+middle and on paths between two inputs of the same class.
+
+`cluster_experiment`: k-medoids clusters of inputs (images, or tokens of the wiki corpus) by code
+(Hamming on hard codes, L1 on soft codes), raw activation (Euclidean, the activation module's
+output) and direction (cosine), at equal k, scored against labels (digit classes; token labels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from anatomist.core.config import Config
+from anatomist.core.errors import AnatomistError
+from anatomist.core.io import save_json
+from anatomist.core.progress import progress
+from anatomist.nets.sites import Site, capture, splice
+from anatomist.regions.cluster import Metric, cluster, score_clusters
+from anatomist.regions.codes import CodeSite, code_sites, encode, nearby_activations, preactivations
+from anatomist.regions.paths import PathProbe, search_crossings
+
+
+class DensityConfig(Config):
+    """Boundary density along paths between inputs of different classes."""
+
+    model: str = Field(
+        default="mnist-cnn", description="packaged model or local folder (image classifier or causal LM)"
+    )
+    sites: tuple[str, ...] = Field(
+        default=(), description="activation modules; empty: every activation (images) or 3 MLPs"
+    )
+    pairs: int = Field(default=50, ge=1, description="paths between inputs whose predicted classes differ")
+    same_class_pairs: int = Field(default=20, ge=0, description="control paths between two inputs of the same class")
+    bins: int = Field(default=200, ge=10, description="samples per path (code changes are counted between neighbours)")
+    exact_pairs: int = Field(
+        default=8, ge=0, description="pairs also counted exactly (bisection), to measure what sampling misses"
+    )
+    window: float = Field(default=0.05, gt=0, lt=0.5, description="half-width in t of the window around a class change")
+    images: str = Field(default="mnist", description="image set for image classifiers")
+    seq_len: int = Field(default=16, ge=2, description="tokens per row for language models")
+    seed: int = Field(default=0, description="seed for choosing pairs")
+
+
+class ClusterConfig(Config):
+    """Clustering inputs by spline codes vs activations vs directions, scored against labels."""
+
+    model: str = Field(
+        default="mnist-cnn", description="packaged model or local folder (image classifier or causal LM)"
+    )
+    sites: tuple[str, ...] = Field(
+        default=(), description="activation modules; empty: every activation (images) or 3 MLPs"
+    )
+    n: int = Field(default=2000, ge=10, description="images, or tokens for a language model")
+    k: int = Field(default=10, ge=2, description="clusters (the same for every representation)")
+    fit_on: int = Field(default=2000, ge=10, description="k-medoids is fitted on at most this many rows")
+    images: str = Field(default="mnist", description="image set for image classifiers")
+    seq_len: int = Field(default=128, ge=2, description="tokens per row for language models")
+    top_tokens: int = Field(default=20, ge=2, description="token identity is scored on the most frequent tokens only")
+    runs: int = Field(default=1, ge=1, description="k-medoids runs (seeds seed, seed+1, ...); scores are their mean")
+    seed: int = Field(default=0, description="seed for sampling and k-medoids")
+
+
+def default_sites(loaded: Any) -> tuple[str, ...]:
+    """Every activation module of an image model; the MLP activations at 1/10, 1/2 and 9/10 depth of an LM."""
+    if loaded.kind == "image-classifier":
+        return tuple(nearby_activations(loaded.model, "", n=1000))
+    if loaded.layers_path is None:
+        raise AnatomistError(f"model '{loaded.name}': name the activation modules with --sites")
+    layers = len(dict(loaded.model.named_modules())[loaded.layers_path])
+    acts = nearby_activations(loaded.model, "", n=10_000)
+    picks = []
+    for i in sorted({layers // 10, layers // 2, (9 * layers) // 10}):
+        inside = [a for a in acts if a.startswith(f"{loaded.layers_path}.{i}.")]
+        picks += inside[:1]
+    if not picks:
+        raise AnatomistError(f"model '{loaded.name}': no activation module in its layers; name them with --sites")
+    return tuple(picks)
+
+
+def _load(name: str) -> Any:
+    from anatomist.nets.assets import load_model
+
+    loaded = load_model(name)
+    if loaded.kind == "encoder":
+        raise AnatomistError(f"model '{name}' is an encoder: the regions experiments need a classifier or a causal LM")
+    return loaded
+
+
+# --- density -------------------------------------------------------------------------------------
+
+
+def _classes(probe: PathProbe, t: np.ndarray) -> np.ndarray:
+    """The prediction at each path position: argmax of the last position's logits."""
+    out = []
+    for i in range(0, len(t), probe.batch_size):
+        pts = probe.points(t[i : i + probe.batch_size])
+        with torch.no_grad():
+            if probe.at is None:
+                logits = probe.model(pts)
+            else:
+                with splice(probe.model, {probe.at: _constant(pts)}):
+                    logits = probe.model(**_repeat_inputs(probe.inputs, len(pts))).logits
+        out.append(logits.reshape(len(pts), -1, logits.shape[-1])[:, -1].argmax(-1))
+    return torch.cat(out).numpy()
+
+
+def _constant(value: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda _v: value
+
+
+def _repeat_inputs(inputs: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    return {key: v.expand(k, *v.shape[1:]) for key, v in inputs.items()}
+
+
+def _endpoints(loaded: Any, cfg: DensityConfig, rng: np.random.Generator) -> tuple[list[Any], np.ndarray, Site | None]:
+    """Path ends (one input each, or (embedding, ids) for LMs) with their predicted classes."""
+    model = loaded.model
+    if loaded.kind == "image-classifier":
+        from anatomist.data import load_images
+
+        imgs = load_images(cfg.images)
+        # a random pool big enough to find the pairs in, so few images are run through the model
+        pool = np.sort(rng.choice(len(imgs), min(len(imgs), 10 * (cfg.pairs + cfg.same_class_pairs) + 100), False))
+        x = imgs.images[torch.from_numpy(pool)]
+        with torch.no_grad():
+            pred = torch.cat([model(x[i : i + 500]).argmax(-1) for i in range(0, len(x), 500)])
+        return list(zip(x, [None] * len(x), strict=True)), pred.numpy(), None
+    from anatomist.data import load_corpus
+
+    n_rows = 4 * (cfg.pairs + cfg.same_class_pairs)
+    ids = load_corpus("wiki").tokenize(loaded.tokenizer, cfg.seq_len, n_rows)
+    emb = Site(next(n for n, m in model.named_modules() if m is model.get_input_embeddings()), "output")
+    vectors = capture(model, ids, emb)[emb]  # [n_rows, seq_len, d_model]
+    with torch.no_grad():
+        pred = model(input_ids=ids).logits[:, -1].argmax(-1)
+    return [(vectors[i], {"input_ids": ids[i : i + 1]}) for i in range(n_rows)], pred.numpy(), emb
+
+
+def _pick_pairs(classes: np.ndarray, n: int, same: bool, rng: np.random.Generator) -> list[tuple[int, int]]:
+    pairs: list[tuple[int, int]] = []
+    for _ in range(200 * n):
+        if len(pairs) == n:
+            break
+        i, j = (int(v) for v in rng.choice(len(classes), 2, replace=False))
+        if (classes[i] == classes[j]) == same and (i, j) not in pairs:
+            pairs.append((i, j))
+    if len(pairs) < n:
+        raise AnatomistError(f"found only {len(pairs)} of {n} {'same' if same else 'different'}-class pairs")
+    return pairs
+
+
+def _window_ratio(profile: np.ndarray, centres: list[float], window: float) -> float:
+    """Mean density in bins within `window` of any centre, over the mean elsewhere."""
+    mids = (np.arange(len(profile)) + 0.5) / len(profile)
+    near = np.zeros(len(profile), dtype=bool)
+    for c in centres:
+        near |= np.abs(mids - c) <= window
+    inside, outside = profile[near].mean(), profile[~near].mean()
+    return float(inside / outside) if outside > 0 else float("inf")
+
+
+def density_experiment(cfg: DensityConfig, out: str | Path | None = None) -> dict[str, Any]:
+    """Boundary density along paths (see the module docstring); plots and results.json go to `out`."""
+    loaded = _load(cfg.model)
+    sites = code_sites(loaded.model, cfg.sites or default_sites(loaded))
+    rng = np.random.default_rng(cfg.seed)
+    ends, classes, at = _endpoints(loaded, cfg, rng)
+    grid = np.linspace(0.0, 1.0, cfg.bins + 1)
+    mids = (grid[:-1] + grid[1:]) / 2
+    records = []
+    todo = [(p, False) for p in _pick_pairs(classes, cfg.pairs, False, rng)]
+    todo += [(p, True) for p in _pick_pairs(classes, cfg.same_class_pairs, True, rng)]
+    for n, ((i, j), same) in enumerate(progress(todo, total=len(todo), desc="paths")):
+        (a, inputs), (b, _) = ends[i], ends[j]
+        probe = PathProbe(loaded.model, sites, a, b, at, inputs)
+        signs = probe(grid) > 0  # [bins + 1, n_units]
+        changes = (signs[1:] != signs[:-1]).numpy()
+        counts = np.stack([changes[:, s].sum(1) for s in probe.slices()])  # [n_sites, bins]
+        pred = _classes(probe, grid)
+        flips = [float(mids[k]) for k in np.nonzero(pred[1:] != pred[:-1])[0]]
+        rec: dict[str, Any] = {
+            "i": i,
+            "j": j,
+            "same_class": same,
+            "class_a": int(classes[i]),
+            "class_b": int(classes[j]),
+            "length": probe.length,
+            "changes_at": flips,
+            "counts": counts.tolist(),
+            "pred": pred.tolist(),
+        }
+        if not same and n < cfg.exact_pairs:
+            exact = search_crossings(PathProbe(loaded.model, sites, a, b, at, inputs), cfg.bins)
+            rec["exact"] = {"per_site": exact.per_site(), "unresolved": exact.unresolved, "evals": exact.n_evals}
+        records.append(rec)
+    summary = summarise_density(records, [c.module for c in sites], cfg.window)
+    result = {"config": cfg.model_dump(mode="json"), "sites": [c.module for c in sites], **summary}
+    if out is not None:
+        from anatomist.regions.plots import plot_density
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(out / "paths.json", records)
+        result["plots"] = plot_density(records, [c.module for c in sites], out)
+        save_json(out / "results.json", result)
+    return result
+
+
+def _profiles(record: dict[str, Any], sites: list[str]) -> dict[str, np.ndarray]:
+    """Each site's code changes per bin, and "all sites": the mean of the sites' profiles, each over its mean."""
+    counts = np.asarray(record["counts"], dtype=float)  # [n_sites, bins]
+    means = counts.mean(1, keepdims=True)
+    normalised = np.divide(counts, means, out=np.zeros_like(counts), where=means > 0)
+    return {**dict(zip(sites, counts, strict=True)), "all sites": normalised.mean(0)}
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def summarise_density(records: list[dict[str, Any]], sites: list[str], window: float) -> dict[str, Any]:
+    """Per site: density near class changes over density elsewhere, with controls; sampling vs exact counts.
+
+    `ratio_at_change`: median over different-class paths of (mean density within `window` of a class
+    change) / (mean density elsewhere). Controls: the same ratio around the path's middle, on the same
+    paths and on same-class paths, and on same-class paths in the windows where each different-class
+    path changed class (`ratio_same_class_matched`): class changes fall near the middle, so the
+    middle of a path is the confound to beat. `corr_peak_change`: correlation, over paths, of the density
+    peak's position
+    with the first class change's position (meaningful only when `change_position_sd` is not tiny).
+    """
+    diff = [r for r in records if not r["same_class"] and r["changes_at"]]
+    same = [r for r in records if r["same_class"]]
+    first = np.array([r["changes_at"][0] for r in diff])
+    per_site: dict[str, dict[str, float]] = {}
+    for name in [*sites, "all sites"]:
+        prof = {id(r): _profiles(r, sites)[name] for r in records}
+        at_change = [_window_ratio(prof[id(r)], r["changes_at"], window) for r in diff]
+        smooth = [np.convolve(prof[id(r)], np.ones(5) / 5, mode="same") for r in diff]
+        peak = np.array([(np.argmax(p) + 0.5) / len(p) for p in smooth])
+        per_site[name] = {
+            "ratio_at_change": _median(at_change),
+            "share_above_1": float(np.mean(np.array(at_change) > 1)) if diff else float("nan"),
+            "ratio_at_middle": _median([_window_ratio(prof[id(r)], [0.5], window) for r in diff]),
+            "ratio_same_class_middle": _median([_window_ratio(prof[id(r)], [0.5], window) for r in same]),
+            # position-matched control: same-class paths, windows where the different-class paths changed class
+            "ratio_same_class_matched": _median(
+                [_median([_window_ratio(prof[id(q)], r["changes_at"], window) for q in same]) for r in diff]
+            )
+            if same
+            else float("nan"),
+            "peak_to_change_mean_abs": float(np.mean(np.abs(peak - first))) if diff else float("nan"),
+            "corr_peak_change": float(np.corrcoef(peak, first)[0, 1]) if len(diff) > 2 else float("nan"),
+            "crossings_per_path": float(np.mean([np.asarray(r["counts"])[sites.index(name)].sum() for r in records]))
+            if name in sites
+            else float("nan"),
+        }
+    exact = [r for r in records if "exact" in r]
+    return {
+        "pairs_with_class_change": len(diff),
+        "same_class_pairs": len(same),
+        "change_position_mean": float(np.mean(first)) if diff else float("nan"),
+        "change_position_sd": float(np.std(first)) if diff else float("nan"),
+        "per_site": per_site,
+        "exact_pairs": len(exact),
+        "crossings_sampled": sum(int(np.asarray(r["counts"]).sum()) for r in exact),
+        "crossings_exact": sum(sum(r["exact"]["per_site"].values()) for r in exact),
+        "unresolved_exact": sum(r["exact"]["unresolved"] for r in exact),
+    }
+
+
+# --- clustering ------------------------------------------------------------------------------------
+
+
+def _harvest(
+    model: torch.nn.Module, batches: list[Any], sites: list[CodeSite], soft: bool
+) -> tuple[Any, list[np.ndarray]]:
+    """Codes and post-activation values (float32 [n, units] per site) for a list of batches."""
+    from anatomist.regions.codes import SplineCodes
+
+    parts, acts = [], []
+    for batch in progress(batches, total=len(batches), desc="harvest"):
+        z = preactivations(model, batch, sites)
+        parts.append(encode(z, sites, soft))
+        with torch.no_grad():
+            acts.append(
+                [dict(model.named_modules())[c.module](p).float().numpy() for c, p in zip(sites, z, strict=True)]
+            )
+    return SplineCodes.concat(parts), [np.concatenate([a[k] for a in acts]) for k in range(len(sites))]
+
+
+def _cluster_data(loaded: Any, cfg: ClusterConfig) -> tuple[list[Any], dict[str, np.ndarray]]:
+    """Batches of inputs and the labels of their rows."""
+    rng = np.random.default_rng(cfg.seed)
+    if loaded.kind == "image-classifier":
+        from anatomist.data import load_images
+
+        imgs = load_images(cfg.images)
+        if cfg.n > len(imgs):
+            raise AnatomistError(f"n = {cfg.n} but image set '{cfg.images}' has {len(imgs)} images")
+        pick = np.sort(rng.choice(len(imgs), cfg.n, replace=False))
+        x = imgs.images[torch.from_numpy(pick)]
+        return [x[i : i + 250] for i in range(0, cfg.n, 250)], {"digit": imgs.labels[pick].numpy()}
+    from anatomist.data import load_corpus
+    from anatomist.data.token_labels import token_labels
+
+    n_seqs = -(-cfg.n // cfg.seq_len)
+    ids = load_corpus("wiki").tokenize(loaded.tokenizer, cfg.seq_len, n_seqs)
+    labels = token_labels(ids, loaded.tokenizer, top_tokens=cfg.top_tokens)
+    return [ids[i : i + 8] for i in range(0, n_seqs, 8)], {name: lab.values for name, lab in labels.items()}
+
+
+def cluster_experiment(cfg: ClusterConfig, out: str | Path | None = None) -> dict[str, Any]:
+    """Purity and NMI of code / activation / direction clusters at each site and all sites together."""
+    loaded = _load(cfg.model)
+    sites = code_sites(loaded.model, cfg.sites or default_sites(loaded))
+    soft = any(c.kind == "soft" for c in sites)
+    batches, labels = _cluster_data(loaded, cfg)
+    codes, acts = _harvest(loaded.model, batches, sites, soft)
+    names = [c.module for c in sites] + (["all"] if len(sites) > 1 else [])
+    rows = []
+    for name in progress(names, total=len(names), desc="cluster"):
+        cols = slice(None) if name == "all" else codes.site_units(name)
+        act = np.concatenate(acts, axis=1) if name == "all" else acts[[c.module for c in sites].index(name)]
+        reps: list[tuple[str, Metric, Any]] = [("code", "hamming", codes.hard()[:, cols])]
+        if soft:
+            reps.append(("soft code", "l1", codes.values()[:, cols]))
+        reps += [("activation", "euclidean", act), ("direction", "cosine", act)]
+        for rep, metric, feats in reps:
+            runs = [cluster(feats, cfg.k, metric, fit_on=cfg.fit_on, seed=cfg.seed + r) for r in range(cfg.runs)]
+            for label, values in labels.items():
+                scores = [score_clusters(got.assignment, values, seed=cfg.seed) for got in runs]
+                mean = {key: float(np.mean([sc[key] for sc in scores])) for key in scores[0]}
+                spread = {"nmi_sd": float(np.std([sc["nmi"] for sc in scores])), "runs": cfg.runs}
+                rows.append({"site": name, "representation": rep, "metric": metric, "label": label, **mean, **spread})
+    result = {
+        "config": cfg.model_dump(mode="json"),
+        "sites": [c.module for c in sites],
+        "n": len(codes),
+        "code_bytes": codes.nbytes,
+        "rows": rows,
+    }
+    if out is not None:
+        from anatomist.regions.plots import plot_clusters
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        result["plots"] = plot_clusters(rows, out)
+        save_json(out / "results.json", result)
+    return result
