@@ -69,9 +69,9 @@ def test_batch_topk_code_is_the_global_top() -> None:
     assert set((code.rows * 50 + code.cols).tolist()) == expected
     assert torch.equal(code.pre, pre[code.rows, code.cols])
     assert bool((code.rows[1:] >= code.rows[:-1]).all())
-    # offsets point at each row's first pair
+    # CSR row pointers: row b's pairs are crow[b]:crow[b+1]
     counts = torch.bincount(code.rows, minlength=32)
-    assert torch.equal(code.offsets, torch.cumsum(counts, 0) - counts)
+    assert torch.equal(code.crow, torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]))
 
 
 def test_dead_topk_code_only_uses_dead_latents() -> None:

@@ -107,7 +107,7 @@ class _SparseCodeSAE(SparseDictionary):
 
     @torch.no_grad()
     def _dense_acts(self, code: SparseCode) -> Tensor:
-        buf, fresh = self._buffer("acts", (code.offsets.shape[0], self.cfg.d_sae), code.pre)
+        buf, fresh = self._buffer("acts", (code.batch, self.cfg.d_sae), code.pre)
         if not fresh and self._last_pairs is not None:
             buf[self._last_pairs] = 0  # clear the previous step's pairs only
         buf[code.rows, code.cols] = code.pre.relu()

@@ -33,12 +33,16 @@ class SparseCode(NamedTuple):
     rows: Tensor  # [nnz] long, non-decreasing
     cols: Tensor  # [nnz] long, latent index
     pre: Tensor  # [nnz] pre-activation of each pair (the activation is relu(pre))
-    offsets: Tensor  # [batch] long, index of each row's first pair (embedding_bag offsets)
+    crow: Tensor  # [batch + 1] long, row b's pairs are crow[b]:crow[b+1] (CSR row pointers)
+
+    @property
+    def batch(self) -> int:
+        return self.crow.shape[0] - 1
 
 
-def _offsets(rows: Tensor, n_rows: int) -> Tensor:
-    counts = torch.bincount(rows, minlength=n_rows)
-    return torch.cumsum(counts, 0) - counts
+def _crow(sorted_ids: Tensor, n: int) -> Tensor:
+    """CSR row pointers [n + 1] of sorted ids in [0, n)."""
+    return torch.searchsorted(sorted_ids, torch.arange(n + 1, device=sorted_ids.device))
 
 
 @torch.no_grad()
@@ -47,8 +51,8 @@ def topk_code(pre: Tensor, k: int) -> SparseCode:
     vals, idx = pre.topk(k, dim=-1, sorted=False)  # [batch, k]
     batch = pre.shape[0]
     rows = torch.arange(batch, device=pre.device).repeat_interleave(k)
-    offsets = torch.arange(0, batch * k, k, device=pre.device)
-    return SparseCode(rows, idx.reshape(-1), vals.reshape(-1), offsets)
+    crow = torch.arange(0, batch * k + 1, k, device=pre.device)
+    return SparseCode(rows, idx.reshape(-1), vals.reshape(-1), crow)
 
 
 @torch.no_grad()
@@ -70,7 +74,7 @@ def batch_topk_code(pre: Tensor, k: int) -> SparseCode:
     flat, order = flat.sort()
     rows = torch.div(flat, per_row, rounding_mode="floor")
     cols = cand_idx.reshape(-1)[flat]
-    return SparseCode(rows, cols, vals[order], _offsets(rows, batch))
+    return SparseCode(rows, cols, vals[order], _crow(rows, batch))
 
 
 @torch.no_grad()
@@ -97,19 +101,19 @@ class _SparseDecode(torch.autograd.Function):
         rows: Tensor,
         cols: Tensor,
         pre: Tensor,
-        offsets: Tensor,
+        crow: Tensor,
     ) -> Tensor:
         acts = pre.relu()  # [nnz]
-        ctx.save_for_backward(x, b_in, W_enc, W_dec, rows, cols, pre, offsets)
-        return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=acts.to(W_dec.dtype))
+        ctx.save_for_backward(x, b_in, W_enc, W_dec, rows, cols, pre, crow)
+        return _bags(cols, W_dec, crow, acts.to(W_dec.dtype))
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, b_in, W_enc, W_dec, rows, cols, pre, offsets = ctx.saved_tensors
+        x, b_in, W_enc, W_dec, rows, cols, pre, crow = ctx.saved_tensors
         d_sae = W_dec.shape[0]
         need_x, need_b_in, need_w_enc, need_b_enc, need_w_dec = ctx.needs_input_grad[:5]
         grad_out = grad_out.contiguous()  # [batch, d_out]
-        g_pre = sampled_dot(grad_out, W_dec, rows, cols, offsets) * (pre > 0)  # [nnz]
+        g_pre = sampled_dot(grad_out, W_dec, cols, crow) * (pre > 0)  # [nnz]
         gx = gb_in = gw_enc = gb_enc = gw_dec = None
         if need_w_dec or need_w_enc:
             by_latent = LatentMajor(rows, cols, d_sae)
@@ -124,22 +128,23 @@ class _SparseDecode(torch.autograd.Function):
             if need_b_in:
                 gb_in = -(W_enc @ g_col.to(W_enc.dtype))  # sum over rows of -dL/dx_in
         if need_x:
-            gx = F.embedding_bag(cols, W_enc.t(), offsets, mode="sum", per_sample_weights=g_pre.to(W_enc.dtype))
+            gx = _bags(cols, W_enc.t(), crow, g_pre.to(W_enc.dtype))
         return gx, gb_in, gw_enc, gb_enc, gw_dec, None, None, None, None
 
 
-def sampled_dot(a: Tensor, W: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor) -> Tensor:
-    """out[n] = <a[rows[n]], W[cols[n]]>: (a @ W^T) sampled at the pairs (SDDMM), without gathering rows.
+def _bags(ids: Tensor, table: Tensor, crow: Tensor, weights: Tensor) -> Tensor:
+    """out[b] = sum over n in crow[b]:crow[b+1] of weights[n] * table[ids[n]]."""
+    return F.embedding_bag(ids, table, crow, mode="sum", per_sample_weights=weights, include_last_offset=True)
 
-    `rows` must be sorted (it is: a SparseCode is row-major), so the pairs form a CSR pattern.
-    """
+
+def sampled_dot(a: Tensor, W: Tensor, cols: Tensor, crow: Tensor) -> Tensor:
+    """out[n] = <a[row n], W[cols[n]]> for the CSR pattern (crow, cols): (a @ W^T) sampled at the pairs (SDDMM),
+    without gathering rows."""
     if a.dtype not in (torch.float32, torch.float64):  # the sparse kernel has no bf16/fp16 version
-        return sampled_dot(a.float(), W.float(), rows, cols, offsets).to(a.dtype)
-    nnz = rows.shape[0]
-    crow = torch.cat([offsets, offsets.new_tensor([nnz])])
+        return sampled_dot(a.float(), W.float(), cols, crow).to(a.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        pattern = torch.sparse_csr_tensor(crow, cols, a.new_zeros(nnz), (a.shape[0], W.shape[0]))
+        pattern = torch.sparse_csr_tensor(crow, cols, a.new_zeros(cols.shape[0]), (a.shape[0], W.shape[0]))
         return torch.sparse.sampled_addmm(pattern, a, W.t(), beta=0.0).values()
 
 
@@ -153,10 +158,10 @@ class LatentMajor:
     def __init__(self, rows: Tensor, cols: Tensor, d_sae: int):
         cols_sorted, self.perm = cols.sort()
         self.rows = rows[self.perm]
-        self.offsets = _offsets(cols_sorted, d_sae)
+        self.crow = _crow(cols_sorted, d_sae)
 
     def matmul(self, vals: Tensor, dense: Tensor) -> Tensor:
-        return F.embedding_bag(self.rows, dense, self.offsets, mode="sum", per_sample_weights=vals[self.perm])
+        return _bags(self.rows, dense, self.crow, vals[self.perm])
 
 
 def sparse_decode(
@@ -167,5 +172,5 @@ def sparse_decode(
     The pairs' pre-activations must equal ((x - b_in) @ W_enc + b_enc)[row, col]: the backward differentiates
     that expression (w.r.t. x, b_in, W_enc, b_enc) and the decoder (w.r.t. W_dec) at the active pairs only.
     """
-    out = _SparseDecode.apply(x, b_in, W_enc, b_enc, W_dec, code.rows, code.cols, code.pre, code.offsets)
+    out = _SparseDecode.apply(x, b_in, W_enc, b_enc, W_dec, code.rows, code.cols, code.pre, code.crow)
     return out  # type: ignore[no-any-return]
