@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -254,6 +255,7 @@ def train_sae(
         _append_jsonl(run / "metrics.jsonl", {"event": "e2e", "skip_blocks_before_site": e2e["skip"],
                                               "downstream_sites": [str(s) for s in e2e["ds_sites"]]})
     log: dict[str, float] = {}
+    t0 = time.perf_counter()
     for step in progress(range(start + 1, cfg.steps + 1), total=cfg.steps - start, desc="train"):
         if cfg.objective == "local":
             batch = next(row_batches)
@@ -290,7 +292,8 @@ def train_sae(
             log = {"step": step, "loss": loss.item(), **terms,
                    "l0": float((out.acts != 0).sum(-1).float().mean()), "lr": float(sched.get_last_lr()[0]),
                    "grad_norm": float(gnorm),
-                   "dead_fraction": float((trainee.since_fired >= cfg.dead_tokens).float().mean())}
+                   "dead_fraction": float((trainee.since_fired >= cfg.dead_tokens).float().mean()),
+                   "seconds": round(time.perf_counter() - t0, 2)}
             _append_jsonl(run / "metrics.jsonl", log)
         if held_out is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             quick = _quick_eval(sae, held_out, site, target, s_in, s_out)
