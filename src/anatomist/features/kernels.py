@@ -163,6 +163,7 @@ class LatentMajor:
 
     def __init__(self, rows: Tensor, cols: Tensor, d_sae: int):
         self.cpu = cols.is_cpu
+        self.perm: Any  # numpy indices on CPU, a tensor elsewhere
         if self.cpu:
             # numpy, single-threaded: torch's parallel 1-D CPU sort took ~0.5 s here (vs ~5 ms) when the
             # cores were shared, and every small parallel op waits for a descheduled thread
