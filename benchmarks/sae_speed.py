@@ -1,15 +1,14 @@
 """TopK SAE training speed: anatomist vs eai-sparsify vs sae-lens, in one process on the same activations.
 
-    python benchmarks/sae_speed.py [--steps 6] [--rounds 3] [--plain-adam] [--threads N] [--bf16 auto|on|off]
+    python benchmarks/sae_speed.py [--steps 15] [--plain-adam] [--threads N] [--bf16 auto|on|off]
 
 Every library trains the same TopK SAE (d_in 512, 4096 latents, k 32, batch 4096 random activations, Adam,
 fp32) with its own standard step (forward with dead-latent mask, loss, backward, decoder-norm handling,
 optimizer step, dead tracking). The peers' trainers use torch's default Adam; anatomist uses the same Adam
 with `fused=True` (one kernel per tensor instead of a dozen passes; `--plain-adam` adds a row without it).
-On a shared machine the load drifts, so the libraries take turns: each round times `--steps` steps of
-each library after warm-up, and a library's speed is its median round.
-The bound is one dense encoder matmul [4096, 512] @ [512, 4096] plus the top-k, timed in the same run:
-no training step can do less work than that, so bound tokens/s = batch / (t_matmul + t_topk).
+On a shared machine the load drifts, so after warm-up the libraries take turns step by step, and a
+library's speed is batch / its median step time. The bound takes its turn too: one dense encoder matmul
+[4096, 512] @ [512, 4096] plus the top-k; no training step can do less work than that.
 """
 
 from __future__ import annotations
@@ -115,8 +114,7 @@ def saelens_step() -> Callable[[torch.Tensor], None]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per library per round")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds (libraries take turns in each)")
+    ap.add_argument("--steps", type=int, default=15, help="timed steps per library (taken in turns)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per library before the rounds")
     ap.add_argument("--plain-adam", action="store_true", help="also time anatomist with torch's default Adam")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -134,18 +132,12 @@ def main() -> None:
     data = [torch.randn(BATCH, D_IN) for _ in range(4)]  # the same activations for every library
 
     x, w = data[0], torch.randn(D_IN, D_SAE)
-    t_mm = best_time(lambda: x @ w)
-    pre = x @ w
-    t_topk = best_time(lambda: pre.topk(K, dim=-1, sorted=False))
-    bound = BATCH / (t_mm + t_topk)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(
-        f"dense fp32 matmul [{BATCH},{D_IN}]@[{D_IN},{D_SAE}]: {t_mm * 1e3:.1f} ms "
-        f"({2 * BATCH * D_IN * D_SAE / t_mm / 1e9:.0f} GFLOP/s); topk({K}): {t_topk * 1e3:.1f} ms"
-    )
-    print(f"bound (one encoder matmul + topk per step): {bound:,.0f} tokens/s")
 
-    libs: dict[str, Callable[[torch.Tensor], None]] = {"anatomist": anatomist_step()}
+    def bound_step(x: torch.Tensor) -> None:  # the least work a step can do: one encoder matmul + the top-k
+        (x @ w).topk(K, dim=-1, sorted=False)
+
+    libs: dict[str, Callable[[torch.Tensor], None]] = {"bound": bound_step, "anatomist": anatomist_step()}
     if args.plain_adam:
         libs["anatomist plain Adam"] = anatomist_step(fused=False)
     try:
@@ -160,6 +152,7 @@ def main() -> None:
     if bf16:
         libs["anatomist bf16"] = anatomist_step(bf16=True)
     elif args.bf16 == "auto":
+        t_mm = best_time(lambda: x @ w, repeats=2)
         xb, wb = x[:256].bfloat16(), w.bfloat16()
         t_bf16 = best_time(lambda: xb @ wb, repeats=2) * BATCH / 256
         print(
@@ -170,25 +163,37 @@ def main() -> None:
     for step in libs.values():
         for i in range(args.warmup):
             step(data[i % len(data)])
-    per_round: dict[str, list[float]] = {name: [] for name in libs}
-    for r in range(args.rounds):
+    # The libraries take turns step by step, so slow and busy moments of a shared machine hit all of them.
+    times: dict[str, list[float]] = {name: [] for name in libs}
+    cpu: dict[str, list[float]] = {name: [] for name in libs}  # process CPU seconds (all threads)
+    for i in range(args.steps):
         for name, step in libs.items():
-            t0 = time.perf_counter()
-            for i in range(args.steps):
-                step(data[i % len(data)])
-            per_round[name].append(args.steps * BATCH / (time.perf_counter() - t0))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in per_round.items()), flush=True)
+            t0, c0 = time.perf_counter(), time.process_time()
+            step(data[i % len(data)])
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+        print(f"step {i + 1}: " + ", ".join(f"{n} {v[-1] * 1e3:.0f} ms" for n, v in times.items()), flush=True)
 
-    speed = {name: statistics.median(v) for name, v in per_round.items()}
-    print("\ntokens/s (median round):")
-    for name, v in speed.items():
-        print(f"  {name:15s} {v:10,.0f}   {v / bound:5.1%} of the bound")
-    a = speed["anatomist"]
-    for peer in ("sparsify", "sae-lens"):
-        if peer in speed:
-            print(f"anatomist / {peer}: {a / speed[peer]:.2f}x")
-    if "anatomist bf16" in speed:
-        print(f"anatomist bf16 / anatomist fp32: {speed['anatomist bf16'] / a:.2f}x")
+    # median: the typical step under this machine's load; best: the least disturbed step, nearest to an idle
+    # machine; CPU time: what the step costs the processor, whatever else runs (with one thread, the cleanest
+    # figure on a shared machine; with several, threads waiting at barriers may count too)
+    stats: list[tuple[str, dict[str, list[float]], Callable[[list[float]], float]]] = [
+        ("median step (wall)", times, statistics.median),
+        ("best step (wall)", times, min),
+        ("median step (CPU time)", cpu, statistics.median),
+    ]
+    for label, series, stat in stats:
+        speed = {name: BATCH / stat(v) for name, v in series.items()}
+        bound = speed.pop("bound")
+        print(f"\n{label}: bound (one encoder matmul + topk) {bound:,.0f} tokens/s")
+        for name, v in speed.items():
+            print(f"  {name:22s} {v:10,.0f} tokens/s   {v / bound:6.1%} of the bound")
+        a = speed["anatomist"]
+        ratios = [f"anatomist / {peer}: {a / speed[peer]:.2f}x" for peer in ("sparsify", "sae-lens") if peer in speed]
+        ratios += [f"bound / {peer}: {bound / speed[peer]:.2f}x" for peer in ("sparsify", "sae-lens") if peer in speed]
+        if "anatomist bf16" in speed:
+            ratios.append(f"anatomist bf16 / fp32: {speed['anatomist bf16'] / a:.2f}x")
+        print("  " + "; ".join(ratios))
 
 
 if __name__ == "__main__":

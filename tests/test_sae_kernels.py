@@ -53,8 +53,8 @@ def test_sparse_decode_gradcheck_including_input() -> None:
 
     def fn(x: torch.Tensor, b_in: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor):
         # recompute the pair values from the inputs, as the caller must, so gradcheck's perturbations are seen
-        vals = ((x - b_in) @ W_enc + b_enc)[code.rows, code.cols].detach()
-        return sparse_decode(x, b_in, W_enc, b_enc, W_dec, code._replace(pre=vals))
+        vals = ((x - b_in) @ W_enc + b_enc)[code.rows, code.cols].detach().relu()
+        return sparse_decode(x, b_in, W_enc, b_enc, W_dec, code._replace(acts=vals))
 
     assert torch.autograd.gradcheck(fn, (x, b_in, W_enc, b_enc, W_dec))
 
@@ -67,11 +67,11 @@ def test_batch_topk_code_is_the_global_top() -> None:
     flat = pre.relu().flatten()
     expected = set(flat.topk(4 * 32).indices[flat.topk(4 * 32).values > 0].tolist())
     assert set((code.rows * 50 + code.cols).tolist()) == expected
-    assert torch.equal(code.pre, pre[code.rows, code.cols])
+    assert torch.equal(code.acts, pre[code.rows, code.cols])
     assert bool((code.rows[1:] >= code.rows[:-1]).all())
-    # offsets point at each row's first pair
+    # CSR row pointers: row b's pairs are crow[b]:crow[b+1]
     counts = torch.bincount(code.rows, minlength=32)
-    assert torch.equal(code.offsets, torch.cumsum(counts, 0) - counts)
+    assert torch.equal(code.crow, torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)]))
 
 
 def test_dead_topk_code_only_uses_dead_latents() -> None:
@@ -99,6 +99,6 @@ def test_reused_buffers_give_fresh_activations_each_step(arch: str) -> None:
             expected = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
         else:
             code = batch_topk_code(pre.detach(), 3)
-            expected = torch.zeros_like(pre).index_put((code.rows, code.cols), code.pre.relu())
+            expected = torch.zeros_like(pre).index_put((code.rows, code.cols), code.acts)
         torch.testing.assert_close(acts, expected.detach())
     assert sae.train_forward(torch.randn(5, 8)).acts.shape == (5, 40)  # a new batch size gets a new buffer

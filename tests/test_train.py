@@ -229,3 +229,48 @@ def test_resuming_with_another_config_is_refused(tmp_path: Path, script: Any) ->
     script.run(tmp_path / "r", steps=2)
     with pytest.raises(AnatomistError, match="another config"):
         script.run(tmp_path / "r", steps=2, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smollm2: Any) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer, saved as a local Hugging Face folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-hf")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(smollm2.tokenizer))
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    smollm2.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_cli_train_then_eval_json(tmp_path: Path, tiny_folder: Path) -> None:
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from anatomist.cli import _mount, app
+
+    _mount()
+    runner = CliRunner()
+    cfg = {"model": str(tiny_folder), "site": "model.layers.0", "steps": 4, "batch_size": 64,
+           "out_dir": str(tmp_path / "run"), "sae": {"arch": "relu", "d_in": 16, "d_sae": 32},
+           "data": {"seq_len": 16, "n_seqs": 8, "eval_seqs": 2, "cache": None, "block_seqs": 4}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["sae", "train", str(tmp_path / "cfg.yaml"), "--json"])
+    assert res.exit_code == 0, res.output
+    trained = json.loads(res.stdout)
+    assert trained["n_predictions"] == 2 * 14 and 0 <= trained["fvu"] < 10
+    args = ["sae", "eval", str(tmp_path / "run" / "sae"), "--model", str(tiny_folder), "--n-seqs", "2",
+            "--seq-len", "16", "--skip-seqs", "8", "--json"]
+    res = runner.invoke(app, [*args, "--site", "model.layers.0"])
+    assert res.exit_code == 0, res.output
+    evaluated = json.loads(res.stdout)
+    # the same held-out sequences as the training run's final evaluation: the same numbers
+    assert evaluated["ce_increase"] == pytest.approx(trained["ce_increase"], rel=1e-5)
+    assert set(evaluated["density_histogram"]) == {"log10_rate_edges", "counts", "dead"}
+    res = runner.invoke(app, [*args, "--site", "model.layers.0.mlp.up_proj"])
+    assert res.exit_code != 0 and "d_in 16 but site 'model.layers.0.mlp.up_proj:output' has width 32" in str(
+        res.exception)

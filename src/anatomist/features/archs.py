@@ -81,13 +81,15 @@ class _SparseCodeSAE(SparseDictionary):
 
     def train_forward(self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None) -> TrainOutput:
         target = self._target(x, target)
-        with torch.no_grad():
-            pre = self._train_pre_acts(x)  # [batch, d_sae], no graph: gradients go through the chosen pairs only
+        self._check_width(x, self.cfg.d_in, "input")
+        with torch.no_grad():  # no graph: gradients go through the chosen pairs only
+            x_in = x - self.b_dec if self.cfg.centers_input else x  # [batch, d_in]
+            pre = self._train_pre_acts(x, x_in)  # [batch, d_sae]
         code = self.select(pre)
-        recon = self._decode_code(x, code) + self.b_dec  # [batch, d_out]
-        fired = torch.zeros(self.cfg.d_sae, device=x.device).index_add_(0, code.cols, (code.pre > 0).float()) > 0
-        aux = self._auxk(x, pre, target, recon, dead_mask)
-        return TrainOutput(recon, self._dense_acts(code), fired, recon.new_zeros(()), aux)
+        recon = self._decode_code(x, code, x_in) + self.b_dec  # [batch, d_out]
+        fired = torch.zeros(self.cfg.d_sae, dtype=code.acts.dtype, device=x.device).index_add_(0, code.cols, code.acts)
+        aux = self._auxk(x, x_in, pre, target, recon, dead_mask)
+        return TrainOutput(recon, self._dense_acts(code), fired > 0, recon.new_zeros(()), aux)
 
     def _buffer(self, name: str, shape: tuple[int, ...], like: Tensor) -> tuple[Tensor, bool]:
         buf = self._workspace.get(name)
@@ -97,34 +99,34 @@ class _SparseCodeSAE(SparseDictionary):
         assert buf is not None
         return buf, fresh
 
-    def _train_pre_acts(self, x: Tensor) -> Tensor:
+    def _train_pre_acts(self, x: Tensor, x_in: Tensor) -> Tensor:
         if self.cfg.autocast_bf16 or x.dim() != 2 or x.dtype != self.W_enc.dtype:
             return self.pre_acts(x)
-        self._check_width(x, self.cfg.d_in, "input")
-        x_in = x - self.b_dec if self.cfg.centers_input else x
         buf, _ = self._buffer("pre", (x.shape[0], self.cfg.d_sae), x_in)
         return torch.addmm(self.b_enc, x_in, self.W_enc, out=buf)
 
     @torch.no_grad()
     def _dense_acts(self, code: SparseCode) -> Tensor:
-        buf, fresh = self._buffer("acts", (code.offsets.shape[0], self.cfg.d_sae), code.pre)
+        buf, fresh = self._buffer("acts", (code.batch, self.cfg.d_sae), code.acts)
         if not fresh and self._last_pairs is not None:
             buf[self._last_pairs] = 0  # clear the previous step's pairs only
-        buf[code.rows, code.cols] = code.pre.relu()
+        buf[code.rows, code.cols] = code.acts
         self._last_pairs = (code.rows, code.cols)
         return buf
 
-    def _decode_code(self, x: Tensor, code: SparseCode) -> Tensor:
-        """sum over active pairs of relu(pre) * W_dec[col]: sparse kernel, or dense autograd (reference)."""
+    def _decode_code(self, x: Tensor, code: SparseCode, x_in: Tensor) -> Tensor:
+        """sum over active pairs of act * W_dec[col]: sparse kernel, or dense autograd (reference)."""
         b_in = self.b_dec if self.cfg.centers_input else None
         if self.cfg.sparse_kernel:
-            return sparse_decode(x, b_in, self.W_enc, self.b_enc, self.W_dec, code)
+            return sparse_decode(x, b_in, self.W_enc, self.b_enc, self.W_dec, code, x_in)
         x_in = x if b_in is None else x - b_in
         pre = x_in @ self.W_enc + self.b_enc  # [batch, d_sae] with its graph
         acts = torch.zeros_like(pre).index_put((code.rows, code.cols), pre[code.rows, code.cols].relu())
         return acts @ self.W_dec
 
-    def _auxk(self, x: Tensor, pre: Tensor, target: Tensor, recon: Tensor, dead_mask: Tensor | None) -> Tensor:
+    def _auxk(
+        self, x: Tensor, x_in: Tensor, pre: Tensor, target: Tensor, recon: Tensor, dead_mask: Tensor | None
+    ) -> Tensor:
         """AuxK (Gao et al.): the top dead latents reconstruct the residual error, normalised by its variance.
 
         Gao's objective is nmse(main) + alpha * nmse(aux); rescaled to the loop's summed squared error, the aux
@@ -137,7 +139,7 @@ class _SparseCodeSAE(SparseDictionary):
         if code is None:
             return zero
         err = (target - recon).detach()  # [batch, d_out]
-        err_hat = self._decode_code(x, code)
+        err_hat = self._decode_code(x, code, x_in)
         var_err = (err - err.mean(0)).pow(2).sum(-1).mean()
         var_target = (target - target.mean(0)).pow(2).sum(-1).mean().detach()
         aux = (err_hat - err).pow(2).sum(-1).mean() * (var_target / var_err.clamp_min(1e-12))
@@ -179,9 +181,9 @@ class BatchTopKSAE(_SparseCodeSAE):
 
     def select(self, pre: Tensor) -> SparseCode:
         code = batch_topk_code(pre, self.cfg.k or 0)
-        if self.training and code.pre.numel():
+        if self.training and code.acts.numel():
             with torch.no_grad():
-                smallest = code.pre.min()
+                smallest = code.acts.min()
                 beta = self.cfg.batchtopk_threshold_beta if self.threshold_known else 0.0
                 self.threshold_.mul_(beta).add_((1 - beta) * smallest)
         return code

@@ -218,13 +218,14 @@ class SparseDictionary(nn.Module):
         """Remove from the decoder gradient its component along each (unit) row, so Adam moves along the sphere."""
         w = self.decoder_param
         if self.cfg.normalize_decoder and w.grad is not None:
-            w.grad -= (w.grad * w).sum(-1, keepdim=True) * w
+            w.grad.addcmul_(torch.linalg.vecdot(w.grad, w).unsqueeze(-1), w, value=-1)
 
     @torch.no_grad()
     def after_step(self) -> None:
         """Put the decoder rows back on the unit sphere after the optimizer step."""
         if self.cfg.normalize_decoder:
-            self.decoder_param.copy_(_unit_rows(self.decoder_param))
+            w = self.decoder_param
+            w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
     @property
     def decoder_param(self) -> nn.Parameter:

@@ -4,10 +4,10 @@ A TopK SAE step needs one dense matmul: the encoder pre-activations [batch, d_sa
 latents are picked without building a graph. Everything after that touches only the nnz = batch * k active
 (row, latent) pairs:
 
-    forward   recon[b]  = sum_n relu(pre_n) * W_dec[col_n]              (embedding_bag over the rows' latents)
+    forward   recon[b]  = sum_n act_n * W_dec[col_n], act_n = relu(pre_n)   (embedding_bag over the rows' latents)
     backward  g_act[n]  = <grad_recon[row_n], W_dec[col_n]>         (SDDMM: a dense product sampled at the pairs)
-              g_pre[n]  = g_act[n] * 1[pre_n > 0]
-              dW_dec[i] = sum_{n: col_n = i} relu(pre_n) * grad_recon[row_n]   (embedding_bag, bags = latents)
+              g_pre[n]  = g_act[n] * 1[act_n > 0]
+              dW_dec[i] = sum_{n: col_n = i} act_n * grad_recon[row_n]         (embedding_bag, bags = latents)
               dW_enc[:, i] = sum_{n: col_n = i} g_pre[n] * x_in[row_n]         (same, over the encoder input)
               db_enc[i] = sum_{n: col_n = i} g_pre[n];  d b_in = -W_enc @ db_enc  (x_in = x - b_in)
 
@@ -19,36 +19,47 @@ CUDA too, so the code is device-agnostic.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
 class SparseCode(NamedTuple):
-    """Active (row, latent) pairs of a batch, sorted by row; values are encoder pre-activations."""
+    """Active (row, latent) pairs of a batch, sorted by row, with their activations relu(pre-activation)."""
 
     rows: Tensor  # [nnz] long, non-decreasing
     cols: Tensor  # [nnz] long, latent index
-    pre: Tensor  # [nnz] pre-activation of each pair (the activation is relu(pre))
-    offsets: Tensor  # [batch] long, index of each row's first pair (embedding_bag offsets)
+    acts: Tensor  # [nnz] activation of each pair, relu of its encoder pre-activation (>= 0)
+    crow: Tensor  # [batch + 1] long, row b's pairs are crow[b]:crow[b+1] (CSR row pointers)
+
+    @property
+    def batch(self) -> int:
+        return self.crow.shape[0] - 1
 
 
-def _offsets(rows: Tensor, n_rows: int) -> Tensor:
-    counts = torch.bincount(rows, minlength=n_rows)
-    return torch.cumsum(counts, 0) - counts
+def _crow(sorted_ids: Tensor, n: int) -> Tensor:
+    """CSR row pointers [n + 1] of sorted ids in [0, n)."""
+    return torch.searchsorted(sorted_ids, torch.arange(n + 1, device=sorted_ids.device))
+
+
+@functools.lru_cache(maxsize=8)
+def _fixed_rows(batch: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """rows and CSR row pointers of k pairs per row (cached: the same every step)."""
+    rows = torch.arange(batch, device=device).repeat_interleave(k)
+    return rows, torch.arange(0, batch * k + 1, k, device=device)
 
 
 @torch.no_grad()
 def topk_code(pre: Tensor, k: int) -> SparseCode:
-    """The k largest pre-activations of each row (Gao et al.)."""
+    """The k largest pre-activations of each row, ReLU after (Gao et al.)."""
     vals, idx = pre.topk(k, dim=-1, sorted=False)  # [batch, k]
-    batch = pre.shape[0]
-    rows = torch.arange(batch, device=pre.device).repeat_interleave(k)
-    offsets = torch.arange(0, batch * k, k, device=pre.device)
-    return SparseCode(rows, idx.reshape(-1), vals.reshape(-1), offsets)
+    rows, crow = _fixed_rows(pre.shape[0], k, pre.device)
+    return SparseCode(rows, idx.reshape(-1), vals.reshape(-1).relu_(), crow)
 
 
 @torch.no_grad()
@@ -70,7 +81,7 @@ def batch_topk_code(pre: Tensor, k: int) -> SparseCode:
     flat, order = flat.sort()
     rows = torch.div(flat, per_row, rounding_mode="floor")
     cols = cand_idx.reshape(-1)[flat]
-    return SparseCode(rows, cols, vals[order], _offsets(rows, batch))
+    return SparseCode(rows, cols, vals[order], _crow(rows, batch))
 
 
 @torch.no_grad()
@@ -84,7 +95,7 @@ def dead_topk_code(pre: Tensor, dead_mask: Tensor, k: int) -> SparseCode | None:
 
 
 class _SparseDecode(torch.autograd.Function):
-    """recon[b] = sum over the row's pairs of relu(pre) * W_dec[col], with gradients to the encoder params."""
+    """recon[b] = sum over the row's pairs of act * W_dec[col], with gradients to the encoder params."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -96,27 +107,26 @@ class _SparseDecode(torch.autograd.Function):
         W_dec: Tensor,
         rows: Tensor,
         cols: Tensor,
-        pre: Tensor,
-        offsets: Tensor,
+        acts: Tensor,
+        crow: Tensor,
+        x_in: Tensor,
     ) -> Tensor:
-        acts = pre.relu()  # [nnz]
-        ctx.save_for_backward(x, b_in, W_enc, W_dec, rows, cols, pre, offsets)
-        return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=acts.to(W_dec.dtype))
+        ctx.save_for_backward(x_in, W_enc, W_dec, rows, cols, acts, crow)
+        return _bags(cols, W_dec, crow, acts.to(W_dec.dtype))
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, b_in, W_enc, W_dec, rows, cols, pre, offsets = ctx.saved_tensors
+        x_in, W_enc, W_dec, rows, cols, acts, crow = ctx.saved_tensors
         d_sae = W_dec.shape[0]
         need_x, need_b_in, need_w_enc, need_b_enc, need_w_dec = ctx.needs_input_grad[:5]
         grad_out = grad_out.contiguous()  # [batch, d_out]
-        g_pre = sampled_dot(grad_out, W_dec, rows, cols, offsets) * (pre > 0)  # [nnz]
+        g_pre = sampled_dot(grad_out, W_dec, cols, crow, acts).mul_(acts > 0)  # [nnz]
         gx = gb_in = gw_enc = gb_enc = gw_dec = None
         if need_w_dec or need_w_enc:
             by_latent = LatentMajor(rows, cols, d_sae)
             if need_w_dec:
-                gw_dec = by_latent.matmul(pre.relu().to(grad_out.dtype), grad_out)
+                gw_dec = by_latent.matmul(acts.to(grad_out.dtype), grad_out)
             if need_w_enc:
-                x_in = x if b_in is None else x - b_in  # [batch, d_in]
                 gw_enc = by_latent.matmul(g_pre.to(x_in.dtype), x_in).t()  # [d_in, d_sae]
         if need_b_enc or need_b_in:
             g_col = torch.zeros(d_sae, dtype=g_pre.dtype, device=g_pre.device).index_add_(0, cols, g_pre)
@@ -124,22 +134,23 @@ class _SparseDecode(torch.autograd.Function):
             if need_b_in:
                 gb_in = -(W_enc @ g_col.to(W_enc.dtype))  # sum over rows of -dL/dx_in
         if need_x:
-            gx = F.embedding_bag(cols, W_enc.t(), offsets, mode="sum", per_sample_weights=g_pre.to(W_enc.dtype))
-        return gx, gb_in, gw_enc, gb_enc, gw_dec, None, None, None, None
+            gx = _bags(cols, W_enc.t(), crow, g_pre.to(W_enc.dtype))
+        return gx, gb_in, gw_enc, gb_enc, gw_dec, None, None, None, None, None
 
 
-def sampled_dot(a: Tensor, W: Tensor, rows: Tensor, cols: Tensor, offsets: Tensor) -> Tensor:
-    """out[n] = <a[rows[n]], W[cols[n]]>: (a @ W^T) sampled at the pairs (SDDMM), without gathering rows.
+def _bags(ids: Tensor, table: Tensor, crow: Tensor, weights: Tensor) -> Tensor:
+    """out[b] = sum over n in crow[b]:crow[b+1] of weights[n] * table[ids[n]]."""
+    return F.embedding_bag(ids, table, crow, mode="sum", per_sample_weights=weights, include_last_offset=True)
 
-    `rows` must be sorted (it is: a SparseCode is row-major), so the pairs form a CSR pattern.
-    """
+
+def sampled_dot(a: Tensor, W: Tensor, cols: Tensor, crow: Tensor, any_vals: Tensor) -> Tensor:
+    """out[n] = <a[row n], W[cols[n]]> for the CSR pattern (crow, cols): (a @ W^T) sampled at the pairs (SDDMM),
+    without gathering rows. `any_vals` [nnz] fills the pattern; with beta=0 its values are ignored."""
     if a.dtype not in (torch.float32, torch.float64):  # the sparse kernel has no bf16/fp16 version
-        return sampled_dot(a.float(), W.float(), rows, cols, offsets).to(a.dtype)
-    nnz = rows.shape[0]
-    crow = torch.cat([offsets, offsets.new_tensor([nnz])])
+        return sampled_dot(a.float(), W.float(), cols, crow, any_vals.float()).to(a.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        pattern = torch.sparse_csr_tensor(crow, cols, a.new_zeros(nnz), (a.shape[0], W.shape[0]))
+        pattern = torch.sparse_csr_tensor(crow, cols, any_vals.to(a.dtype), (a.shape[0], W.shape[0]))
         return torch.sparse.sampled_addmm(pattern, a, W.t(), beta=0.0).values()
 
 
@@ -151,21 +162,41 @@ class LatentMajor:
     sparse @ dense and ~300 ms for gathering the [nnz, d] rows.)"""
 
     def __init__(self, rows: Tensor, cols: Tensor, d_sae: int):
-        cols_sorted, self.perm = cols.sort()
-        self.rows = rows[self.perm]
-        self.offsets = _offsets(cols_sorted, d_sae)
+        self.cpu = cols.is_cpu
+        self.perm: Any  # numpy indices on CPU, a tensor elsewhere
+        if self.cpu:
+            # numpy, single-threaded: torch's parallel 1-D CPU sort took ~0.5 s here (vs ~5 ms) when the
+            # cores were shared, and every small parallel op waits for a descheduled thread
+            c = cols.numpy()
+            self.perm = np.argsort(c)
+            self.rows = torch.from_numpy(rows.numpy()[self.perm])
+            self.crow = torch.from_numpy(np.searchsorted(c[self.perm], np.arange(d_sae + 1)))
+        else:
+            cols_sorted, perm = cols.sort()
+            self.perm, self.rows, self.crow = perm, rows[perm], _crow(cols_sorted, d_sae)
 
     def matmul(self, vals: Tensor, dense: Tensor) -> Tensor:
-        return F.embedding_bag(self.rows, dense, self.offsets, mode="sum", per_sample_weights=vals[self.perm])
+        ordered = torch.from_numpy(vals.numpy()[self.perm]) if self.cpu else vals[self.perm]
+        return _bags(self.rows, dense, self.crow, ordered)
 
 
 def sparse_decode(
-    x: Tensor, b_in: Tensor | None, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, code: SparseCode
+    x: Tensor,
+    b_in: Tensor | None,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    W_dec: Tensor,
+    code: SparseCode,
+    x_in: Tensor | None = None,
 ) -> Tensor:
     """Decoder output (without b_dec) [batch, d_out] of the active pairs in `code`, with a sparse backward.
 
-    The pairs' pre-activations must equal ((x - b_in) @ W_enc + b_enc)[row, col]: the backward differentiates
+    The pairs' activations must equal relu(((x - b_in) @ W_enc + b_enc)[row, col]): the backward differentiates
     that expression (w.r.t. x, b_in, W_enc, b_enc) and the decoder (w.r.t. W_dec) at the active pairs only.
+    `x_in`, when the caller already has it, is x - b_in (x when b_in is None).
     """
-    out = _SparseDecode.apply(x, b_in, W_enc, b_enc, W_dec, code.rows, code.cols, code.pre, code.offsets)
+    if x_in is None:
+        with torch.no_grad():
+            x_in = x if b_in is None else x - b_in
+    out = _SparseDecode.apply(x, b_in, W_enc, b_enc, W_dec, code.rows, code.cols, code.acts, code.crow, x_in)
     return out  # type: ignore[no-any-return]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +82,7 @@ class TrainConfig(Config):
         None, description="e2e+ds: sites compared downstream; null = every later block of the site's layer stack"
     )
     normalize_inputs: bool = Field(True, description="scale activations so that E‖a‖² = d_in while training")
+    init_b_dec: Literal["zeros", "mean"] = Field("mean", description="decoder bias at init: 0 or the target's mean")
     log_every: int = Field(50, gt=0, description="steps between metrics.jsonl lines")
     eval_every: int = Field(500, gt=0, description="steps between evaluations on the held-out rows")
     checkpoint_every: int = Field(500, gt=0, description="steps between checkpoints")
@@ -237,18 +239,23 @@ def train_sae(
         _append_jsonl(run / "metrics.jsonl", {"event": "resume", "step": start})
     else:
         start = 0
-        s_in, s_out = _scales(cfg, store, site, target, int(train_ids.shape[1]) if train_ids.ndim > 1 else 1)
+        first = _first_rows(cfg, store, int(train_ids.shape[1]) if train_ids.ndim > 1 else 1)
+        s_in, s_out = _scales(cfg, first, site, target)
+        if cfg.init_b_dec == "mean":  # start from the mean output, as SAELens/sparsify do: no wasted early steps
+            with torch.no_grad():
+                sae.b_dec.copy_(first[target].double().mean(0).to(sae.b_dec) * s_out)
 
     row_batches, seq_batches = iter(store), iter(seqs)  # generators: only the one used ever runs
     e2e: dict[str, Any] = {}
     if cfg.objective != "local":
-        first = capture(model, train_ids[:1].to(device), [site])[site]
-        e2e["skip"] = suffix_is_exact(model, train_ids[:1].to(device), site, first)
+        probe = capture(model, train_ids[:1].to(device), [site])[site]
+        e2e["skip"] = suffix_is_exact(model, train_ids[:1].to(device), site, probe)
         e2e["ds_sites"] = ([Site.parse(s) for s in cfg.downstream_sites] if cfg.downstream_sites is not None
                            else downstream_sites(model, site)) if cfg.objective == "e2e+ds" else []
         _append_jsonl(run / "metrics.jsonl", {"event": "e2e", "skip_blocks_before_site": e2e["skip"],
                                               "downstream_sites": [str(s) for s in e2e["ds_sites"]]})
     log: dict[str, float] = {}
+    t0 = time.perf_counter()
     for step in progress(range(start + 1, cfg.steps + 1), total=cfg.steps - start, desc="train"):
         if cfg.objective == "local":
             batch = next(row_batches)
@@ -285,7 +292,8 @@ def train_sae(
             log = {"step": step, "loss": loss.item(), **terms,
                    "l0": float((out.acts != 0).sum(-1).float().mean()), "lr": float(sched.get_last_lr()[0]),
                    "grad_norm": float(gnorm),
-                   "dead_fraction": float((trainee.since_fired >= cfg.dead_tokens).float().mean())}
+                   "dead_fraction": float((trainee.since_fired >= cfg.dead_tokens).float().mean()),
+                   "seconds": round(time.perf_counter() - t0, 2)}
             _append_jsonl(run / "metrics.jsonl", log)
         if held_out is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             quick = _quick_eval(sae, held_out, site, target, s_in, s_out)
@@ -353,14 +361,18 @@ def _site_values(store: ActivationStore, model: nn.Module, ids: torch.Tensor, id
     return torch.stack(out).to(ids.device, torch.float32)
 
 
-def _scales(cfg: TrainConfig, store: ActivationStore, site: Site, target: Site, seq_len: int,
-            ) -> tuple[float, float]:
-    """Input/target scales from the first block of training data (BOS rows left out, as in training)."""
-    if not cfg.normalize_inputs:
-        return 1.0, 1.0
+def _first_rows(cfg: TrainConfig, store: ActivationStore, seq_len: int) -> dict[Site, torch.Tensor]:
+    """The first block of training rows per site, BOS rows left out as in training."""
     first = store.block(0)
     if cfg.objective != "local" and cfg.data.exclude_bos:  # the e2e store keeps BOS rows; the SAE never sees them
         first = {s: r.view(-1, seq_len, r.shape[-1])[:, 1:].reshape(-1, r.shape[-1]) for s, r in first.items()}
+    return first
+
+
+def _scales(cfg: TrainConfig, first: dict[Site, torch.Tensor], site: Site, target: Site) -> tuple[float, float]:
+    """Input/target scales s with E‖s·a‖² = d."""
+    if not cfg.normalize_inputs:
+        return 1.0, 1.0
     s_in = _scale(first[site])
     if target == site or cfg.sae.centers_input:  # a centred transcoder subtracts b_dec from its input: one scale
         return s_in, s_in
