@@ -25,6 +25,7 @@ STEPS: list[tuple[str, str]] = [
     ("tms", "anatomist.demo:tms_step"),
     ("smollm2", "anatomist.demo:smollm2_step"),
     ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
+    ("spd", "anatomist.mechanisms.demo:spd_step"),
 ]
 
 
