@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from anatomist import AnatomistError
 from anatomist.mechanisms import bilinear
 from anatomist.mechanisms.bilinear import BilinearLayer, BilinearMLP
+from anatomist.mechanisms.bilinear_cli import bilinear_app
+from anatomist.nets.toys import toy_config
+from anatomist.nets.toys import train as train_module
 
 
 def _layer(d_in: int, d_hidden: int, bias: bool, seed: int = 0) -> BilinearLayer:
@@ -94,3 +101,24 @@ def test_find_bilinear_layers_and_errors() -> None:
         bilinear.interaction_tensor(W, torch.randn(4, 2))
     with pytest.raises(AnatomistError, match="output directions"):
         bilinear.output_interactions(W, W, torch.randn(2, 5))
+
+
+def test_mnist_experiment_and_cli(tmp_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the toys' final held-out loss averages 2^17 noisy digits; 2,000 are plenty for this test
+    evaluate = train_module.evaluate_loss
+    monkeypatch.setattr(train_module, "evaluate_loss", lambda model, config, *_: evaluate(model, config, 2000))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: a second thread only adds barriers on a busy machine
+    try:
+        result = CliRunner().invoke(bilinear_app, ["mnist", "--out", str(tmp_path), "--steps", "150", "--json"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.output)
+    acc = m["truncated_accuracy"]
+    assert m["test_digits"] == 1000 and m["test_accuracy"] > 0.8
+    assert acc["all"] == pytest.approx(m["test_accuracy"], abs=1e-6)  # all eigenvectors: the model itself
+    assert acc["32"] > acc["1"]
+    assert (tmp_path / "eigenvectors.png").is_file() and (tmp_path / "truncation.png").is_file()
+    with pytest.raises(AnatomistError, match="no planted ground truth"):
+        toy_config("bilinear-mnist").ground_truth(BilinearMLP(784, 4, 10))

@@ -134,3 +134,12 @@ def test_bad_targets() -> None:
     dec = Decomposition(net, ["up"], C=3)
     with pytest.raises(AnatomistError, match=r"mask for 'up'.*\[\.\.\., 3\]"):
         dec.run_with_masks(torch.randint(0, 11, (2,)), {"up": torch.ones(2, 4)})
+
+
+def test_svd_init_is_exact_when_c_covers_the_rank() -> None:
+    net = nn.Sequential(nn.Linear(6, 4))
+    dec = Decomposition(net, "0", C=5, init="svd")
+    assert torch.allclose(dec.weight("0"), dec.target_weight("0"), atol=1e-3)  # 4 exact pieces + 1 tiny
+    assert dec.matrices("0").flatten(1).norm(dim=1).sort().values[0] < 1e-2
+    with pytest.raises(AnatomistError, match="init must be"):
+        Decomposition(net, "0", C=5, init="zeros")

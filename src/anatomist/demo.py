@@ -27,6 +27,7 @@ STEPS: list[tuple[str, str]] = [
     ("sae", "anatomist.features.demo:sae_step"),
     ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
     ("routes", "anatomist.routes.demo:routes_step"),
+    ("spd", "anatomist.mechanisms.demo:spd_step"),
 ]
 
 

@@ -24,14 +24,26 @@ from anatomist.mechanisms.bilinear import MLPDecomposition, decompose_mlp, trunc
 TOPS: list[int | None] = [1, 2, 4, 8, 16, 32, None]
 
 
-def run_mnist(out_dir: str | Path, steps: int | None = None, seed: int = 0, n_show: int = 6) -> dict[str, Any]:
-    """Train/load the bilinear MNIST toy, decompose it by class, write plots and metrics to `out_dir`."""
-    from anatomist.nets.toys import load_toy
+def run_mnist(
+    out_dir: str | Path,
+    steps: int | None = None,
+    seed: int = 0,
+    input_noise: float | None = None,
+    n_show: int = 6,
+) -> dict[str, Any]:
+    """Train/load the bilinear MNIST toy, decompose it by class, write plots and metrics to `out_dir`.
+
+    `steps`, `seed` and `input_noise` override the toy's recipe (each setting is cached apart).
+    """
+    from anatomist.nets.toys import load_toy, toy_config
     from anatomist.nets.toys.bilinear_mnist import BilinearMLP, BilinearMNISTConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    toy = load_toy("bilinear-mnist", steps=steps, seed=seed)
+    config = toy_config("bilinear-mnist")
+    if input_noise is not None:
+        config = config.replace(input_noise=input_noise)
+    toy = load_toy(config, steps=steps, seed=seed)
     assert isinstance(toy.config, BilinearMNISTConfig) and isinstance(toy.model, BilinearMLP)
     model = toy.model.cpu()
     dec = decompose_mlp(model.bilinear, model.head, name="bilinear")
@@ -47,6 +59,7 @@ def run_mnist(out_dir: str | Path, steps: int | None = None, seed: int = 0, n_sh
         "toy": toy.config.name,
         "steps": toy.config.steps,
         "seed": toy.config.seed,
+        "input_noise": toy.config.input_noise,
         "test_digits": len(y),
         "test_accuracy": model_acc,
         "truncated_accuracy": acc,
@@ -81,22 +94,29 @@ def _plt() -> Any:
 
 
 def _plot_eigenvectors(dec: MLPDecomposition, x: torch.Tensor, y: torch.Tensor, path: Path, n_show: int) -> None:
+    """One mosaic: row c holds digit c's top eigenvectors, each scaled to [-1, 1] (red +, blue −)."""
     plt = _plt()
-    n_cls = dec.q.shape[0]
-    fig, axes = plt.subplots(n_cls, n_show, figsize=(1.3 * n_show, 1.4 * n_cls))
+    n_cls, side, gap = dec.q.shape[0], 28, 4
+    mosaic = torch.full((n_cls * (side + gap), n_show * (side + gap)), float("nan"))
     for c in range(n_cls):
         mean_img = x[y == c].mean(0)
         for i in range(n_show):
             v = dec.eigen.vectors[c, :784, i]
             v = v if float(v @ mean_img) >= 0 else -v  # the sign is arbitrary: show it as the digit sees it
-            lim = float(v.abs().max())
-            ax = axes[c, i]
-            ax.imshow(v.view(28, 28).numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-            ax.set_title(f"{c}: λ={dec.eigen.values[c, i]:.2f}", fontsize=7)
-            ax.axis("off")
-    fig.suptitle("top eigenvectors of each digit's interaction matrix (by |λ|; red +, blue −)", fontsize=9)
+            r, k = c * (side + gap), i * (side + gap)
+            mosaic[r : r + side, k : k + side] = (v / v.abs().max()).view(side, side)
+    fig, ax = plt.subplots(figsize=(1.1 * n_show + 0.6, 1.1 * n_cls + 0.6))
+    ax.imshow(mosaic.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    for c in range(n_cls):
+        for i in range(n_show):
+            lam = float(dec.eigen.values[c, i])
+            ax.text(i * (side + gap) + side / 2, c * (side + gap) - 0.5, f"{lam:+.2f}", ha="center", fontsize=6)
+    ax.set_yticks([c * (side + gap) + side / 2 for c in range(n_cls)], [str(c) for c in range(n_cls)])
+    ax.set_xticks([])
+    ax.set_ylabel("digit")
+    ax.set_title("top eigenvectors of each digit's interaction matrix, by |λ| (λ above each)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

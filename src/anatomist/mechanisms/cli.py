@@ -103,6 +103,29 @@ def spd_run(
     print_metrics(run_spd_experiment(exp, out, resume=resume), as_json)
 
 
+@spd_app.command("lm-mlp")
+def spd_lm_mlp(
+    out: Out,
+    layer: Annotated[int, typer.Option(help="decoder layer whose MLP is decomposed (-1: the last)")] = -1,
+    steps: Steps = None,
+    seed: Seed = None,
+    config: Annotated[Path | None, typer.Option("--config", help="LMMLPConfig YAML")] = None,
+    threads: Threads = 0,
+    as_json: AsJson = False,
+) -> None:
+    """SPD on SmolLM2's MLP (gate/up/down) with the KL objective: alive components and KL of the masked model."""
+    from anatomist.mechanisms.lm_mlp import LMMLPConfig, run_lm_mlp
+
+    set_threads(threads)
+    exp = LMMLPConfig.from_yaml(config) if config is not None else LMMLPConfig()
+    data = exp.model_dump()
+    data["layer"] = layer if config is None else data["layer"]
+    for key, value in (("steps", steps), ("seed", seed)):
+        if value is not None:
+            data["spd"][key] = value
+    print_metrics(run_lm_mlp(LMMLPConfig.parse(data, source=str(config or "command line")), out), as_json)
+
+
 # --- APD (apd-l3d adds its commands here) -----------------------------------------------------------
 
 

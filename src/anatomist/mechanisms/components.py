@@ -185,6 +185,7 @@ class Decomposition(nn.Module):
         targets: Sequence[str] | str,
         C: int,
         generator: torch.Generator | None = None,
+        init: str = "random",
     ):
         super().__init__()
         if C < 1:
@@ -200,24 +201,36 @@ class Decomposition(nn.Module):
                 w = self.target_weight(t.name)
                 self.V[_key(t.name)] = nn.Parameter(torch.empty(t.d_in, C, dtype=w.dtype, device=w.device))
                 self.U[_key(t.name)] = nn.Parameter(torch.empty(C, t.d_out, dtype=w.dtype, device=w.device))
-        self.reset_parameters(generator)
+        self.reset_parameters(generator, init)
 
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Unit-norm random directions, each piece scaled by its overlap u_cᵀ W v_c with the target weight.
+    def reset_parameters(self, generator: torch.Generator | None = None, init: str = "random") -> None:
+        """Start the factors: `"random"` (the SPD paper's) or `"svd"`.
 
-        So every piece starts with the size of the part of W it points along, and Σ_c U_c V_cᵀ starts
-        on the scale of W whatever C is.
+        random: unit-norm random directions, each piece scaled by its overlap u_cᵀ W v_c with the
+        target weight, so every piece starts with the size of the part of W it points along.
+        svd: the weight's top singular pieces σ_k u_k v_kᵀ (exact when C ≥ rank W; the rest get
+        small random pieces). Not in the paper: a faster start on real models, where matching the
+        weights from a random start costs thousands of steps.
         """
         for t in self.owners():
             V, U = self.V[_key(t.name)], self.U[_key(t.name)]
+            W = self.target_weight(t.name)  # [d_out, d_in]
             where = generator.device if generator is not None else V.device
             V.copy_(torch.randn(V.shape, generator=generator, device=where, dtype=V.dtype))
             U.copy_(torch.randn(U.shape, generator=generator, device=where, dtype=U.dtype))
             V.div_(V.norm(dim=0, keepdim=True))
             U.div_(U.norm(dim=1, keepdim=True))
-            overlap = torch.einsum("ic,co,oi->c", V, U, self.target_weight(t.name))  # [C]
+            overlap = ((U @ W) * V.T).sum(1)  # [C]: u_cᵀ W v_c
             U.mul_(overlap[:, None])
+            if init == "svd":
+                u, sv, vh = torch.linalg.svd(W, full_matrices=False)
+                k = min(self.C, int((sv > sv[0] * 1e-6).sum()))
+                U[k:] *= 1e-3  # beyond the rank: tiny random pieces, free to grow
+                V[:, :k] = vh[:k].T
+                U[:k] = (u[:, :k] * sv[:k]).T
+            elif init != "random":
+                raise AnatomistError(f"init must be 'random' or 'svd', got '{init}'")
 
     # --- what a decomposition is made of ------------------------------------------------------------
 

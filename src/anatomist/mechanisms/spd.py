@@ -78,6 +78,11 @@ class SPDConfig(Config):
         default="mse", description="'mse' (mean squared error of outputs) or 'kl' (KL(target ‖ masked) of logits)."
     )
     leaky_alpha: float = Field(default=0.01, description="Slope of the leaky parts of the hard sigmoids.", ge=0)
+    init: Literal["random", "svd"] = Field(
+        default="random",
+        description="Start of the factors: 'random' (the paper's) or 'svd' (the weight's top singular pieces; "
+        "not in the paper, a faster start on real models).",
+    )
     seed: int = Field(default=0, description="Seeds the factors, the CI MLPs and the stochastic masks.")
     log_every: int = Field(default=100, description="Steps between recorded loss values.", gt=0)
     checkpoint_every: int = Field(
@@ -197,7 +202,7 @@ class SPDDecomposition(Decomposition):
         config: SPDConfig,
         generator: torch.Generator | None = None,
     ):
-        super().__init__(model, targets, config.C, generator)
+        super().__init__(model, targets, config.C, generator, config.init)
         self.config = config
         self.ci = CausalImportance(len(self.targets), config.C, config.d_gate, generator)
         w = next(iter(self.V.values()))

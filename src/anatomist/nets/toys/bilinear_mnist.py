@@ -18,7 +18,7 @@ digits; it has no planted ground truth, its mechanisms are what the bilinear len
 from __future__ import annotations
 
 from functools import cache
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +99,7 @@ class BilinearMNISTConfig(ToyConfig):
     lr: float = Field(default=1e-3, description="Peak AdamW learning rate (published: 1e-3).", gt=0)
     lr_schedule: Literal["constant", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
     weight_decay: float = Field(default=0.5, description="AdamW weight decay (published: 0.5).", ge=0)
+    max_cpu_threads: ClassVar[int | None] = 1  # [100, 784] @ [784, 600] steps: a second thread buys little
 
     def build(self) -> BilinearMLP:
         torch.manual_seed(self.seed)  # nn.Linear's own initialisation, made reproducible

@@ -1,0 +1,81 @@
+"""Cost per step of SPD, APD and L3D on one toy, each with its experiment config, in one process.
+
+Each method fits the SAME trained toy with its own paper settings (experiments/<method>_<toy>.yaml:
+batch size, C, ...) for `--round` steps; the methods take turns for `--rounds` rounds, so a busy
+shared machine slows all of them alike. Printed: median steps/s per method, samples/s, and the ratio
+to SPD. Time to recovery needs the full runs (`anatomist <method> run --config ...`, `seconds` in
+their metrics.json); see docs/reproductions.md.
+
+    python benchmarks/mechanisms_cost.py --toy tms-5-2 --threads 1 --rounds 3 --round 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fitters(toy_name: str) -> dict[str, tuple[int, Any]]:
+    """method -> (batch size, fit(steps) function) with the method's experiment config for this toy."""
+    from anatomist.mechanisms import apd, l3d, spd
+    from anatomist.mechanisms.apd_l3d_toys import APDExperiment, L3DExperiment
+    from anatomist.mechanisms.spd_toys import SPDExperiment
+    from anatomist.mechanisms.toyrun import default_targets, toy_batches
+    from anatomist.nets.toys import load_toy
+
+    stem = toy_name.replace("-", "_")
+    toy = load_toy(toy_name)
+    targets = default_targets(toy)
+    out: dict[str, tuple[int, Any]] = {}
+    for method, exp_cls, module in [
+        ("spd", SPDExperiment, spd),
+        ("apd", APDExperiment, apd),
+        ("l3d", L3DExperiment, l3d),
+    ]:
+        path = ROOT / "experiments" / f"{method}_{stem}.yaml"
+        if not path.is_file():
+            continue
+        cfg = getattr(exp_cls.from_yaml(path), method)
+
+        def fit(steps: int, cfg: Any = cfg, module: Any = module) -> None:
+            g = torch.Generator().manual_seed(0)
+            module.decompose(toy.model, toy_batches(toy, cfg.batch_size, g), targets, cfg.replace(steps=steps))
+
+        out[method] = (cfg.batch_size, fit)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--toy", default="tms-5-2")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--round", type=int, default=100, help="steps per method per round")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    fitters = _fitters(args.toy)
+    for _, fit in fitters.values():
+        fit(5)  # warm-up: first-call costs (allocations, torch.func) out of the timings
+    rates: dict[str, list[float]] = {m: [] for m in fitters}
+    for _ in range(args.rounds):
+        for method, (_, fit) in fitters.items():
+            t0 = time.perf_counter()
+            fit(args.round)
+            rates[method].append(args.round / (time.perf_counter() - t0))
+    spd_rate = statistics.median(rates["spd"]) if "spd" in rates else None
+    print(f"{args.toy}, {args.threads} thread(s), {args.rounds} rounds × {args.round} steps")
+    for method, (batch, _) in fitters.items():
+        r = statistics.median(rates[method])
+        ratio = f"  {spd_rate / r:5.2f}× SPD's time per step" if spd_rate else ""
+        print(f"  {method}: {r:7.1f} steps/s  (batch {batch}: {r * batch:9.0f} samples/s){ratio}")
+
+
+if __name__ == "__main__":
+    main()

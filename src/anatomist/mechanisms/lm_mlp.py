@@ -1,0 +1,145 @@
+"""SPD on one MLP of a real language model (SmolLM2-135M), cheap enough for a CPU.
+
+The design choice that makes it cheap: decompose the MLP of a decoder layer through a *truncated
+model* that starts at that MLP. For each token we cache, once, the residual stream just before
+the layer's MLP (`resid_mid`, the input of `post_attention_layernorm`); the truncated model is
+
+    resid_mid ↦ lm_head(norm(resid_mid + mlp(post_attention_layernorm(resid_mid))))
+
+built from the model's own modules (no copies). For the LAST layer (the default) this is exactly
+the model from that MLP onward, so the KL objective is the KL of the real next-token
+distribution. For an earlier layer it skips the later layers and reads the logits off the
+residual stream ("logit lens"), an approximation. Tokens are independent in this model, so a
+batch is any set of cached positions, and no attention is ever recomputed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from anatomist.core.config import Config
+from anatomist.core.io import save_json
+from anatomist.evaluate.recovery import alive, ci_l0
+from anatomist.mechanisms import spd
+from anatomist.mechanisms.spd import SPDConfig
+from anatomist.nets.sites import Site, capture
+
+TARGETS = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+class MLPToLogits(nn.Module):
+    """The model from decoder layer `layer`'s MLP onward, with later layers cut (see module docstring)."""
+
+    post_attention_layernorm: nn.Module
+    mlp: nn.Module
+    norm: nn.Module
+    lm_head: nn.Module
+
+    def __init__(self, lm: Any, layer: int):
+        super().__init__()
+        block = lm.model.layers[layer]  # an HF causal LM: lm.model.layers, lm.model.norm, lm.lm_head
+        self.post_attention_layernorm = block.post_attention_layernorm
+        self.mlp = block.mlp
+        self.norm = lm.model.norm
+        self.lm_head = lm.lm_head
+
+    def forward(self, resid_mid: Tensor) -> Tensor:
+        return self.lm_head(self.norm(resid_mid + self.mlp(self.post_attention_layernorm(resid_mid))))
+
+
+class LMMLPConfig(Config):
+    """Which MLP, how many tokens, and the SPD settings for it."""
+
+    model: str = Field(default="smollm2", description="Packaged model name or local HF folder.")
+    layer: int = Field(default=-1, description="Decoder layer whose MLP is decomposed (-1: the last, exact).")
+    n_tokens: int = Field(default=4096, description="Wiki tokens cached for training.", gt=0)
+    n_eval_tokens: int = Field(default=512, description="Held-out wiki tokens for the final numbers.", gt=0)
+    seq_len: int = Field(default=64, description="Tokens per sequence fed to the model when caching.", gt=1)
+    spd: SPDConfig = Field(
+        default_factory=lambda: SPDConfig(
+            C=640,
+            init="svd",
+            steps=120,
+            batch_size=32,
+            lr=1e-3,
+            lr_warmup=0.05,
+            importance_minimality_coeff=1e-4,
+            pnorm=1.0,
+            output_loss="kl",
+            log_every=20,
+        ),
+        description="SPD hyperparameters (batch_size counts tokens).",
+    )
+
+
+@torch.no_grad()
+def cache_resid_mid(lm: Any, layer: int, tokens: Tensor, batch: int = 8) -> Tensor:
+    """The residual stream before `layer`'s MLP for every token: `[n_seqs·seq_len, d_model]`."""
+    site = Site(f"model.layers.{layer}.post_attention_layernorm", "input")
+    parts = [capture(lm, chunk, site)[site] for chunk in tokens.split(batch)]
+    return torch.cat(parts).flatten(0, 1)
+
+
+def run_lm_mlp(config: LMMLPConfig, out: str | Path) -> dict[str, Any]:
+    """Cache activations, fit SPD to the MLP's three projections, and report alive components and KLs."""
+    from anatomist.data import load_corpus
+    from anatomist.nets.assets import load_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(out / "config.yaml")
+    lm = load_model(config.model)
+    hf: Any = lm.model
+    n_layers = len(hf.model.layers)
+    layer = config.layer % n_layers
+    n_seqs = -(-(config.n_tokens + config.n_eval_tokens) // config.seq_len)
+    start = time.perf_counter()
+    tokens = load_corpus("wiki").tokenize(lm.tokenizer, seq_len=config.seq_len, n_seqs=n_seqs)
+    resid = cache_resid_mid(hf, layer, tokens)  # [n, d_model]
+    t_cache = time.perf_counter() - start
+    train, held_out = resid[: config.n_tokens], resid[config.n_tokens : config.n_tokens + config.n_eval_tokens]
+
+    head = MLPToLogits(hf, layer)
+    cfg = config.spd
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    batches = (train[torch.randint(len(train), (cfg.batch_size,), generator=g)] for _ in itertools.count())
+    start = time.perf_counter()
+    dec = spd.decompose(head, batches, TARGETS, cfg, run_dir=out, generators={"data": g})
+    t_fit = time.perf_counter() - start
+    dec.save(out)
+
+    with torch.no_grad():
+        target = head(held_out)
+        ci = dec.importances(held_out)
+        kl = {
+            "kl_ci_masked": dec.run_with_masks(held_out, ci),
+            "kl_unmasked": dec.run_with_masks(held_out, dict.fromkeys(ci)),
+            "kl_stochastic": dec.run_with_masks(held_out, spd.stochastic_masks(ci, torch.Generator().manual_seed(0))),
+            "kl_mlp_ablated": dec.run_with_masks(held_out, {n: torch.zeros_like(c) for n, c in ci.items()}),
+        }
+        kls = {k: float(spd.output_loss(v, target, "kl")) for k, v in kl.items()}
+    metrics: dict[str, Any] = {
+        "model": config.model,
+        "layer": layer,
+        "exact_rest_of_model": layer == n_layers - 1,
+        "train_tokens": len(train),
+        "eval_tokens": len(held_out),
+        "C": cfg.C,
+        "steps": cfg.steps,
+        "cache_seconds": round(t_cache, 1),
+        "fit_seconds": round(t_fit, 1),
+        **kls,
+        "alive": {n: int(alive(c).sum()) for n, c in ci.items()},
+        "ci_l0": {n: ci_l0(c) for n, c in ci.items()},
+        "final_faithfulness": dec.history[-1]["faithfulness"],
+        "out": str(out),
+    }
+    save_json(out / "metrics.json", metrics)
+    return metrics
