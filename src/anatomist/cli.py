@@ -61,10 +61,12 @@ def demo(
 
 def _mount() -> None:
     from anatomist.nets.toys.cli import toy_app
+    from anatomist.regions.cli import regions_app
     from anatomist.routes.cli import routes_app
 
     app.add_typer(toy_app, name="toy")
     app.add_typer(routes_app, name="routes")
+    app.add_typer(regions_app, name="regions")
 
 
 def main() -> None:

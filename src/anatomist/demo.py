@@ -25,6 +25,7 @@ STEPS: list[tuple[str, str]] = [
     ("tms", "anatomist.demo:tms_step"),
     ("smollm2", "anatomist.demo:smollm2_step"),
     ("routes", "anatomist.routes.demo:routes_step"),
+    ("regions", "anatomist.regions.demo:regions_step"),
 ]
 
 
