@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/anatomist demo
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check
 
 typecheck: setup
 	$(BIN)/mypy
