@@ -139,6 +139,35 @@ def test_path_at_a_site_equals_path_through_the_rest() -> None:
     assert spliced == direct > 0
 
 
+@pytest.fixture(scope="module")
+def llama() -> LlamaForCausalLM:
+    """A tiny random Llama: SwiGLU MLPs whose act_fn (SiLU) reads gate_proj's output."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=101, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_language_model_path_through_input_embeddings(llama: LlamaForCausalLM) -> None:
+    """A path between two sequences' embeddings: its ends have the sequences' codes, and every unit whose
+    code differs between the ends is crossed (an odd number of times, so at least once)."""
+    model = llama
+    ids = torch.randint(1, 101, (2, 6), generator=torch.Generator().manual_seed(0))
+    emb = Site("model.embed_tokens")
+    a, b = capture(model, ids, emb)[emb]  # [seq, d_model] each
+    sites = ["model.layers.0.mlp.act_fn", "model.layers.1.mlp.act_fn"]
+    found = find_crossings(model, sites, a, b, at=emb, inputs={"input_ids": ids[:1]}, n_init=16, tol=1e-6)
+    ends = [spline_codes(model, ids[i : i + 1], sites).hard() for i in range(2)]  # [6 tokens, 96 units] each
+    # the path's code concatenates sites, each over all tokens; reorder the per-token codes the same way
+    flat = [np.concatenate([e[:, :48].reshape(-1), e[:, 48:].reshape(-1)]) for e in ends]
+    differ = np.nonzero(flat[0] != flat[1])[0]
+    assert len(differ) > 0
+    crossed = np.bincount(found.unit, minlength=len(flat[0]))
+    assert (crossed[differ] % 2 == 1).all() and (crossed[flat[0] == flat[1]] % 2 == 0).all()
+
+
 # --- spline codes ------------------------------------------------------------------------------------
 
 
@@ -156,14 +185,9 @@ def test_binary_codes_are_packed_signs() -> None:
     np.testing.assert_array_equal(codes.hard()[:, codes.site_units("3")], (z2 > 0).numpy())
 
 
-def test_soft_codes_of_swiglu_gate_are_sigmoid_of_gate_proj() -> None:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=101, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-    )  # fmt: skip
-    model = LlamaForCausalLM(cfg).eval()
-    ids = torch.randint(1, 101, (3, 7))
+def test_soft_codes_of_swiglu_gate_are_sigmoid_of_gate_proj(llama: LlamaForCausalLM) -> None:
+    model = llama
+    ids = torch.randint(1, 101, (3, 7), generator=torch.Generator().manual_seed(0))
     codes = spline_codes(model, ids, ["model.layers.1.mlp.act_fn"], soft=True)
     gate = capture(model, ids, "model.layers.1.mlp.gate_proj")[Site("model.layers.1.mlp.gate_proj")]
     assert len(codes) == 21 and codes.n_units == 48  # one code per token
@@ -272,3 +296,34 @@ def test_cosine_sees_direction_where_euclidean_sees_norm() -> None:
     euc = score_clusters(cluster(x.astype(np.float32), 3, "euclidean").assignment, labels)
     assert cos["purity"] == 1.0
     assert euc["purity"] < 0.9
+
+
+# --- the command line on the packaged MNIST CNN -------------------------------------------------------
+
+
+def test_cli_density_and_cluster_on_mnist_cnn(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from anatomist.nets.assets import load_model
+    from anatomist.regions.cli import regions_app
+    from anatomist.regions.experiments import default_sites
+
+    runner = CliRunner()
+    assert default_sites(load_model("mnist-cnn")) == ("features.relu1", "features.relu2", "classifier.relu3")
+    args = ["density", "mnist-cnn", "--sites", "classifier.relu3", "--pairs", "2", "--bins", "20", "--exact-pairs", "1"]
+    got = runner.invoke(regions_app, [*args, "--out", str(tmp_path / "d"), "--json"])
+    assert got.exit_code == 0, got.output
+    result = json.loads(got.stdout)
+    assert result["sites"] == ["classifier.relu3"] and result["pairs_with_class_change"] == 2
+    assert result["crossings_exact"] >= result["crossings_sampled"] > 0  # sampling can only miss crossings
+    assert (tmp_path / "d" / "density_examples.png").is_file() and (tmp_path / "d" / "results.json").is_file()
+    got = runner.invoke(
+        regions_app,
+        ["cluster", "mnist-cnn", "--sites", "classifier.relu3", "--n", "60", "--k", "3", "--out", str(tmp_path / "c")],
+    )
+    assert got.exit_code == 0, got.output
+    assert "classifier.relu3" in got.stdout and (tmp_path / "c" / "clusters.png").is_file()
+    bad = runner.invoke(regions_app, ["cluster", "mnist-cnn", "--sites", "classifier.fc1", "--out", str(tmp_path)])
+    assert isinstance(bad.exception, AnatomistError) and "is a Linear" in str(bad.exception)

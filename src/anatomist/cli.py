@@ -65,10 +65,11 @@ def _mount() -> None:
     from anatomist.mechanisms.bilinear_cli import bilinear_app
     from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
     from anatomist.nets.toys.cli import toy_app
+    from anatomist.regions.cli import regions_app
     from anatomist.routes.cli import routes_app
 
     for sub, name in [(toy_app, "toy"), (sae_app, "sae"), (spd_app, "spd"), (apd_app, "apd"), (l3d_app, "l3d"),
-                      (bilinear_app, "bilinear"), (routes_app, "routes")]:
+                      (bilinear_app, "bilinear"), (regions_app, "regions"), (routes_app, "routes")]:
         app.add_typer(sub, name=name)
 
 

@@ -28,6 +28,7 @@ STEPS: list[tuple[str, str]] = [
     ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
     ("routes", "anatomist.routes.demo:routes_step"),
     ("spd", "anatomist.mechanisms.demo:spd_step"),
+    ("regions", "anatomist.regions.demo:regions_step"),
 ]
 
 

@@ -88,7 +88,7 @@ def _short(names: list[str]) -> dict[str, str]:
 
 
 def plot_clusters(rows: list[dict[str, Any]], out: Path) -> list[str]:
-    """clusters.png: NMI of each representation's clusters against each label, one panel per site."""
+    """clusters.png: NMI of each representation's clusters against each label (sd over runs), one panel per site."""
     plt = _plt()
     sites = list(dict.fromkeys(r["site"] for r in rows))
     reps = list(dict.fromkeys(r["representation"] for r in rows))
@@ -98,11 +98,12 @@ def plot_clusters(rows: list[dict[str, Any]], out: Path) -> list[str]:
     titles = _short(sites)
     for ax, site in zip(axes[0], sites, strict=True):
         for k, rep in enumerate(reps):
-            nmi = [
-                next(r["nmi"] for r in rows if (r["site"], r["representation"], r["label"]) == (site, rep, lab))
+            mine = [
+                next(r for r in rows if (r["site"], r["representation"], r["label"]) == (site, rep, lab))
                 for lab in labels
             ]
-            ax.bar(np.arange(len(labels)) + k * width, nmi, width, label=rep)
+            nmi, sd = [r["nmi"] for r in mine], [r.get("nmi_sd", 0.0) for r in mine]
+            ax.bar(np.arange(len(labels)) + k * width, nmi, width, yerr=sd, error_kw={"lw": 0.6}, label=rep)
         ax.set_title(titles[site], fontsize=8)
         ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=45, fontsize=7, ha="right")
     axes[0, 0].set_ylabel("NMI with label", fontsize=8)
