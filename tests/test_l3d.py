@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +106,29 @@ def test_bad_input_errors(tms) -> None:  # type: ignore[no-untyped-def]
         l3d.decompose(broken, iter([torch.rand(8, 4)] * 3), ["first"], cfg)
     with pytest.raises(AnatomistError, match="ran out"):
         l3d.decompose(Tied(), iter([torch.rand(8, 4)]), ["first"], cfg)
+
+
+def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 4))
+    cfg = l3d.L3DConfig(n_subnetworks=3, steps=6, batch_size=16, reference="shuffled", log_every=1, checkpoint_every=3)
+
+    def run(run_dir: Path, resume: bool, stop_at: int | None = None) -> l3d.L3DDecomposition:
+        g = torch.Generator().manual_seed(5)
+        data = (torch.rand(16, 4, generator=g) for _ in range(1000))
+
+        def stop(step: int, *_: object) -> None:
+            if step == stop_at:
+                raise KeyboardInterrupt  # the session ends abruptly
+
+        return l3d.decompose(
+            model, data, ["0", "2"], cfg, run_dir=run_dir, resume=resume, generators={"data": g}, callback=stop
+        )
+
+    straight = run(tmp_path / "a", False)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", False, stop_at=5)  # the checkpoint at step 3 is on disk
+    resumed = run(tmp_path / "b", True)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    for name in ["0", "2"]:
+        assert torch.equal(straight.matrices(name), resumed.matrices(name))

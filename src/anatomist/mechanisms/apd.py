@@ -70,6 +70,9 @@ class APDConfig(Config):
     lr_warmup: float = Field(default=0.05, description="Fraction of steps of linear warm-up from 0.", ge=0, lt=1)
     seed: int = Field(default=0, description="Seeds the components' initialisation.")
     log_every: int = Field(default=100, description="Steps between recorded loss values.", gt=0)
+    checkpoint_every: int = Field(
+        default=0, description="Steps between checkpoints in the run folder (0: only at the end).", ge=0
+    )
 
     def lr_at(self, step: int) -> float:
         warm = int(self.steps * self.lr_warmup)
@@ -249,6 +252,7 @@ def decompose(
         cfg.lr_at,
         method="APD",
         log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
         run_dir=run_dir,
         resume=resume,
         generators=generators,

@@ -134,7 +134,7 @@ def run_l3d_experiment(exp: L3DExperiment, out: str | Path) -> dict[str, Any]:
         return list(dec.targets), scored(dec)
 
     def fit(toy: Any, targets: list[str], g: torch.Generator) -> tuple[Any, Scored]:
-        dec = l3d.decompose(toy.model, toy_batches(toy, cfg.batch_size, g), targets, cfg)
+        dec = l3d.decompose(toy.model, toy_batches(toy, cfg.batch_size, g), targets, cfg, generators={"data": g})
         return dec, scored(dec)
 
     metrics = _run(exp, out, "l3d", initial, fit, cfg.steps, cfg.seed)

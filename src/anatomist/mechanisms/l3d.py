@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -66,6 +67,9 @@ class L3DConfig(Config):
     lr_warmup: float = Field(default=0.0, description="Fraction of steps of linear warm-up.", ge=0, lt=1)
     seed: int = Field(default=0, description="Seeds the initialisation (and the 'shuffled' reference).")
     log_every: int = Field(default=100, description="Steps between recorded loss values.", gt=0)
+    checkpoint_every: int = Field(
+        default=0, description="Steps between checkpoints in the run folder (0: only at the end).", ge=0
+    )
 
     def lr_at(self, step: int) -> float:
         warm = int(self.steps * self.lr_warmup)
@@ -299,13 +303,17 @@ def decompose(
     data: Iterable[Any],
     targets: Sequence[str] | str,
     config: L3DConfig | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    generators: dict[str, torch.Generator] | None = None,
     callback: Callable[[int, L3DDecomposition, dict[str, float]], None] | None = None,
 ) -> L3DDecomposition:
     """Learn `config.n_subnetworks` low-rank subnetworks of the target weights from per-sample gradients.
 
     `data` yields batches of model inputs (one tensor each, the first dimension the samples), as for
-    `spd.decompose`. The model is frozen (not changed) during the run; `callback(step, dec, losses)`
-    runs every `config.log_every` steps.
+    `spd.decompose`. The model is frozen (not changed) during the run. `run_dir`/`resume`/`generators`
+    checkpoint and resume as in `spd.decompose`; `callback(step, dec, losses)` runs every
+    `config.log_every` steps.
     """
     cfg = config or L3DConfig()
     dec = initial_decomposition(model, targets, cfg)
@@ -321,6 +329,9 @@ def decompose(
         cfg.lr_at,
         method="L3D",
         log_every=cfg.log_every,
-        generators={"reference": ref_gen},
+        checkpoint_every=cfg.checkpoint_every,
+        run_dir=run_dir,
+        resume=resume,
+        generators={"reference": ref_gen, **(generators or {})},
         callback=callback,
     )
