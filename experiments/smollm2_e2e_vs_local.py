@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from anatomist.core import AnatomistError
-from anatomist.core.io import save_json
+from anatomist.core.io import load_json, save_json
 from anatomist.features.train import TrainConfig, train_sae
 
 COLUMNS = ("l0", "ce_increase", "kl", "loss_recovered", "fvu", "dead_fraction")
@@ -29,7 +29,7 @@ def main() -> None:
     if not isinstance(spec, dict) or not {"base", "runs", "out_dir"} <= spec.keys():
         raise AnatomistError(f"{args.config}: needs keys base, runs, out_dir")
     out = Path(spec["out_dir"])
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = load_json(out / "results.json") if (out / "results.json").is_file() else {}
     for name, overrides in spec["runs"].items():
         if args.only and name not in args.only:
             continue
@@ -41,7 +41,7 @@ def main() -> None:
         print(name, json.dumps(results[name]), flush=True)
     print("\n| run | objective | L0 | CE increase | KL | loss recovered | FVU | dead |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
+    for name, r in sorted(results.items(), key=lambda kv: list(spec["runs"]).index(kv[0])):
         print(f"| {name} | {r['objective']} | {r['l0']:.1f} | {r['ce_increase']:+.4f} | {r['kl']:.4f} | "
               f"{r['loss_recovered']:.4f} | {r['fvu']:.3f} | {r['dead_fraction']:.3f} |")
 
