@@ -42,7 +42,7 @@ def density(
     ),
     pairs: Annotated[int | None, typer.Option(help="paths between inputs of different predicted classes")] = None,
     bins: Annotated[int | None, typer.Option(help="samples per path")] = None,
-    exact_pairs: Annotated[int | None, typer.Option(help="pairs also counted exactly by bisection")] = None,
+    exact_pairs: Annotated[int | None, typer.Option(help="pairs also counted exactly by bisection (0 for LMs)")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
