@@ -14,12 +14,18 @@ regions_app = typer.Typer(
     help="Polytope lens: spline codes, boundary density along paths, region clustering.", no_args_is_help=True
 )
 
-ModelArg = Annotated[str, typer.Argument(help="'mnist-cnn', 'smollm2', or a local image-classifier/causal-LM folder")]
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(help="'mnist-cnn' (default), 'smollm2', or a local image-classifier/causal-LM folder"),
+]
 SitesOpt = Annotated[
     str | None,
     typer.Option(help="comma-separated activation modules (default: all of an image model, 3 MLPs of an LM)"),
 ]
-ConfigOpt = Annotated[Path | None, typer.Option(help="YAML of the command's config fields (flags override it)")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(help="YAML of the command's config fields, e.g. experiments/regions_*.yaml (flags override it)"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 
 
@@ -35,14 +41,14 @@ def _overrides(sites: str | None, **flags: Any) -> dict[str, Any]:
 
 @regions_app.command()
 def density(
-    model: ModelArg = "mnist-cnn",
+    model: ModelArg = None,
     sites: SitesOpt = None,
     out: Annotated[Path, typer.Option(help="output folder (results.json, paths.json, plots)")] = Path(
         "runs/regions-density"
     ),
     pairs: Annotated[int | None, typer.Option(help="paths between inputs of different predicted classes")] = None,
     bins: Annotated[int | None, typer.Option(help="samples per path")] = None,
-    exact_pairs: Annotated[int | None, typer.Option(help="pairs also counted exactly by bisection")] = None,
+    exact_pairs: Annotated[int | None, typer.Option(help="pairs also counted exactly by bisection (0 for LMs)")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -50,7 +56,7 @@ def density(
     from anatomist.regions.experiments import DensityConfig, density_experiment
 
     base = DensityConfig.from_yaml(config) if config else DensityConfig()
-    cfg = base.replace(model=model, **_overrides(sites, pairs=pairs, bins=bins, exact_pairs=exact_pairs))
+    cfg = base.replace(**_overrides(sites, model=model, pairs=pairs, bins=bins, exact_pairs=exact_pairs))
     result = density_experiment(cfg, out)
     result["out"] = str(out)
     if as_json:
@@ -77,7 +83,7 @@ def density(
 
 @regions_app.command()
 def cluster(
-    model: ModelArg = "mnist-cnn",
+    model: ModelArg = None,
     sites: SitesOpt = None,
     out: Annotated[Path, typer.Option(help="output folder (results.json, clusters.png)")] = Path(
         "runs/regions-cluster"
@@ -92,7 +98,7 @@ def cluster(
     from anatomist.regions.experiments import ClusterConfig, cluster_experiment
 
     base = ClusterConfig.from_yaml(config) if config else ClusterConfig()
-    result = cluster_experiment(base.replace(model=model, **_overrides(sites, n=n, k=k, runs=runs)), out)
+    result = cluster_experiment(base.replace(**_overrides(sites, model=model, n=n, k=k, runs=runs)), out)
     result["out"] = str(out)
     if as_json:
         print(json.dumps(result))

@@ -45,7 +45,10 @@ class DensityConfig(Config):
     same_class_pairs: int = Field(default=20, ge=0, description="control paths between two inputs of the same class")
     bins: int = Field(default=200, ge=10, description="samples per path (code changes are counted between neighbours)")
     exact_pairs: int = Field(
-        default=8, ge=0, description="pairs also counted exactly (bisection), to measure what sampling misses"
+        default=8,
+        ge=0,
+        description="pairs also counted exactly (bisection), to measure what sampling misses; "
+        "costly on language models (every crossing of every token's units is isolated): use 0 there",
     )
     window: float = Field(default=0.05, gt=0, lt=0.5, description="half-width in t of the window around a class change")
     images: str = Field(default="mnist", description="image set for image classifiers")

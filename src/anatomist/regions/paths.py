@@ -179,8 +179,11 @@ def search_crossings(probe: PathProbe, n_init: int = 64, tol: float = 1e-9, rtol
             found_t.append(a_t + frac * (b_t - a_t))
             found_u.append(units.numpy())
         for i in torch.nonzero(~(certified | tiny)).flatten().tolist()[::-1]:
-            todo.append((tm[i], t1[i], zm[i].clone(), z1[i]))
-            todo.append((t0[i], tm[i], z0[i], zm[i].clone()))
+            # children keep their parent's own end rows and one copy of the midpoint row, never views
+            # into this round's stacked tensors (which would keep every round's stack alive)
+            mid = zm[i].clone()
+            todo.append((tm[i], t1[i], mid, chunk[i][3]))
+            todo.append((t0[i], tm[i], chunk[i][2], mid))
     t = np.concatenate(found_t) if found_t else np.zeros(0)
     u = np.concatenate(found_u).astype(np.int64) if found_u else np.zeros(0, dtype=np.int64)
     order = np.argsort(t, kind="stable")
