@@ -1,0 +1,229 @@
+/* anatomist report: renders feature dashboards from data files loaded by <script> tags (works from file://).
+   Every string from data goes into the page through textContent or attributes, never as markup. */
+"use strict";
+var anatomist = { store: {}, page: document.body.dataset.page };
+
+anatomist.data = function (key, obj) { anatomist.store[key] = obj; };
+
+function el(tag, attrs, text) {
+  var e = document.createElement(tag);
+  if (attrs) { Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); }); }
+  if (text !== undefined && text !== null) { e.textContent = String(text); }
+  return e;
+}
+
+function svgEl(tag, attrs) {
+  var e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  Object.keys(attrs || {}).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+  return e;
+}
+
+function fmt(x) {
+  if (x === null || x === undefined) { return "–"; }
+  if (x !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e4)) { return x.toExponential(2); }
+  return String(Math.round(x * 1000) / 1000);
+}
+
+function showError(message) {
+  var box = document.getElementById("error") || document.querySelector("main").appendChild(el("div", { id: "error" }));
+  box.className = "problems";
+  box.textContent = message;
+}
+
+function visible(text) { return text.replace(/\n/g, "\u21b5").replace(/\t/g, "\u21e5"); }
+
+/* ---------------------------------------------------------------- index of latents */
+
+function initIndex() {
+  var index = anatomist.store.index;
+  if (!index) { showError("data/index.js is missing or unreadable: this dashboard has no index data."); return; }
+  var L = index.latents, n = index.d_sae, rows = [];
+  for (var i = 0; i < n; i++) {
+    rows.push({ i: i, density: L.density[i], mean: L.mean[i], max: L.max[i], top: L.top_tokens[i] || "" });
+  }
+  var state = { key: "density", dir: -1, query: "" }, limit = 1000;
+  var tbody = document.getElementById("latent-rows"), count = document.getElementById("count");
+  function render() {
+    var q = state.query.toLowerCase();
+    var shown = rows.filter(function (r) {
+      return !q || r.top.toLowerCase().indexOf(q) >= 0 || String(r.i) === q;
+    });
+    shown.sort(function (a, b) {
+      var x = a[state.key], y = b[state.key];
+      if (typeof x === "string") { return state.dir * x.localeCompare(y); }
+      return state.dir * ((x === null ? -Infinity : x) - (y === null ? -Infinity : y)) || a.i - b.i;
+    });
+    count.textContent = shown.length + " of " + n + " latents" + (shown.length > limit ? " (first " + limit + " shown)" : "");
+    tbody.replaceChildren();
+    shown.slice(0, limit).forEach(function (r) {
+      var tr = el("tr");
+      var a = el("a", { href: "latent.html#" + r.i }, r.i);
+      var td = el("td"); td.appendChild(a); tr.appendChild(td);
+      [r.density, r.mean, r.max].forEach(function (v) { tr.appendChild(el("td", { "class": "num" }, fmt(v))); });
+      tr.appendChild(el("td", { "class": "toks" }, visible(r.top)));
+      tbody.appendChild(tr);
+    });
+    document.querySelectorAll("th[data-key]").forEach(function (th) {
+      th.dataset.sorted = th.dataset.key === state.key ? (state.dir > 0 ? "asc" : "desc") : "";
+    });
+  }
+  document.querySelectorAll("th[data-key]").forEach(function (th) {
+    th.addEventListener("click", function () {
+      var key = th.dataset.key;
+      state.dir = state.key === key ? -state.dir : (key === "i" || key === "top" ? 1 : -1);
+      state.key = key;
+      render();
+    });
+  });
+  document.getElementById("search").addEventListener("input", function (e) { state.query = e.target.value.trim(); render(); });
+  render();
+}
+
+/* ---------------------------------------------------------------- one latent */
+
+function histogram(h, spec) {
+  var lo = spec[0], hi = spec[1], bins = spec[2], step = (hi - lo) / bins;
+  var W = 420, H = 140, pad = 24, svg = svgEl("svg", { width: W, height: H + pad, "class": "hist", role: "img" });
+  if (!h) { return svg; }
+  var c = h.counts, max = Math.max.apply(null, c), bw = (W - 2 * pad) / c.length;
+  c.forEach(function (v, k) {
+    var bh = max ? (H - 10) * v / max : 0;
+    var r = svgEl("rect", { x: pad + k * bw, y: H - bh, width: Math.max(bw - 1, 1), height: bh });
+    var t = svgEl("title"); t.textContent = v + " activations in [" + fmt(Math.pow(10, lo + (h.first + k) * step)) +
+      ", " + fmt(Math.pow(10, lo + (h.first + k + 1) * step)) + ")";
+    r.appendChild(t); svg.appendChild(r);
+  });
+  [0, c.length].forEach(function (k) {
+    var label = svgEl("text", { x: pad + k * bw, y: H + 16, "text-anchor": "middle" });
+    label.textContent = fmt(Math.pow(10, lo + (h.first + k) * step));
+    svg.appendChild(label);
+  });
+  return svg;
+}
+
+function context(ex, chunk, maxAct, centre) {
+  var line = el("div", { "class": "ctx" });
+  line.appendChild(el("span", { "class": "act" }, fmt(ex.act)));
+  var text = el("span", { "class": "text" });
+  ex.ctx.forEach(function (id, k) {
+    if (id < 0) { return; }
+    var a = ex.acts[k] || 0, tok = chunk.tokens[String(id)];
+    var s = el("span", { "class": "tok" + (k === centre ? " centre" : ""), title: "activation " + fmt(a) },
+      visible(tok === undefined ? "?" : tok));
+    var alpha = maxAct > 0 ? Math.min(1, a / maxAct) : 0;
+    if (alpha > 0) { s.style.backgroundColor = "rgba(255, 120, 0, " + alpha.toFixed(3) + ")"; }
+    text.appendChild(s);
+  });
+  line.appendChild(text);
+  return line;
+}
+
+function imageCanvas(img) {
+  var h = img[0], w = img[1], bytes = atob(img[2]), scale = 3;
+  var c = el("canvas", { width: w * scale, height: h * scale, "class": "digit" });
+  var ctx = c.getContext("2d"), data = ctx.createImageData(w, h);
+  for (var p = 0; p < w * h; p++) {
+    var v = bytes.charCodeAt(p);
+    data.data[4 * p] = data.data[4 * p + 1] = data.data[4 * p + 2] = 255 - v; data.data[4 * p + 3] = 255;
+  }
+  var tmp = el("canvas", { width: w, height: h }); tmp.getContext("2d").putImageData(data, 0, 0);
+  ctx.imageSmoothingEnabled = false; ctx.drawImage(tmp, 0, 0, w * scale, h * scale);
+  return c;
+}
+
+function examples(list, chunk, index, maxAct, label) {
+  var box = el("div", { "class": "examples" });
+  if (!list.length) { box.appendChild(el("p", { "class": "muted" }, "none: this latent never fired")); }
+  list.forEach(function (ex) {
+    if (index.kind === "images") {
+      var fig = el("figure", { "class": "img" });
+      var img = chunk.images[String(ex.row)];
+      if (img) { fig.appendChild(imageCanvas(img)); }
+      fig.appendChild(el("figcaption", null, (label ? label(ex) + " " : "") + fmt(ex.act)));
+      box.appendChild(fig);
+    } else {
+      var line = context(ex, chunk, maxAct, index.window[0]);
+      if (label) { line.insertBefore(el("span", { "class": "q" }, label(ex)), line.firstChild); }
+      box.appendChild(line);
+    }
+  });
+  return box;
+}
+
+function tokenList(pairs, chunk) {
+  var ul = el("ul", { "class": "logits" });
+  pairs.forEach(function (p) {
+    var li = el("li");
+    li.appendChild(el("span", { "class": "tok" }, visible(chunk.tokens[String(p[0])] || "?")));
+    li.appendChild(el("span", { "class": "num" }, fmt(p[1])));
+    ul.appendChild(li);
+  });
+  return ul;
+}
+
+function section(title, child) {
+  var s = el("section"); s.appendChild(el("h2", null, title)); s.appendChild(child); return s;
+}
+
+function renderLatent(i, chunk, index) {
+  var rec = chunk.latents[i - chunk.chunk * index.chunk_size], L = index.latents;
+  var root = document.getElementById("latent");
+  root.replaceChildren();
+  var head = el("div", { "class": "latent-head" });
+  head.appendChild(el("h1", null, "Latent " + i));
+  var nav = el("nav");
+  if (i > 0) { nav.appendChild(el("a", { href: "#" + (i - 1), id: "prev" }, "\u2190 " + (i - 1))); }
+  nav.appendChild(el("a", { href: "index.html" }, "all latents"));
+  if (i + 1 < index.d_sae) { nav.appendChild(el("a", { href: "#" + (i + 1), id: "next" }, (i + 1) + " \u2192")); }
+  head.appendChild(nav);
+  head.appendChild(el("p", { id: "summary" }, "density " + fmt(L.density[i]) + " \u00b7 mean activation " +
+    fmt(L.mean[i]) + " \u00b7 max " + fmt(L.max[i]) + " \u00b7 over " + index.n_rows + " rows"));
+  root.appendChild(head);
+  var maxAct = L.max[i] || 0;
+  root.appendChild(section("Top activations", examples(rec.top, chunk, index, maxAct, null)));
+  root.appendChild(section("Samples across the activation distribution", examples(rec.quantiles, chunk, index, maxAct,
+    function (ex) { return "q" + Math.round(ex.q * 100) + " [" + fmt(ex.lo) + ", " + fmt(ex.hi) + ")"; })));
+  root.appendChild(section("Activation histogram (nonzero activations, log-spaced bins)", histogram(rec.hist, index.hist_log10)));
+  if (rec.logits) {
+    var lg = el("div", { "class": "cols" });
+    var pos = el("div"); pos.appendChild(el("h3", null, "promoted")); pos.appendChild(tokenList(rec.logits.pos, chunk));
+    var neg = el("div"); neg.appendChild(el("h3", null, "suppressed")); neg.appendChild(tokenList(rec.logits.neg, chunk));
+    lg.appendChild(pos); lg.appendChild(neg);
+    root.appendChild(section("Logit effects (decoder direction through the unembedding)", lg));
+  }
+  var near = el("ul", { "class": "near" });
+  rec.near.forEach(function (p) {
+    var li = el("li"); li.appendChild(el("a", { href: "#" + p[0] }, "latent " + p[0]));
+    li.appendChild(el("span", { "class": "num" }, " cos " + fmt(p[1]))); near.appendChild(li);
+  });
+  root.appendChild(section("Nearest latents by decoder cosine", near));
+  document.title = "Latent " + i;
+}
+
+function initLatent() {
+  var index = anatomist.store.index;
+  if (!index) { showError("data/index.js is missing or unreadable: this dashboard has no index data."); return; }
+  function show() {
+    var i = parseInt(location.hash.slice(1) || "0", 10);
+    if (!(i >= 0 && i < index.d_sae)) { showError("no latent " + location.hash.slice(1) + " (this dictionary has " + index.d_sae + ")"); return; }
+    var c = Math.floor(i / index.chunk_size), key = "chunk_" + String(c).padStart(3, "0");
+    if (anatomist.store[key]) { renderLatent(i, anatomist.store[key], index); return; }
+    var s = el("script", { src: "data/" + key + ".js" });
+    s.onload = function () {
+      if (anatomist.store[key]) { renderLatent(i, anatomist.store[key], index); }
+      else { showError("data/" + key + ".js holds no data for latents " + c * index.chunk_size + "\u2013" + ((c + 1) * index.chunk_size - 1)); }
+    };
+    s.onerror = function () {
+      showError("data/" + key + ".js is missing: latents " + c * index.chunk_size + "\u2013" +
+        ((c + 1) * index.chunk_size - 1) + " cannot be shown (" + (index.missing_chunks && index.missing_chunks[c] || "file not found") + ")");
+    };
+    document.body.appendChild(s);
+  }
+  window.addEventListener("hashchange", show);
+  show();
+}
+
+window.addEventListener("DOMContentLoaded", function () {
+  if (anatomist.page === "features-index") { initIndex(); }
+  if (anatomist.page === "latent") { initLatent(); }
+});

@@ -1,0 +1,56 @@
+"""The pages of one feature dashboard: a sortable, searchable index of latents and a page per latent.
+
+The JSON the dashboard pass wrote is re-emitted as .js files that call `anatomist.data(key, obj)`, because
+pages opened from file:// may load scripts but not fetch() files. A chunk that is missing or unreadable is
+listed on the index and named on the latent pages that need it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from anatomist.core.errors import AnatomistError
+from anatomist.core.io import atomic_write_text, load_json
+from anatomist.report.dashboard import FORMAT, INDEX, chunk_name
+from anatomist.report.html import esc, js_json, kv_table, page, problems_box
+
+
+def _js(path: Path, key: str, obj: Any) -> None:
+    atomic_write_text(path, f"anatomist.data({js_json(key)}, {js_json(obj)});\n")
+
+
+def write_feature_pages(dash_dir: Path, out: Path, title: str, root: str) -> list[str]:
+    """Pages for the dashboard in `dash_dir`, written to `out`; returns the problems found (empty if none)."""
+    problems: list[str] = []
+    try:
+        index = load_json(dash_dir / INDEX)
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise AnatomistError(f"{dash_dir / INDEX}: not an anatomist dashboard (format {FORMAT} expected)")
+    except AnatomistError as e:
+        return [str(e)]
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    missing: dict[int, str] = {}
+    for c in range(int(index["n_chunks"])):
+        try:
+            chunk = load_json(dash_dir / chunk_name(c))
+            _js(out / "data" / f"chunk_{c:03d}.js", f"chunk_{c:03d}", chunk)
+        except AnatomistError as e:
+            missing[c] = str(e)
+            problems.append(str(e))
+    index["missing_chunks"] = {str(c): m for c, m in missing.items()}
+    _js(out / "data" / "index.js", "index", index)
+    meta = index.get("meta", {})
+    head = (f"<h1>{esc(title)}</h1>" + problems_box(problems) + kv_table(
+        {**meta, "latents": index["d_sae"], "rows (tokens or images)": index["n_rows"]}))
+    search = ('<p><input id="search" type="search" placeholder="search top tokens or a latent number">'
+              ' <span id="count"></span></p>')
+    cols = [("i", "latent"), ("density", "density"), ("mean", "mean activation"), ("max", "max activation"),
+            ("top", "top tokens" if index["kind"] == "tokens" else "—")]
+    header = "".join(f'<th data-key="{k}">{esc(label)}</th>' for k, label in cols)
+    table = f'<table class="grid" id="latents"><thead><tr>{header}</tr></thead><tbody id="latent-rows"></tbody></table>'
+    atomic_write_text(out / "index.html", page(title, head + search + table, root, page_kind="features-index",
+                                               scripts=["data/index.js"]))
+    body = f'<p><a href="index.html">all latents of {esc(title)}</a></p><div id="latent"></div>'
+    atomic_write_text(out / "latent.html", page(title, body, root, page_kind="latent", scripts=["data/index.js"]))
+    return problems

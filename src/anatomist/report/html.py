@@ -1,0 +1,81 @@
+"""Small HTML writers: every text that came from data goes through `esc` (pages are built in Python)."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) > 12:
+        return json.dumps(v[:12])[:-1] + f", … ({len(v)} items)]"
+    if isinstance(v, list | dict):
+        text = json.dumps(v)
+        return text if len(text) <= 200 else text[:200] + " …"
+    return str(v)
+
+
+def js_json(obj: Any) -> str:
+    """JSON safe inside a <script> element or a .js file: no '<', '>', '&' or line separators left raw."""
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as (dotted key, value) rows."""
+    rows: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            rows += flatten(v, key + ".")
+        else:
+            rows.append((key, v))
+    return rows
+
+
+def kv_table(d: Mapping[str, Any], cls: str = "kv") -> str:
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in flatten(d))
+    return f'<table class="{cls}">{rows}</table>'
+
+
+def table(header: Iterable[Any], rows: Iterable[Iterable[Any]], cls: str = "grid") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def problems_box(problems: list[str]) -> str:
+    if not problems:
+        return ""
+    items = "".join(f"<li>{esc(p)}</li>" for p in problems)
+    return f'<div class="problems" id="problems"><h2>Missing or unreadable files</h2><ul>{items}</ul></div>'
+
+
+def figure(src: str, caption: str) -> str:
+    return f'<figure><img src="{esc(src)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+
+
+def page(title: str, body: str, root: str, *, page_kind: str = "static", scripts: Iterable[str] = (),
+         data: Any = None) -> str:
+    """A whole page; `root` is the relative path back to the report folder ('' or '../..'), for assets."""
+    prefix = f"{root}/" if root else ""
+    tags = "".join(f'<script src="{esc(s)}"></script>' for s in scripts)
+    inline = f'<script type="application/json" id="page-data">{js_json(data)}</script>' if data is not None else ""
+    return (
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{esc(title)}</title><link rel=\"stylesheet\" href=\"{prefix}assets/style.css\"></head>"
+        f'<body data-page="{esc(page_kind)}"><header><a href="{prefix}index.html">anatomist report</a>'
+        f"<span>{esc(title)}</span></header><main>{body}</main>{inline}"
+        f'<script src="{prefix}assets/app.js"></script>{tags}</body></html>'
+    )
