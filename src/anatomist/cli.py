@@ -66,11 +66,14 @@ def _mount() -> None:
     from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
     from anatomist.nets.toys.cli import toy_app
     from anatomist.regions.cli import regions_app
+    from anatomist.report.cli import dashboard, report, serve
     from anatomist.routes.cli import routes_app
 
     for sub, name in [(toy_app, "toy"), (sae_app, "sae"), (spd_app, "spd"), (apd_app, "apd"), (l3d_app, "l3d"),
                       (bilinear_app, "bilinear"), (regions_app, "regions"), (routes_app, "routes")]:
         app.add_typer(sub, name=name)
+    for command in (report, serve, dashboard):
+        app.command()(command)
 
 
 def main() -> None:

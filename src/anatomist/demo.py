@@ -21,10 +21,17 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.io import save_json
 
 # (name, "module:function"); each lens adds its step here.
+# Steps whose entry points write no provenance.json of their own: the access they use, for the run's record.
+STEP_ACCESS: dict[str, list[str]] = {
+    "tms": ["weights"],
+    "smollm2": ["activations", "outputs"],
+    "bilinear": ["weights", "outputs", "training_data"],
+}
 STEPS: list[tuple[str, str]] = [
     ("tms", "anatomist.demo:tms_step"),
     ("smollm2", "anatomist.demo:smollm2_step"),
     ("sae", "anatomist.features.demo:sae_step"),
+    ("dashboard", "anatomist.report.demo:dashboard_step"),
     ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
     ("routes", "anatomist.routes.demo:routes_step"),
     ("spd", "anatomist.mechanisms.demo:spd_step"),
@@ -150,5 +157,22 @@ def run_demo(out: str | Path = "runs/demo", config: DemoConfig | None = None) ->
         results[name] = result
         console.print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "plot"))
         save_json(run_dir / "metrics.json", results)  # after every step: nothing done is lost
+    _record(run_dir, config)
     console.print(f"run folder: {run_dir.resolve()}")
-    return {"run_dir": str(run_dir.resolve()), **results}
+    from anatomist.report.site import build_report
+
+    index = build_report(run_dir)
+    console.print(f"report: {index.resolve()}")
+    return {"run_dir": str(run_dir.resolve()), "report": str(index.resolve()), **results}
+
+
+def _record(run_dir: Path, config: DemoConfig) -> None:
+    """The run's provenance.json: the parts' own records (models, data, access) gathered, plus the demo config."""
+    from anatomist.core.provenance import collect_parts, read_provenance, write_provenance
+
+    parts = collect_parts(run_dir)
+    records = [read_provenance(run_dir / p) for p in parts]
+    models = {(m["name"], m["weights_sha256"]): m for r in records for m in r["models"]}
+    data = {(d["name"], d.get("sha256")): d for r in records for d in r["data"]}
+    access = {a for r in records for a in r["access"]} | {a for s in config.steps for a in STEP_ACCESS.get(s, [])}
+    write_provenance(run_dir, models=models.values(), data=data.values(), config=config, access=access, parts=parts)

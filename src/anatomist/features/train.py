@@ -318,9 +318,22 @@ def train_sae(
             batch_size=cfg.data.model_batch_size, spliced=tokens, spliced_seqs=cfg.eval_ce_seqs,
         ))
     save_json(run / "eval.json", metrics)
+    _record(run, cfg, model, train_ids, eval_ids)
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     _append_jsonl(run / "metrics.jsonl", {"step": cfg.steps, "final": flat})
     return sae, metrics
+
+
+def _record(run: Path, cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, eval_ids: torch.Tensor) -> None:
+    """provenance.json: local training reads activations (the eval splices the SAE in: outputs); e2e backprops."""
+    from anatomist.core.provenance import data_record, model_record, write_provenance
+
+    access = ["activations", "outputs"] + (["gradients"] if cfg.objective != "local" else [])
+    n_tok = int(train_ids.numel() - (len(train_ids) if cfg.data.exclude_bos and train_ids.ndim == 2 else 0))
+    write_provenance(run, models=[model_record(cfg.model, model)],
+                     data=[data_record(f"{cfg.data.corpus} (train)", train_ids, n_tokens=n_tok),
+                           data_record(f"{cfg.data.corpus} (held out)", eval_ids, n_tokens=int(eval_ids.numel()))],
+                     config=cfg, seed=cfg.seed, access=access)
 
 
 def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Site, target: Site,

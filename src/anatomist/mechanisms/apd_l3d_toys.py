@@ -25,7 +25,7 @@ from anatomist.core.io import save_json
 from anatomist.mechanisms import apd, l3d
 from anatomist.mechanisms.apd import APDConfig
 from anatomist.mechanisms.l3d import L3DConfig
-from anatomist.mechanisms.toyrun import default_targets, toy_batches, toy_report, write_toy_plots
+from anatomist.mechanisms.toyrun import default_targets, record_toy_run, toy_batches, toy_report, write_toy_plots
 
 HEADLINE = ("mmcs", "min_cosine", "ml2r", "mmcs_rows")
 
@@ -100,6 +100,9 @@ def _run(
         "out": str(out),
     }
     save_json(out / "metrics.json", metrics)
+    cfg = exp.apd if isinstance(exp, APDExperiment) else exp.l3d
+    access = {"apd": ["outputs", "activations", "weights", "gradients"], "l3d": ["outputs", "weights", "gradients"]}
+    record_toy_run(out, exp.toy, toy, exp, seed, steps, cfg.batch_size, access[method])
     return metrics
 
 

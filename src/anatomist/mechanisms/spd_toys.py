@@ -16,7 +16,7 @@ from anatomist.core.config import Config
 from anatomist.core.io import save_json
 from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
-from anatomist.mechanisms.toyrun import default_targets, toy_batches, toy_report, write_toy_plots
+from anatomist.mechanisms.toyrun import default_targets, record_toy_run, toy_batches, toy_report, write_toy_plots
 
 
 class SPDExperiment(Config):
@@ -84,4 +84,7 @@ def run_spd_experiment(
         "out": str(out),
     }
     save_json(out / "metrics.json", metrics)
+    # SPD reads the weights, the inner activations (CI) and the outputs, and trains by gradients
+    record_toy_run(out, exp.toy, toy, exp, cfg.seed, cfg.steps, cfg.batch_size,
+                   ["outputs", "activations", "weights", "gradients"])
     return metrics

@@ -128,3 +128,13 @@ def write_toy_plots(out: Path, toy: Any, targets: list[str], matrices: Matrices,
             plot_cosine_matrix(cos, out / "cosine_matrix.png", title=f"{first}: true pieces vs subcomponents")
             files.append("cosine_matrix.png")
     return files
+
+
+def record_toy_run(out: Path, name: str, toy: Any, config: Any, seed: int, steps: int, batch_size: int,
+                   access: list[str]) -> None:
+    """provenance.json of a decomposition of a toy: the toy's weights and its synthetic data distribution."""
+    from anatomist.core.provenance import data_record, model_record, write_provenance
+
+    data = data_record(f"{name} data distribution (synthetic, drawn fresh each step)", n_examples=steps * batch_size)
+    write_provenance(out, models=[model_record(name, toy.model)], data=[data],
+                     config=config, seed=seed, access=access)

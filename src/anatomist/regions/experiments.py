@@ -26,6 +26,7 @@ from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import save_json
 from anatomist.core.progress import progress
+from anatomist.core.provenance import data_record, model_record, write_provenance
 from anatomist.nets.sites import Site, capture, splice
 from anatomist.regions.cluster import Metric, cluster, score_clusters
 from anatomist.regions.codes import CodeSite, code_sites, encode, nearby_activations, preactivations
@@ -99,6 +100,12 @@ def _load(name: str) -> Any:
     if loaded.kind == "encoder":
         raise AnatomistError(f"model '{name}' is an encoder: the regions experiments need a classifier or a causal LM")
     return loaded
+
+
+def _record(out: Path, loaded: Any, cfg: Any, data: dict[str, Any]) -> None:
+    """provenance.json: the polytope lens reads activations (their signs) and the predicted class (outputs)."""
+    write_provenance(out, models=[model_record(loaded.name, loaded.model)], data=[data], config=cfg, seed=cfg.seed,
+                     access=["activations", "outputs"])
 
 
 # --- density -------------------------------------------------------------------------------------
@@ -218,6 +225,8 @@ def density_experiment(cfg: DensityConfig, out: str | Path | None = None) -> dic
         save_json(out / "paths.json", records)
         result["plots"] = plot_density(records, [c.module for c in sites], out)
         save_json(out / "results.json", result)
+        data = cfg.images if loaded.kind == "image-classifier" else "wiki"
+        _record(out, loaded, cfg, data_record(data, n_examples=len(ends)))
     return result
 
 
@@ -362,4 +371,7 @@ def cluster_experiment(cfg: ClusterConfig, out: str | Path | None = None) -> dic
         out.mkdir(parents=True, exist_ok=True)
         result["plots"] = plot_clusters(rows, out)
         save_json(out / "results.json", result)
+        data = cfg.images if loaded.kind == "image-classifier" else "wiki"
+        inputs = torch.cat([b if isinstance(b, torch.Tensor) else b["input_ids"] for b in batches])
+        _record(out, loaded, cfg, data_record(data, inputs, n_examples=cfg.n))
     return result

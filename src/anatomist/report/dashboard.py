@@ -11,6 +11,7 @@ inputs). `anatomist report` renders these files as pages.
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from anatomist.core.errors import AnatomistError
-from anatomist.core.io import save_json
+from anatomist.core.io import atomic_write_text
 from anatomist.report.stats import LatentStats
 
 FORMAT = "anatomist-dashboard/1"
@@ -86,21 +87,28 @@ class Source:
             raise AnatomistError("a dashboard source is either tokens (with positions and decode) or images")
         if tokens is not None and (positions is None or decode is None):
             raise AnatomistError("token dashboards need the row positions [n_rows, 2] and a decode function")
-        self.tokens, self.positions, self.decode, self.images = tokens, positions, decode, images
+        self.tokens, self.positions, self.images = tokens, positions, images
         self.kind = "tokens" if tokens is not None else "images"
+        self._decode = decode
+        self._names: dict[int, str] = {}
 
-    def context(self, row: int, before: int, acts: list[float | None]) -> list[int]:
-        """Token ids of the context around `row` (-1 where the activations say the position is outside)."""
+    def name(self, token: int) -> str:
+        """The text of one token id (decoded once, then remembered)."""
+        if token not in self._names:
+            assert self._decode is not None
+            self._names[token] = self._decode(token)
+        return str(self._names[token])
+
+    def context_ids(self, rows: Tensor, ctx: Tensor, before: int) -> Tensor:
+        """Token ids [..., width] of the rows from `before` ahead of each of `rows` [...]; -1 where `ctx` is NaN
+        (outside the sequence) or the row is -1 (no example)."""
         assert self.tokens is not None and self.positions is not None
-        ids = []
-        for o, a in enumerate(acts):
-            r = row - before + o
-            if a is None or not 0 <= r < len(self.positions):
-                ids.append(-1)
-                continue
-            s, p = self.positions[r].tolist()
-            ids.append(int(self.tokens[s, p]))
-        return ids
+        width = ctx.shape[-1]
+        r = rows[..., None] - before + torch.arange(width)
+        inside = ~ctx.isnan() & (rows[..., None] >= 0) & (r >= 0) & (r < len(self.positions))
+        pos = self.positions[r.clamp(0, len(self.positions) - 1)]  # [..., width, 2]
+        ids = self.tokens[pos[..., 0], pos[..., 1]]
+        return torch.where(inside, ids, torch.full_like(ids, -1))
 
     def image(self, row: int) -> list[Any]:
         assert self.images is not None
@@ -108,72 +116,94 @@ class Source:
         return [int(img.shape[0]), int(img.shape[1]), base64.b64encode(img.numpy().tobytes()).decode()]
 
 
-def _example(src: Source, stats: LatentStats, act: float, row: int, ctx: Tensor, tok: dict[int, str],
-             images: dict[str, Any]) -> dict[str, Any]:
-    acts = [_r(a) for a in ctx.tolist()]
-    ex: dict[str, Any] = {"act": _r(act), "row": row}
-    if src.kind == "tokens":
-        ids = src.context(row, stats.before, acts)
-        assert src.decode is not None
-        for i in ids:
-            if i >= 0 and i not in tok:
-                tok[i] = src.decode(i)
-        ex.update(ctx=ids, acts=acts)
-    else:
-        images.setdefault(str(row), src.image(row))
-    return ex
+def _round3(t: Tensor) -> list[Any]:
+    """Values to 3 decimals as nested lists (NaN -> 0: outside positions carry token id -1 instead)."""
+    return ((t.double().nan_to_num(0.0) * 1000).round() / 1000).tolist()
+
+
+def _write_compact(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, separators=(",", ":"), allow_nan=False))
+
+
+class _Examples:
+    """Examples (top or sampled) of every latent as plain lists, converted from tensors in one go."""
+
+    def __init__(self, src: Source, stats: LatentStats, val: Tensor, row: Tensor, ctx: Tensor) -> None:
+        self.src = src
+        self.val, self.row = _round3(val), row.tolist()
+        if src.kind == "tokens":
+            self.ids = src.context_ids(row, ctx, stats.before).tolist()
+            self.acts = _round3(ctx)
+
+    def get(self, at: tuple[int, ...], tok: dict[str, str], images: dict[str, Any]) -> dict[str, Any]:
+        val: Any = self.val
+        row: Any = self.row
+        for a in at:
+            val, row = val[a], row[a]
+        ex: dict[str, Any] = {"act": val, "row": row}
+        if self.src.kind == "tokens":
+            ids, acts = self.ids, self.acts
+            for a in at:
+                ids, acts = ids[a], acts[a]
+            for i in ids:
+                if i >= 0:
+                    tok.setdefault(str(i), self.src.name(i))
+            ex.update(ctx=ids, acts=acts)
+        else:
+            images.setdefault(str(row), self.src.image(row))
+        return ex
 
 
 def write_dashboard(out: str | Path, stats: LatentStats, src: Source, w_dec: Tensor, *, unembed: Tensor | None = None,
-                    decode: Callable[[int], str] | None = None, meta: dict[str, Any] | None = None,
-                    chunk_size: int = 128) -> Path:
-    """Write `out/dashboard.json` and `out/latents_NNN.json`; returns `out`. `decode` names logit-effect tokens."""
+                    meta: dict[str, Any] | None = None, chunk_size: int = 128) -> Path:
+    """Write `out/dashboard.json` and `out/latents_NNN.json`; returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     d = stats.d
-    n_near = nearest_latents(w_dec)
-    effects = logit_effects(w_dec, unembed) if unembed is not None else None
-    density = (stats.fires.double() / max(stats.n_rows, 1)).tolist()
-    mean = (stats.total / stats.fires.clamp_min(1)).tolist()
-    top_text: list[str] = []
+    near = nearest_latents(w_dec)
+    near_idx, near_cos = near[0].tolist(), _round3(near[1])
+    effects = [t.tolist() for t in logit_effects(w_dec, unembed)] if unembed is not None else None
+    top = _Examples(src, stats, stats.top_val.T, stats.top_row.T, stats.top_ctx.transpose(0, 1))  # [d][k]
+    cells = stats.quantile_cells(QUANTILES)  # [d, nq]
+    samples = _Examples(src, stats, stats.s_val, stats.s_row, stats.s_ctx)  # [d * bins]
+    edges = (10 ** stats.bin_edges().double()).tolist()
     hist = stats.hist.view(d, stats.bins)
+    top_text: list[str] = []
     n_chunks = -(-d // chunk_size)
     for c in range(n_chunks):
-        tok: dict[int, str] = {}
+        tok: dict[str, str] = {}
         images: dict[str, Any] = {}
         latents = []
         for i in range(c * chunk_size, min(d, (c + 1) * chunk_size)):
-            top = [_example(src, stats, float(stats.top_val[j, i]), int(stats.top_row[j, i]), stats.top_ctx[j, i],
-                            tok, images) for j in range(stats.k) if stats.top_val[j, i] > 0]
+            tops = [top.get((i, j), tok, images) for j in range(stats.k) if top.val[i][j] > 0]
             quant = []
-            for q in stats.quantile_samples(i, QUANTILES):
-                cell = int(q["cell"])
-                ex = _example(src, stats, float(stats.s_val[cell]), int(stats.s_row[cell]), stats.s_ctx[cell], tok,
-                              images)
-                quant.append({"q": q["q"], "lo": _r(float(q["lo"])), "hi": _r(float(q["hi"])), **ex})
+            for q, cell in zip(QUANTILES, cells[i].tolist(), strict=True):
+                if cell >= 0:
+                    b = cell % stats.bins
+                    quant.append({"q": q, "lo": _r(edges[b]), "hi": _r(edges[b + 1]), **samples.get((cell,), tok,
+                                                                                                   images)})
             nz = hist[i].nonzero().flatten()
             h = {"first": int(nz[0]), "counts": hist[i, int(nz[0]) : int(nz[-1]) + 1].tolist()} if len(nz) else None
-            near = [[int(j), _r(float(v))] for j, v in zip(n_near[0][i], n_near[1][i], strict=True)]
-            rec: dict[str, Any] = {"i": i, "top": top, "quantiles": quant, "hist": h, "near": near}
+            nearest = [[j, v] for j, v in zip(near_idx[i], near_cos[i], strict=True)]
+            rec: dict[str, Any] = {"i": i, "top": tops, "quantiles": quant, "hist": h, "near": nearest}
             if effects is not None:
-                assert decode is not None
-                pid, pv, nid, nv = (t[i].tolist() for t in effects)
+                pid, pv, nid, nv = (t[i] for t in effects)
                 for t in pid + nid:
-                    tok.setdefault(int(t), decode(int(t)))
+                    tok.setdefault(str(t), src.name(t))
                 rec["logits"] = {"pos": [[a, _r(b)] for a, b in zip(pid, pv, strict=True)],
                                  "neg": [[a, _r(b)] for a, b in zip(nid, nv, strict=True)]}
             latents.append(rec)
-            centre = [ex["ctx"][stats.before] for ex in top if src.kind == "tokens"]
-            top_text.append(" ".join(tok[t] for t, _ in Counter(centre).most_common(5) if t >= 0))
-        save_json(out / chunk_name(c), {"format": FORMAT, "chunk": c, "tokens": {str(k): v for k, v in tok.items()},
-                                        "images": images, "latents": latents})
+            centre = Counter(ex["ctx"][stats.before] for ex in tops) if src.kind == "tokens" else Counter()
+            top_text.append(" ".join(tok[str(t)] for t, _ in centre.most_common(5) if t >= 0))
+        _write_compact(out / chunk_name(c), {"format": FORMAT, "chunk": c, "tokens": tok, "images": images,
+                                              "latents": latents})
     index = {
         "format": FORMAT, "kind": src.kind, "d_sae": d, "n_rows": stats.n_rows, "chunk_size": chunk_size,
         "n_chunks": n_chunks, "window": [stats.before, stats.after], "top_k": stats.k,
         "hist_log10": [stats.lo, stats.hi, stats.bins], "meta": meta or {},
-        "latents": {"density": [_r(x) for x in density], "mean": [_r(x) for x in mean],
-                    "max": [_r(float(x)) for x in stats.max.tolist()], "top_tokens": top_text},
+        "latents": {"density": [_r(x) for x in (stats.fires.double() / max(stats.n_rows, 1)).tolist()],
+                    "mean": [_r(x) for x in (stats.total / stats.fires.clamp_min(1)).tolist()],
+                    "max": [_r(x) for x in stats.max.tolist()], "top_tokens": top_text},
     }
-    save_json(out / INDEX, index)
+    _write_compact(out / INDEX, index)
     return out
-

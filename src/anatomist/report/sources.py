@@ -83,7 +83,7 @@ def lm_dashboard(sae: SparseDictionary, out: str | Path, *, model_name: str, sit
     meta = {"model": model_name, "site": str(site), "n_seqs": len(tokens), "seq_len": tokens.shape[1],
             "arch": sae.cfg.arch, "tokens": stats.n_rows}
     start = time.perf_counter()
-    write_dashboard(out, stats, src, sae.W_dec.detach(), unembed=unembedding(loaded.model), decode=decode, meta=meta)
+    write_dashboard(out, stats, src, sae.W_dec.detach(), unembed=unembedding(loaded.model), meta=meta)
     write_s = time.perf_counter() - start
     return {"harvest_s": harvest_s, "pass_s": pass_s, "write_s": write_s, "rows": float(stats.n_rows)}
 
@@ -110,3 +110,32 @@ def image_dashboard(sae: SparseDictionary, out: str | Path, *, model: nn.Module,
     shown = images[:, 0] if images.ndim == 4 else images
     meta = {"site": str(site), **(meta or {})}
     return write_dashboard(out, stats, Source(images=shown), sae.W_dec.detach(), meta=meta)
+
+
+def dashboard_for_sae(sae_dir: str | Path, out: str | Path | None = None, *, model: str | None = None,
+                      site: str | None = None, corpus: str = "wiki", n_seqs: int = 256, seq_len: int = 128,
+                      loaded: Any = None) -> dict[str, Any]:
+    """Load a dictionary, pass it over `n_seqs` corpus sequences of its model, write the dashboard + provenance."""
+    from anatomist.core.provenance import data_record, model_record, write_provenance
+    from anatomist.data import load_corpus
+    from anatomist.features.formats import load_sae
+    from anatomist.nets.assets import load_model
+
+    sae = load_sae(sae_dir)
+    model = model or sae.metadata.get("model") or sae.metadata.get("model_name")
+    site = site or sae.metadata.get("site") or sae.metadata.get("hook_name")
+    if not model or not site:
+        raise AnatomistError(f"{sae_dir}: its metadata names no model/site; pass --model and --site")
+    out = Path(out) if out is not None else Path(sae_dir).parent / "dashboard"
+    loaded = loaded or load_model(model)
+    if loaded.tokenizer is None:
+        raise AnatomistError(f"model '{model}' has no tokenizer: token dashboards need one")
+    tokens = load_corpus(corpus).tokenize(loaded.tokenizer, seq_len=seq_len, n_seqs=n_seqs)
+    times = lm_dashboard(sae, out, model_name=model, site=site, tokens=tokens, loaded=loaded)
+    write_provenance(out, models=[model_record(model, loaded.model), model_record(f"dictionary {sae_dir}", sae)],
+                     data=[data_record(corpus, tokens, n_tokens=int(times["rows"]))],
+                     config={"sae_dir": str(sae_dir), "model": model, "site": site, "corpus": corpus,
+                             "n_seqs": n_seqs, "seq_len": seq_len},
+                     access=["activations", "weights"])  # weights: the unembedding, for logit effects
+    return {"out": str(out), "model": model, "site": site, "latents": sae.cfg.d_sae,
+            **{k: round(v, 2) for k, v in times.items()}}

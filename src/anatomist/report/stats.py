@@ -53,64 +53,83 @@ class LatentStats:
         same = seq[idx_c] == seq[:, None]
         return torch.where(inside & same, idx_c, torch.full_like(idx, n))
 
+    def _contexts(self, acts: Tensor, win: Tensor, rows: Tensor, lat: Tensor) -> Tensor:
+        """The activations of latent lat[m] on the context window of row rows[m]: [m, width], NaN outside."""
+        idx = win[rows]  # [m, width]
+        inside = idx < len(acts)
+        ctx = acts[idx.clamp(max=len(acts) - 1), lat[:, None]]
+        return torch.where(inside, ctx, torch.full_like(ctx, math.nan))
+
     @torch.no_grad()
     def update(self, acts: Tensor, seq: Tensor) -> None:
-        """One block of rows `acts` [n, d_sae] (float) in data order; `seq` [n] the sequence of each row."""
+        """One block of rows `acts` [n, d_sae] (float) in data order; `seq` [n] the sequence of each row.
+
+        Everything is computed from the nonzero entries, so a sparse code (TopK: k per row) costs O(n·k)
+        after the one dense `acts > 0`.
+        """
         n = acts.shape[0]
         if n == 0:
             return
         acts = acts.float()
         win = self._windows(seq)  # [n, width]
-        padded = torch.cat([acts, torch.full((1, self.d), math.nan)])  # [n + 1, d]: NaN = outside the sequence
-        fired = acts > 0
-        self.fires += fired.sum(0)
-        self.total += acts.clamp_min(0).sum(0, dtype=torch.float64)
-        self.max = torch.maximum(self.max, acts.max(0).values)
-
-        # running top-k: merge this block's best k per latent into the kept ones
-        k = min(self.k, n)
-        val, row = acts.topk(k, dim=0)  # [k, d]
-        lat = torch.arange(self.d)
-        ctx = padded[win[row], lat[None, :, None]]  # [k, d, width]
-        all_val = torch.cat([self.top_val, val])
-        keep = all_val.topk(self.k, dim=0).indices  # [k, d]
-        self.top_val = all_val.gather(0, keep)
-        self.top_row = torch.cat([self.top_row, row + self.n_rows]).gather(0, keep)
-        idx3 = keep[..., None].expand(-1, -1, self.width)
-        self.top_ctx = torch.cat([self.top_ctx, ctx]).gather(0, idx3)
-
-        # histogram + one priority sample per (latent, bin) of the nonzero entries
-        r, c = fired.nonzero(as_tuple=True)  # [nnz]
+        r, c = (acts > 0).nonzero(as_tuple=True)  # [nnz], row-major: rows ascending
         v = acts[r, c]
+        self.fires += torch.bincount(c, minlength=self.d)
+        self.total += torch.bincount(c, weights=v.double(), minlength=self.d)
+        self.max.scatter_reduce_(0, c, v, reduce="amax")
+        self._merge_top(acts, win, r, c, v)
+        self._sample(acts, win, r, c, v)
+        self.n_rows += n
+
+    def _merge_top(self, acts: Tensor, win: Tensor, r: Tensor, c: Tensor, v: Tensor) -> None:
+        """Entries above their latent's current k-th value, best k per latent, merged into the kept top-k."""
+        cand = v > self.top_val[-1, c]
+        r, c, v = r[cand], c[cand], v[cand]
+        if len(v) == 0:
+            return
+        order = v.argsort(descending=True, stable=True)
+        order = order[c[order].argsort(stable=True)]  # grouped by latent, largest first within a latent
+        r, c, v = r[order], c[order], v[order]
+        starts = torch.cumsum(torch.bincount(c, minlength=self.d), 0) - torch.bincount(c, minlength=self.d)
+        rank = torch.arange(len(c)) - starts[c]
+        keep = rank < self.k
+        r, c, v, rank = r[keep], c[keep], v[keep], rank[keep]
+        new_val = torch.full((self.k, self.d), -math.inf)
+        new_row = torch.full((self.k, self.d), -1, dtype=torch.long)
+        new_ctx = torch.zeros(self.k, self.d, self.width)
+        new_val[rank, c] = v
+        new_row[rank, c] = r + self.n_rows
+        new_ctx[rank, c] = self._contexts(acts, win, r, c)
+        all_val = torch.cat([self.top_val, new_val])  # [2k, d]
+        pick = all_val.topk(self.k, dim=0).indices  # [k, d]
+        self.top_val = all_val.gather(0, pick)
+        self.top_row = torch.cat([self.top_row, new_row]).gather(0, pick)
+        self.top_ctx = torch.cat([self.top_ctx, new_ctx]).gather(0, pick[..., None].expand(-1, -1, self.width))
+
+    def _sample(self, acts: Tensor, win: Tensor, r: Tensor, c: Tensor, v: Tensor) -> None:
+        """Histogram counts, and one priority sample per (latent, log10 bin): the entry with the largest key."""
         scale = self.bins / (self.hi - self.lo)
         b = ((v.log10() - self.lo) * scale).floor().long().clamp(0, self.bins - 1)
         cell = c * self.bins + b
         self.hist += torch.bincount(cell, minlength=self.d * self.bins)
         key = torch.rand(len(cell), generator=self.gen)
         best = self.s_key.clone().scatter_reduce_(0, cell, key, reduce="amax")
-        win_mask = key == best[cell]  # the entries that now hold their cell
-        cw = cell[win_mask]
-        self.s_key[cw] = key[win_mask]
-        self.s_row[cw] = r[win_mask] + self.n_rows
-        self.s_val[cw] = v[win_mask]
-        self.s_ctx[cw] = padded[win[r[win_mask]], c[win_mask, None]]
-        self.n_rows += n
+        won = key == best[cell]  # the entries that now hold their cell
+        cw = cell[won]
+        self.s_key[cw] = key[won]
+        self.s_row[cw] = r[won] + self.n_rows
+        self.s_val[cw] = v[won]
+        self.s_ctx[cw] = self._contexts(acts, win, r[won], c[won])
 
-    def quantile_samples(self, latent: int, quantiles: tuple[float, ...]) -> list[dict[str, float | int]]:
-        """For each quantile q: the kept sample of the bin where the latent's activation CDF crosses q."""
-        counts = self.hist.view(self.d, self.bins)[latent]
-        total = int(counts.sum())
-        if total == 0:
-            return []
-        cdf = counts.cumsum(0).double() / total
-        edges = self.bin_edges()
-        out, seen = [], set()
-        for q in quantiles:
-            b = int(torch.searchsorted(cdf, torch.tensor([q], dtype=torch.float64)).clamp(max=self.bins - 1))
-            cell = latent * self.bins + b
-            if b in seen or self.s_row[cell] < 0:
-                continue
-            seen.add(b)
-            out.append({"q": q, "bin": b, "lo": 10 ** float(edges[b]), "hi": 10 ** float(edges[b + 1]),
-                        "cell": cell})
-        return out
+    def quantile_cells(self, quantiles: tuple[float, ...]) -> Tensor:
+        """[d, len(quantiles)] sample cells (latent * bins + bin): for each q, the bin where the latent's CDF of
+        nonzero activations crosses q; -1 where the latent never fired or an earlier q already chose that bin."""
+        counts = self.hist.view(self.d, self.bins).double()
+        cdf = counts.cumsum(1) / counts.sum(1, keepdim=True).clamp_min(1)  # [d, bins]
+        q = torch.tensor(quantiles, dtype=torch.float64)
+        b = (cdf[:, None, :] < q[None, :, None]).sum(-1).clamp(max=self.bins - 1)  # [d, nq]
+        cells = torch.arange(self.d)[:, None] * self.bins + b
+        dup = torch.zeros_like(b, dtype=torch.bool)
+        dup[:, 1:] = b[:, 1:] == b[:, :-1]  # b is non-decreasing in q: repeats are adjacent
+        bad = dup | (self.s_row[cells] < 0) | (counts.sum(1, keepdim=True) == 0)
+        return torch.where(bad, torch.full_like(cells, -1), cells)

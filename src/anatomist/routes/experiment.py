@@ -156,10 +156,20 @@ def analyze(
     }
     out = Path(out_dir)
     save_json(out / "results.json", results)
+    _record(out, model, ids, cfg)
     from anatomist.routes.plots import plot_all  # matplotlib only when writing plots
 
     plot_all(results, out)
     return results
+
+
+def _record(out: Path, model: nn.Module, ids: torch.Tensor, cfg: AnalyzeConfig) -> None:
+    """provenance.json: routing reads hidden states and router logits (activations) and the router matrices."""
+    from anatomist.core.provenance import data_record, model_record, write_provenance
+
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    write_provenance(out, models=[model_record(name, model)], data=[data_record("token ids", ids,
+                     n_tokens=ids.numel())], config=cfg, seed=cfg.seed, access=["activations", "weights"])
 
 
 def _strings(tokenizer: Any, flat_ids: np.ndarray) -> list[str]:

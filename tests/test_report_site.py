@@ -1,0 +1,111 @@
+"""Dashboard JSON (planted answers), the static site without a browser, provenance records, serve."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import report_fixtures as fx
+from anatomist.cli import _mount, app
+from anatomist.core.errors import AnatomistError
+from anatomist.core.io import load_json
+from anatomist.core.provenance import read_provenance, weights_hash, write_provenance
+from anatomist.report.dashboard import nearest_latents
+from anatomist.report.serve import make_server
+from anatomist.report.site import build_report
+
+
+def test_token_dashboard_recovers_planted_latents(tmp_path: Path) -> None:
+    sae, tokens = fx.token_dashboard(tmp_path)
+    index = load_json(tmp_path / "dashboard.json")
+    assert index["n_rows"] == tokens.numel() and index["d_sae"] == fx.D_SAE
+    for c in range(index["n_chunks"]):
+        chunk = load_json(tmp_path / f"latents_{c:03d}.json")
+        for rec in chunk["latents"]:
+            i = rec["i"]
+            # latent j reads token j's embedding: the centre of every top context is token j (2..: 0/1 read markup)
+            want = fx.VOCAB[i] if i >= 2 else (fx.SCRIPT_TOKEN, fx.IMG_TOKEN)[i]
+            centres = {chunk["tokens"][str(ex["ctx"][4])] for ex in rec["top"][:2]}
+            assert centres == {want}
+            # its decoder row is token i's embedding direction: through the embedding it promotes token i most
+            assert chunk["tokens"][str(rec["logits"]["pos"][0][0])] == fx.VOCAB[i]
+            acts = [ex["act"] for ex in rec["top"]]
+            assert acts == sorted(acts, reverse=True)
+    assert "tok7" in index["latents"]["top_tokens"][7]
+
+
+def test_nearest_latents_match_brute_force() -> None:
+    w = torch.randn(30, 8)
+    idx, cos = nearest_latents(w, k=3, chunk=7)
+    unit = w / w.norm(dim=1, keepdim=True)
+    sim = unit @ unit.T - 10 * torch.eye(30)
+    torch.testing.assert_close(cos, sim.topk(3, dim=1).values)
+    assert torch.equal(idx, sim.topk(3, dim=1).indices)
+
+
+def test_image_dashboard_top_images(tmp_path: Path) -> None:
+    fx.image_dashboard(tmp_path)
+    chunk = load_json(tmp_path / "latents_000.json")
+    for rec in chunk["latents"]:
+        assert rec["top"], "every bar latent fires"
+        assert all(ex["row"] % 8 == rec["i"] for ex in rec["top"])  # images with the bar on row i
+        assert str(rec["top"][0]["row"]) in chunk["images"]
+
+
+def test_report_lists_what_is_missing(tmp_path: Path) -> None:
+    run = fx.run_folder(tmp_path)
+    (run / "provenance.json").unlink()
+    (run / "sae" / "dashboard" / "latents_002.json").write_text("{not json")
+    html = build_report(run).read_text()
+    assert "provenance.json: missing" in html
+    assert "latents_002.json: not valid JSON" in html
+    with pytest.raises(AnatomistError, match="no such run folder"):
+        build_report(tmp_path / "nope")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(AnatomistError, match="not an anatomist report"):
+        build_report(run, tmp_path / "other")  # never deletes a folder it did not write
+
+
+def test_report_cli_and_serve(tmp_path: Path) -> None:
+    run = fx.run_folder(tmp_path)
+    _mount()
+    res = CliRunner().invoke(app, ["report", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    index = Path(load_json_text(res.output)["index"])
+    server = make_server(index.parent, port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/features/sae__dashboard/data/index.js"
+        body = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert body.startswith('anatomist.data("index"') and "<script>" not in body  # '<' escaped in data
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def load_json_text(text: str) -> dict[str, str]:
+    import json
+
+    return dict(json.loads(text.strip().splitlines()[-1]))
+
+
+def test_provenance_records_weights_exactly(tmp_path: Path) -> None:
+    model = torch.nn.Linear(4, 3)
+    before = weights_hash(model)
+    with torch.no_grad():
+        model.weight[1, 2] += 1e-6
+    assert weights_hash(model) != before
+    write_provenance(tmp_path, models=[{"name": "m", "weights_sha256": before}], config={"lr": 1.0}, seed=3,
+                     access=["gradients", "outputs"])
+    rec = read_provenance(tmp_path)
+    assert rec["access"] == ["outputs", "gradients"] and rec["seed"] == 3 and rec["packages"]["torch"]
+    with pytest.raises(AnatomistError, match="unknown access"):
+        write_provenance(tmp_path, access=["telepathy"])
+    with pytest.raises(AnatomistError, match="provenance.json: missing"):
+        read_provenance(tmp_path / "none")
