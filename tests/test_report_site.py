@@ -109,3 +109,25 @@ def test_provenance_records_weights_exactly(tmp_path: Path) -> None:
         write_provenance(tmp_path, access=["telepathy"])
     with pytest.raises(AnatomistError, match="provenance.json: missing"):
         read_provenance(tmp_path / "none")
+
+
+def test_sae_training_records_provenance(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anatomist.features.train import TrainConfig, train_sae
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=50)).eval()
+    ids = torch.randint(1, 50, (12, 8), generator=torch.Generator().manual_seed(1))
+    cfg = TrainConfig.parse(dict(model="tiny", site="model.layers.1", steps=3, batch_size=16, seed=7,
+                                 out_dir=str(tmp_path), sae=dict(arch="topk", d_in=16, d_sae=32, k=4),
+                                 data=dict(cache=None, block_seqs=4, buffer_rows=48, model_batch_size=4, eval_seqs=4)))
+    want = weights_hash(model)
+    train_sae(cfg, model, ids)
+    rec = read_provenance(tmp_path)
+    assert rec["models"][0] == {"name": "tiny", "weights_sha256": want, "parameters": sum(
+        p.numel() for p in model.parameters())}
+    assert rec["data"][0]["n_tokens"] == 8 * 7  # 8 training sequences of 8 tokens, BOS left out
+    assert rec["access"] == ["outputs", "activations"] and rec["seed"] == 7 and rec["config"]["steps"] == 3
+    assert "access used" in build_report(tmp_path).read_text()

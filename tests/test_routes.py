@@ -227,6 +227,7 @@ def test_analyze_writes_results_and_plots(tmp_path: Path) -> None:
     res = analyze(model, ids, _Tokenizer(), tmp_path, cfg)
     assert {p.name for p in tmp_path.iterdir()} == {
         "results.json",
+        "provenance.json",
         "stability.png",
         "probes.png",
         "monosemanticity.png",
