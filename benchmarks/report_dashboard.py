@@ -14,13 +14,31 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import torch
 
+from anatomist.core.paths import cache_dir
 from anatomist.data import load_corpus
+from anatomist.data.store import ActivationStore
 from anatomist.features import SAEConfig, load_sae, make_sae
 from anatomist.nets.assets import load_model
+from anatomist.nets.sites import Site
 from anatomist.report.sources import lm_dashboard
+
+
+def encode_only(sae: torch.nn.Module, tokens: torch.Tensor, model: torch.nn.Module) -> float:
+    """The same cached blocks read and encoded, no statistics: what the pass costs beyond the SAE itself."""
+    site = Site.parse("model.layers.6")
+    args: dict[str, Any] = dict(exclude_bos=True, block_seqs=32, model_name="smollm2")
+    fingerprint = ActivationStore(model, tokens, [site], **args).fingerprint()
+    folder = cache_dir("activations") / f"smollm2-{site.module}-{fingerprint}"
+    store = ActivationStore(model, tokens, [site], cache=folder, **args)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(store.n_blocks):
+            sae.encode(store.block(i)[site].float())  # type: ignore[operator]
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -38,6 +56,7 @@ def main() -> None:
     load_s = time.perf_counter() - start
     t = lm_dashboard(sae, args.out, model_name="smollm2", site="model.layers.6", tokens=tokens, loaded=lm)
     rows = t["rows"]
+    t["encode_only_s"] = encode_only(sae, tokens, lm.model)
     print(json.dumps({"latents": sae.cfg.d_sae, "rows": int(rows), "threads": args.threads,
                       "load_s": round(load_s, 1), **{k: round(v, 2) for k, v in t.items() if k != "rows"},
                       "pass_rows_per_s": round(rows / t["pass_s"]), "total_s": round(t["pass_s"] + t["write_s"], 1)}))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def dashboard_step(run_dir: Path) -> dict[str, Any]:
     """Dashboard of run_dir/sae_smollm2/sae (the `sae` step) over the same ~20k tokens it was trained on."""
@@ -39,3 +41,36 @@ def dashboard_step(run_dir: Path) -> dict[str, Any]:
         "write_s": round(t["write_s"], 1),
         "dashboard": str(out),
     }
+
+
+MNIST_CONFIG: dict[str, Any] = {
+    "model": "mnist-cnn",
+    "site": "classifier.relu3",  # the 128 ReLU units after fc1
+    "data": {"cache": "auto", "eval_seqs": 500, "block_seqs": 500, "buffer_rows": 4500, "model_batch_size": 500},
+    "sae": {"arch": "topk", "d_in": 128, "d_sae": 256, "k": 8},
+    "steps": 300,
+    "batch_size": 256,
+    "lr": 3e-3,
+    "log_every": 50,
+    "eval_every": 150,
+    "checkpoint_every": 300,
+}
+
+
+def mnist_dashboard(run_dir: Path) -> dict[str, Any]:
+    """A small TopK SAE on the MNIST CNN's fc1 units, and its dashboard of top-activating digits."""
+    from anatomist.data import load_images
+    from anatomist.features.train import TrainConfig, train_sae
+    from anatomist.nets.assets import load_model
+    from anatomist.report.sources import image_dashboard
+
+    out = Path(run_dir) / "sae_mnist"
+    cfg = TrainConfig.parse({**MNIST_CONFIG, "out_dir": str(out)}, source="mnist dashboard config")
+    cnn = load_model("mnist-cnn")
+    images = load_images("mnist").images  # [5000, 1, 28, 28] in [0, 1]; the model normalises them itself
+    # the set is ordered by class: shuffle, so that the last 500 (held out) are all digits, not all nines
+    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))]
+    sae, m = train_sae(cfg, cnn.model, images)
+    image_dashboard(sae, out / "dashboard", model=cnn.model, site=cfg.site, images=images,
+                    meta={"model": "mnist-cnn", "images": "mnist (5,000 digits)"})
+    return {"fvu": round(float(m["fvu"]), 4), "l0": round(float(m["l0"]), 2), "dashboard": str(out / "dashboard")}
