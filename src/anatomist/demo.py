@@ -32,6 +32,7 @@ STEPS: list[tuple[str, str]] = [
     ("smollm2", "anatomist.demo:smollm2_step"),
     ("sae", "anatomist.features.demo:sae_step"),
     ("dashboard", "anatomist.report.demo:dashboard_step"),
+    ("mnist_sae", "anatomist.report.demo:mnist_step"),
     ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
     ("routes", "anatomist.routes.demo:routes_step"),
     ("spd", "anatomist.mechanisms.demo:spd_step"),

@@ -226,7 +226,8 @@ def density_experiment(cfg: DensityConfig, out: str | Path | None = None) -> dic
         result["plots"] = plot_density(records, [c.module for c in sites], out)
         save_json(out / "results.json", result)
         data = cfg.images if loaded.kind == "image-classifier" else "wiki"
-        _record(out, loaded, cfg, data_record(data, n_examples=len(ends)))
+        ends_t = torch.stack([e[0].reshape(-1) for e in ends])  # the path end points: what was run
+        _record(out, loaded, cfg, data_record(data, ends_t, n_examples=len(ends)))
     return result
 
 

@@ -57,7 +57,7 @@ MNIST_CONFIG: dict[str, Any] = {
 }
 
 
-def mnist_dashboard(run_dir: Path) -> dict[str, Any]:
+def mnist_step(run_dir: Path) -> dict[str, Any]:
     """A small TopK SAE on the MNIST CNN's fc1 units, and its dashboard of top-activating digits."""
     from anatomist.data import load_images
     from anatomist.features.train import TrainConfig, train_sae

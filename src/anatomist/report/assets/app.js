@@ -83,8 +83,8 @@ function initIndex() {
 
 function histogram(h, spec) {
   var lo = spec[0], hi = spec[1], bins = spec[2], step = (hi - lo) / bins;
+  if (!h) { return el("p", { "class": "muted" }, "no nonzero activations"); }
   var W = 420, H = 140, pad = 24, svg = svgEl("svg", { width: W, height: H + pad, "class": "hist", role: "img" });
-  if (!h) { return svg; }
   var c = h.counts, max = Math.max.apply(null, c), bw = (W - 2 * pad) / c.length;
   c.forEach(function (v, k) {
     var bh = max ? (H - 10) * v / max : 0;
