@@ -131,3 +131,15 @@ def test_sae_training_records_provenance(tmp_path: Path) -> None:
     assert rec["data"][0]["n_tokens"] == 8 * 7  # 8 training sequences of 8 tokens, BOS left out
     assert rec["access"] == ["outputs", "activations"] and rec["seed"] == 7 and rec["config"]["steps"] == 3
     assert "access used" in build_report(tmp_path).read_text()
+
+
+def test_demo_ends_with_its_report(tmp_path: Path) -> None:
+    from anatomist.demo import DemoConfig, run_demo
+
+    result = run_demo(tmp_path, DemoConfig(steps=["tms"]))
+    index = Path(result["report"])
+    assert index == (tmp_path / "report" / "index.html").resolve() and index.is_file()
+    html = index.read_text()
+    assert "tms_5_2.png" in html and "final_loss" in html and 'class="problems"' not in html
+    rec = read_provenance(tmp_path)
+    assert rec["access"] == ["weights"] and rec["config"]["steps"] == ["tms"]
