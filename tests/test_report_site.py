@@ -36,7 +36,7 @@ def test_token_dashboard_recovers_planted_latents(tmp_path: Path) -> None:
             assert chunk["tokens"][str(rec["logits"]["pos"][0][0])] == fx.VOCAB[i]
             acts = [ex["act"] for ex in rec["top"]]
             assert acts == sorted(acts, reverse=True)
-    assert "tok7" in index["latents"]["top_tokens"][7]
+    assert index["latents"]["top_tokens"][7][0] == "tok7"
 
 
 def test_nearest_latents_match_brute_force() -> None:

@@ -168,7 +168,7 @@ def write_dashboard(out: str | Path, stats: LatentStats, src: Source, w_dec: Ten
     samples = _Examples(src, stats, stats.s_val, stats.s_row, stats.s_ctx)  # [d * bins]
     edges = (10 ** stats.bin_edges().double()).tolist()
     hist = stats.hist.view(d, stats.bins)
-    top_text: list[str] = []
+    top_text: list[list[str]] = []  # per latent: the most frequent tokens at the centre of its top contexts
     n_chunks = -(-d // chunk_size)
     for c in range(n_chunks):
         tok: dict[str, str] = {}
@@ -194,7 +194,7 @@ def write_dashboard(out: str | Path, stats: LatentStats, src: Source, w_dec: Ten
                                  "neg": [[a, _r(b)] for a, b in zip(nid, nv, strict=True)]}
             latents.append(rec)
             centre = Counter(ex["ctx"][stats.before] for ex in tops) if src.kind == "tokens" else Counter()
-            top_text.append(" ".join(tok[str(t)] for t, _ in centre.most_common(5) if t >= 0))
+            top_text.append([tok[str(t)] for t, _ in centre.most_common(5) if t >= 0])
         _write_compact(out / chunk_name(c), {"format": FORMAT, "chunk": c, "tokens": tok, "images": images,
                                               "latents": latents})
     index = {

@@ -39,7 +39,8 @@ function initIndex() {
   if (!index) { showError("data/index.js is missing or unreadable: this dashboard has no index data."); return; }
   var L = index.latents, n = index.d_sae, rows = [];
   for (var i = 0; i < n; i++) {
-    rows.push({ i: i, density: L.density[i], mean: L.mean[i], max: L.max[i], top: L.top_tokens[i] || "" });
+    var toks = L.top_tokens[i] || [];
+    rows.push({ i: i, density: L.density[i], mean: L.mean[i], max: L.max[i], toks: toks, top: toks.join("\n") });
   }
   var state = { key: "density", dir: -1, query: "" }, limit = 1000;
   var tbody = document.getElementById("latent-rows"), count = document.getElementById("count");
@@ -60,7 +61,9 @@ function initIndex() {
       var a = el("a", { href: "latent.html#" + r.i }, r.i);
       var td = el("td"); td.appendChild(a); tr.appendChild(td);
       [r.density, r.mean, r.max].forEach(function (v) { tr.appendChild(el("td", { "class": "num" }, fmt(v))); });
-      tr.appendChild(el("td", { "class": "toks" }, visible(r.top)));
+      var cell = el("td", { "class": "toks" });
+      r.toks.forEach(function (t) { cell.appendChild(el("span", { "class": "tk" }, visible(t))); });
+      tr.appendChild(cell);
       tbody.appendChild(tr);
     });
     document.querySelectorAll("th[data-key]").forEach(function (th) {
