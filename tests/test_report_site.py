@@ -143,3 +143,47 @@ def test_demo_ends_with_its_report(tmp_path: Path) -> None:
     assert "tms_5_2.png" in html and "final_loss" in html and 'class="problems"' not in html
     rec = read_provenance(tmp_path)
     assert rec["access"] == ["weights"] and rec["config"]["steps"] == ["tms"]
+
+
+class _Tok:
+    def decode(self, ids: list[int]) -> str:
+        return f"t{ids[0]}"
+
+
+def test_lm_dashboard_rows_line_up_with_tokens(tmp_path: Path) -> None:
+    """Over a cached ActivationStore (BOS left out), every top example names the row where the latent has that value."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from anatomist.features import SAEConfig, make_sae
+    from anatomist.nets.sites import Site, capture
+    from anatomist.report.sources import lm_dashboard, unembedding
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=50)).eval()
+    with torch.no_grad():
+        model.model.norm.weight.uniform_(0.5, 2.0)
+    ids = torch.randint(1, 50, (10, 9), generator=torch.Generator().manual_seed(1))
+    sae = make_sae(SAEConfig(arch="topk", d_in=16, d_sae=12, k=3))
+    loaded = SimpleNamespace(model=model, tokenizer=_Tok())
+    lm_dashboard(sae, tmp_path / "d", model_name="tiny", site="model.layers.0", tokens=ids, loaded=loaded,
+                 block_seqs=3, cache=tmp_path / "cache", top_k=4, before=2, after=1)
+    with torch.no_grad():
+        acts = sae.encode(capture(model, ids, [Site("model.layers.0")])[Site("model.layers.0")])[:, 1:]  # [10, 8, 12]
+    chunk = load_json(tmp_path / "d" / "latents_000.json")
+    assert load_json(tmp_path / "d" / "dashboard.json")["n_rows"] == 10 * 8
+    for rec in chunk["latents"]:
+        i = rec["i"]
+        col = acts[..., i].flatten()
+        assert [ex["act"] for ex in rec["top"]] == pytest.approx(col.topk(len(rec["top"])).values.tolist(), abs=2e-3)
+        for ex in rec["top"]:
+            s, p = divmod(ex["row"], 8)
+            assert ex["ctx"][2] == int(ids[s, p + 1])  # the centre token is the one at that position
+            assert ex["acts"][2] == pytest.approx(float(acts[s, p, i]), abs=2e-3)
+            if p == 0:
+                assert ex["ctx"][:2] == [-1, -1]  # nothing before the first kept position (BOS left out)
+    w = unembedding(model)
+    assert w is not None
+    torch.testing.assert_close(w, model.lm_head.weight * model.model.norm.weight)
