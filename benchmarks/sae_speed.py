@@ -4,8 +4,9 @@
 
 Every library trains the same TopK SAE (d_in 512, 4096 latents, k 32, batch 4096 random activations, Adam,
 fp32) with its own standard step (forward with dead-latent mask, loss, backward, decoder-norm handling,
-optimizer step, dead tracking). The peers' trainers (sparsify's inner step as its Trainer runs it, sae-lens's `SAETrainer.step`) use torch's default Adam; anatomist uses the same Adam
-with `fused=True` (one kernel per tensor instead of a dozen passes; `--plain-adam` adds a row without it).
+optimizer step, dead tracking): sparsify's inner step as its Trainer runs it, and sae-lens's own
+`SAETrainer.step`. The peers use torch's default Adam; anatomist uses the same Adam with `fused=True`
+(one kernel per tensor instead of a dozen passes; `--plain-adam` adds a row without it).
 On a shared machine the load drifts, so after warm-up the libraries take turns step by step, and a
 library's speed is batch / its median step time. The bound takes its turn too: one dense encoder matmul
 [4096, 512] @ [512, 4096] plus the top-k; no training step can do less work than that.
@@ -92,7 +93,8 @@ def saelens_step() -> Callable[[torch.Tensor], None]:
 
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K))
     cfg = SAETrainerConfig(
-        total_training_samples=10**12, train_batch_size_samples=BATCH, lr=LR, lr_end=LR, dead_feature_window=DEAD_AFTER_TOKENS
+        total_training_samples=10**12, train_batch_size_samples=BATCH, lr=LR, lr_end=LR,
+        dead_feature_window=DEAD_AFTER_TOKENS,
     )
     # SAETrainer.step is the public seam sae-lens's own fit() loop calls once per batch (scaling, dead and
     # frequency tracking, clipping, Adam, schedulers); fit() adds only wandb logging and the progress bar.
