@@ -13,6 +13,7 @@ from torch import nn
 from transformers import LlamaForCausalLM
 
 from anatomist.core.errors import AnatomistError
+from anatomist.evaluate.grouping import purity
 from anatomist.nets.sites import Site, capture
 from anatomist.regions import (
     SplineCodes,
@@ -22,7 +23,7 @@ from anatomist.regions import (
     spline_codes,
     stream_codes,
 )
-from anatomist.regions.cluster import cluster, distances, purity, score_clusters
+from anatomist.regions.cluster import cluster, distances, score_clusters
 from conftest import tiny_llama
 
 
