@@ -4,8 +4,9 @@
 
 Every library trains the same TopK SAE (d_in 512, 4096 latents, k 32, batch 4096 random activations, Adam,
 fp32) with its own standard step (forward with dead-latent mask, loss, backward, decoder-norm handling,
-optimizer step, dead tracking). The peers' trainers use torch's default Adam; anatomist uses the same Adam
-with `fused=True` (one kernel per tensor instead of a dozen passes; `--plain-adam` adds a row without it).
+optimizer step, dead tracking): sparsify's inner step as its Trainer runs it, and sae-lens's own
+`SAETrainer.step`. The peers use torch's default Adam; anatomist uses the same Adam with `fused=True`
+(one kernel per tensor instead of a dozen passes; `--plain-adam` adds a row without it).
 On a shared machine the load drifts, so after warm-up the libraries take turns step by step, and a
 library's speed is batch / its median step time. The bound takes its turn too: one dense encoder matmul
 [4096, 512] @ [512, 4096] plus the top-k; no training step can do less work than that.
@@ -87,27 +88,21 @@ def sparsify_step() -> Callable[[torch.Tensor], None]:
 
 def saelens_step() -> Callable[[torch.Tensor], None]:
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.saes.sae import TrainStepInput
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
 
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K))
-    opt = torch.optim.Adam(sae.parameters(), lr=LR)
-    since_fired = torch.zeros(D_SAE)
+    cfg = SAETrainerConfig(
+        total_training_samples=10**12, train_batch_size_samples=BATCH, lr=LR, lr_end=LR,
+        dead_feature_window=DEAD_AFTER_TOKENS,
+    )
+    # SAETrainer.step is the public seam sae-lens's own fit() loop calls once per batch (scaling, dead and
+    # frequency tracking, clipping, Adam, schedulers); fit() adds only wandb logging and the progress bar.
+    trainer = SAETrainer(cfg, sae, data_provider=iter(()))
 
-    def step(x: torch.Tensor) -> None:  # SAETrainer._train_step, without logging and schedulers
-        sae.train()
-        out = sae.training_forward_pass(
-            TrainStepInput(
-                x, {}, dead_neuron_mask=since_fired > DEAD_AFTER_TOKENS, n_training_steps=0, is_logging_step=False
-            )
-        )
-        with torch.no_grad():
-            did_fire = out.feature_acts.bool().float().sum(-2).bool()
-            since_fired.add_(x.shape[0])
-            since_fired[did_fire] = 0
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+    def step(x: torch.Tensor) -> None:
+        trainer.step(x)
+        trainer.n_training_steps += 1
 
     return step
 

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from anatomist.nets.assets import LoadedModel, load_model
 
@@ -35,3 +37,13 @@ def smollm2() -> LoadedModel:
         else:
             mp.setenv("ANATOMIST_CACHE", _USER_CACHE)
         return load_model("smollm2")
+
+
+def tiny_llama(layers: int, hidden: int, intermediate: int, vocab: int) -> LlamaForCausalLM:
+    """A tiny random Llama (seed 0, 4 heads, 2 KV heads, token 0 = BOS = EOS = PAD) in eval mode."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        num_hidden_layers=layers, hidden_size=hidden, intermediate_size=intermediate, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).eval()

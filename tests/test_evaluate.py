@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from anatomist import AnatomistError
 from anatomist.evaluate import (
@@ -25,16 +25,12 @@ from anatomist.evaluate import (
     loss_recovered,
     next_token_ce,
 )
+from conftest import tiny_llama
 
 
 @pytest.fixture(scope="module")
 def llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        num_hidden_layers=3, hidden_size=16, intermediate_size=32, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=50, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(3, 16, 32, 50)
 
 
 IDS = torch.randint(1, 50, (6, 8), generator=torch.Generator().manual_seed(1))

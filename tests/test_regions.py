@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from anatomist.core.errors import AnatomistError
+from anatomist.evaluate.grouping import purity
 from anatomist.nets.sites import Site, capture
 from anatomist.regions import (
     SplineCodes,
@@ -22,7 +23,8 @@ from anatomist.regions import (
     spline_codes,
     stream_codes,
 )
-from anatomist.regions.cluster import cluster, distances, purity, score_clusters
+from anatomist.regions.cluster import cluster, distances, score_clusters
+from conftest import tiny_llama
 
 
 def relu_mlp(widths: list[int], seed: int = 0) -> nn.Sequential:
@@ -142,12 +144,7 @@ def test_path_at_a_site_equals_path_through_the_rest() -> None:
 @pytest.fixture(scope="module")
 def llama() -> LlamaForCausalLM:
     """A tiny random Llama: SwiGLU MLPs whose act_fn (SiLU) reads gate_proj's output."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=101, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-    )  # fmt: skip
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(2, 32, 48, 101)
 
 
 def test_language_model_path_through_input_embeddings(llama: LlamaForCausalLM) -> None:

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from anatomist import AnatomistError, Site, capture, list_sites, splice
+from conftest import tiny_llama
 
 
 def _hook_counts(model: nn.Module) -> list[int]:
@@ -24,12 +25,7 @@ def gpt2() -> GPT2LMHeadModel:
 
 @pytest.fixture(scope="module")
 def llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=101, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(3, 32, 64, 101)
 
 
 @pytest.fixture(scope="module")

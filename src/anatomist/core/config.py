@@ -27,16 +27,7 @@ class Config(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Self:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise AnatomistError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise AnatomistError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise AnatomistError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-        return cls.parse(data, source=str(path))
+        return cls.parse(read_yaml_mapping(path), source=str(path))
 
     def to_yaml(self, path: str | Path) -> None:
         atomic_write_text(Path(path), yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
@@ -67,3 +58,17 @@ def _field_names(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             return []
         model = field.annotation
     return list(getattr(model, "model_fields", {}))
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a missing file, bad YAML or a non-mapping is an error naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise AnatomistError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise AnatomistError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise AnatomistError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data

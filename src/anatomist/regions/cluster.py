@@ -28,6 +28,7 @@ from scipy.spatial.distance import cdist
 from sklearn.metrics import normalized_mutual_info_score
 
 from anatomist.core.errors import AnatomistError
+from anatomist.evaluate.grouping import purity
 from anatomist.regions.codes import SplineCodes
 
 Metric = Literal["hamming", "l1", "euclidean", "cosine"]
@@ -129,15 +130,6 @@ def cluster(
     parts = [distances(read(np.arange(i, min(i + batch, n))), centres, metric).argmin(1) for i in range(0, n, batch)]
     assign = torch.cat(parts).numpy()
     return Clusters(assign.astype(np.int64), fit[med.numpy()], metric)
-
-
-def purity(assignment: np.ndarray, labels: np.ndarray) -> float:
-    """Share of rows whose cluster's most common label is their own."""
-    _, cluster_idx = np.unique(assignment, return_inverse=True)
-    _, label_idx = np.unique(labels, return_inverse=True)
-    table = np.zeros((cluster_idx.max() + 1, label_idx.max() + 1), dtype=np.int64)
-    np.add.at(table, (cluster_idx, label_idx), 1)
-    return float(table.max(1).sum() / len(labels))
 
 
 def score_clusters(assignment: np.ndarray, labels: np.ndarray, seed: int = 0, shuffles: int = 5) -> dict[str, float]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from anatomist.core.errors import AnatomistError
+from anatomist.evaluate.grouping import entropy_bits, mutual_info_bits, purity
 from anatomist.nets.sites import Site, capture
 from anatomist.routes.control import MoELayer, control_content, find_moe_layers, router_basis
 
@@ -85,18 +86,13 @@ def path_groups(top1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return inverse, paths, counts
 
 
-def _entropy_bits(counts: np.ndarray) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
-
-
 def path_stats(top1: torch.Tensor, n_experts: int) -> dict[str, float]:
     """How many paths the tokens take and how concentrated they are."""
     n, n_layers = top1.shape
     _, _, counts = path_groups(top1)
     c = np.sort(counts.numpy())[::-1]
-    h = _entropy_bits(c)
-    per_layer = [_entropy_bits(np.bincount(top1[:, j].numpy(), minlength=n_experts)) for j in range(n_layers)]
+    h = entropy_bits(c)
+    per_layer = [entropy_bits(np.bincount(top1[:, j].numpy(), minlength=n_experts)) for j in range(n_layers)]
     return {
         "n_tokens": int(n),
         "n_layers": int(n_layers),
@@ -176,24 +172,6 @@ def stability(routing: Routing, seed: int = 0) -> list[dict[str, float | str]]:
     return out
 
 
-def _purity(groups: np.ndarray, labels: np.ndarray) -> float:
-    table = _contingency(groups, labels)
-    return float(table.max(1).sum() / len(groups))
-
-
-def _contingency(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    _, g = np.unique(groups, return_inverse=True)
-    _, y = np.unique(labels, return_inverse=True)
-    table = np.zeros((g.max() + 1, y.max() + 1), dtype=np.int64)
-    np.add.at(table, (g, y), 1)
-    return table
-
-
-def _mutual_info_bits(groups: np.ndarray, labels: np.ndarray) -> float:
-    table = _contingency(groups, labels)
-    return _entropy_bits(table.sum(0)) + _entropy_bits(table.sum(1)) - _entropy_bits(table.ravel())
-
-
 def group_scores(groups: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Purity and mutual information of a grouping against a label, and both at chance (labels shuffled).
 
@@ -209,15 +187,15 @@ def group_scores(groups: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict[
     if len(labels) == 0:
         raise AnatomistError("group_scores: no token has a label")
     shuffled = np.random.default_rng(seed).permutation(labels)
-    purity, purity0 = _purity(groups, labels), _purity(groups, shuffled)
-    mi, mi0 = _mutual_info_bits(groups, labels), _mutual_info_bits(groups, shuffled)
-    h = _entropy_bits(np.bincount(np.unique(labels, return_inverse=True)[1]))
+    score, score0 = purity(groups, labels), purity(groups, shuffled)
+    mi, mi0 = mutual_info_bits(groups, labels), mutual_info_bits(groups, shuffled)
+    h = entropy_bits(np.bincount(np.unique(labels, return_inverse=True)[1]))
     return {
         "n_groups": int(len(np.unique(groups))),
         "n_tokens": int(len(labels)),
-        "purity": purity,
-        "purity_chance": purity0,
-        "purity_lift": purity - purity0,
+        "purity": score,
+        "purity_chance": score0,
+        "purity_lift": score - score0,
         "mi_bits": mi,
         "mi_chance_bits": mi0,
         "mi_lift_bits": mi - mi0,

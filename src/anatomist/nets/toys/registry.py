@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError, nearest
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.bilinear_mnist import BilinearMNISTConfig
@@ -59,13 +58,4 @@ def parse_toy_config(data: dict[str, Any], source: str = "config") -> ToyConfig:
 
 def load_toy_config(path: str | Path) -> ToyConfig:
     """Read a toy config YAML (as written by `Config.to_yaml`)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise AnatomistError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise AnatomistError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise AnatomistError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-    return parse_toy_config(data, source=str(path))
+    return parse_toy_config(read_yaml_mapping(path), source=str(path))
