@@ -18,6 +18,7 @@ from anatomist.core.provenance import read_provenance, weights_hash, write_prove
 from anatomist.report.dashboard import nearest_latents
 from anatomist.report.serve import make_server
 from anatomist.report.site import build_report
+from conftest import tiny_llama
 
 
 def test_token_dashboard_recovers_planted_latents(tmp_path: Path) -> None:
@@ -112,13 +113,9 @@ def test_provenance_records_weights_exactly(tmp_path: Path) -> None:
 
 
 def test_sae_training_records_provenance(tmp_path: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from anatomist.features.train import TrainConfig, train_sae
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=50)).eval()
+    model = tiny_llama(2, 16, 32, 50)
     ids = torch.randint(1, 50, (12, 8), generator=torch.Generator().manual_seed(1))
     cfg = TrainConfig.parse(dict(model="tiny", site="model.layers.1", steps=3, batch_size=16, seed=7,
                                  out_dir=str(tmp_path), sae=dict(arch="topk", d_in=16, d_sae=32, k=4),
@@ -154,15 +151,11 @@ def test_lm_dashboard_rows_line_up_with_tokens(tmp_path: Path) -> None:
     """Over a cached ActivationStore (BOS left out), every top example names the row where the latent has that value."""
     from types import SimpleNamespace
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from anatomist.features import SAEConfig, make_sae
     from anatomist.nets.sites import Site, capture
     from anatomist.report.sources import lm_dashboard, unembedding
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=50)).eval()
+    model = tiny_llama(2, 16, 32, 50)
     with torch.no_grad():
         model.model.norm.weight.uniform_(0.5, 2.0)
     ids = torch.randint(1, 50, (10, 9), generator=torch.Generator().manual_seed(1))
