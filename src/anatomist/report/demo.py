@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def dashboard_step(run_dir: Path) -> dict[str, Any]:
     """Dashboard of run_dir/sae_smollm2/sae (the `sae` step) over the same ~20k tokens it was trained on."""
@@ -67,9 +65,8 @@ def mnist_step(run_dir: Path) -> dict[str, Any]:
     out = Path(run_dir) / "sae_mnist"
     cfg = TrainConfig.parse({**MNIST_CONFIG, "out_dir": str(out)}, source="mnist dashboard config")
     cnn = load_model("mnist-cnn")
-    images = load_images("mnist").images  # [5000, 1, 28, 28] in [0, 1]; the model normalises them itself
-    # the set is ordered by class: shuffle, so that the last 500 (held out) are all digits, not all nines
-    images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))]
+    # [5000, 1, 28, 28] in [0, 1], shuffled so the held-out last rows are all digits, not all nines
+    images = load_images("mnist").shuffled(seed=0).images
     sae, m = train_sae(cfg, cnn.model, images)
     image_dashboard(sae, out / "dashboard", model=cnn.model, site=cfg.site, images=images,
                     meta={"model": "mnist-cnn", "images": "mnist (5,000 digits)"})
