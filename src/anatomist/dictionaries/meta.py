@@ -92,11 +92,3 @@ def decompose(base: SparseDictionary, meta: SparseDictionary) -> MetaDecompositi
     ev = 1 - float((recon - rows).pow(2).sum()) / var
     return MetaDecomposition(codes, ev, float((codes != 0).sum(-1).float().mean()))
 
-
-def top_activations(sae: SparseDictionary, x: Tensor, latent: int, n: int = 5) -> tuple[Tensor, Tensor]:
-    """(values, row indices) of the n rows of x [N, d_in] on which `latent` fires most."""
-    with torch.no_grad():
-        a = torch.cat([sae.encode(x[i : i + 4096])[:, latent] for i in range(0, len(x), 4096)])
-    vals, idx = a.topk(min(n, len(a)))
-    keep = vals > 0
-    return vals[keep], idx[keep]
