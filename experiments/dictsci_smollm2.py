@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import yaml
 
-from anatomist.core.io import save_json
+from anatomist.core.io import load_json, save_json
 from anatomist.data import load_corpus
 from anatomist.dictionaries import (
     MDLConfig,
@@ -69,15 +69,30 @@ def plot_paths(paths: dict[str, list[dict[str, Any]]], file: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", type=Path)
+    ap.add_argument("--parts", nargs="+", default=["mdl", "stitch", "meta"], help="which experiments to run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = yaml.safe_load(args.config.read_text())
     runs = Path(spec["runs_dir"])
     x = load_rows(None, Path(spec["cache"]).expanduser(), spec["rows"])  # [rows, 576]
     saes = {n: load_sae(runs / n / "sae") for n in {*spec["mdl_runs"], *sum(spec["stitch"]["pairs"], [])}}
-    out: dict[str, Any] = {}
+    results_file = runs / "dictsci.json"
+    out: dict[str, Any] = load_json(results_file) if results_file.is_file() else {}
+    if "mdl" in args.parts:
+        mdl_part(spec, saes, x, out)
+        save_json(results_file, out)
+    loaded = load_model("smollm2")
+    all_ids = load_corpus("wiki").tokenize(loaded.tokenizer, SEQ_LEN, TRAIN_SEQS + spec["ce_seqs"])
+    if "stitch" in args.parts:
+        stitch_part(spec, saes, x, out, loaded.model, all_ids[TRAIN_SEQS:])
+        save_json(results_file, out)
+    if "meta" in args.parts:
+        meta_part(spec, saes, x, out, loaded.tokenizer, all_ids, runs)
+        save_json(results_file, out)
 
-    # 1. MDL selection over the sweep
+
+def mdl_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any]) -> None:
+    """MDL selection over the sweep."""
     mdl_cfg = MDLConfig.parse(spec["mdl"], source="mdl")
     results = [{"name": n, **description_length(saes[n], x, mdl_cfg)} for n in spec["mdl_runs"]]
     out["mdl"] = {"results": results, "choice": results[select_mdl(results)]["name"],
@@ -89,25 +104,27 @@ def main() -> None:
                                                        "code_bits_per_input", "bits_per_input")}), flush=True)
     print("MDL choice:", out["mdl"]["choice"], "code only:", out["mdl"]["choice_code_only"], flush=True)
 
-    # 2. stitching along the widths, CE increase at the landmarks on held-out sequences
-    loaded = load_model("smollm2")
-    all_ids = load_corpus("wiki").tokenize(loaded.tokenizer, SEQ_LEN, TRAIN_SEQS + spec["ce_seqs"])
-    held_out = all_ids[TRAIN_SEQS:]
+
+def stitch_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any], model: Any,
+                held_out: torch.Tensor) -> None:
+    """Stitching along the widths; CE increase at the path's landmarks on held-out sequences."""
     cfg = StitchConfig.parse({"threshold": spec["stitch"]["threshold"]}, source="stitch")
     out["stitch"], paths = {}, {}
     for small_name, large_name in spec["stitch"]["pairs"]:
         small, large = saes[small_name], saes[large_name]
         r = stitch_path(small, large, x, cfg)
         stages = stage_dictionaries(small, large, match_latents(small, large, cfg.threshold))
-        r["ce_increase"] = {n: evaluate_dictionary(d, loaded.model, held_out, spec["site"])["ce_increase"]
+        r["ce_increase"] = {n: evaluate_dictionary(d, model, held_out, spec["site"])["ce_increase"]
                             for n, d in stages.items()}
         name = f"{small_name} -> {large_name}"
         out["stitch"][name], paths[name] = r, r["path"]
         print(name, json.dumps({k: v for k, v in r.items() if k != "path"}), flush=True)
     plot_paths(paths, Path("docs/img/stitch_smollm2_path.png"))
-    save_json(runs / "dictsci.json", out)
 
-    # 3. meta-SAE on the widest SAE, a few decompositions with top-activating contexts
+
+def meta_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any], tok: Any,
+              all_ids: torch.Tensor, runs: Path) -> None:
+    """Meta-SAE on the widest SAE; a few decompositions with top-activating contexts."""
     m = spec["meta"]
     base = saes.get(m["base"]) or load_sae(runs / m["base"] / "sae")
     meta_cfg = MetaConfig.parse({k: m[k] for k in ("d_meta", "k", "steps", "batch_size", "lr")}, source="meta")
@@ -125,7 +142,7 @@ def main() -> None:
 
     def top_text(latent: int, n: int = 3) -> list[str]:
         vals, idx = acts[:, latent].topk(n)
-        return [context(loaded.tokenizer, all_ids, int(i)) for v, i in zip(vals, idx, strict=True) if v > 0]
+        return [context(tok, all_ids, int(i)) for v, i in zip(vals, idx, strict=True) if v > 0]
 
     lines = [f"meta-SAE on {m['base']}: {json.dumps(out['meta'])}", ""]
     out["meta"]["examples"] = []
@@ -143,7 +160,6 @@ def main() -> None:
         lines.append("")
     (runs / "meta_examples.md").write_text("\n".join(lines))
     print("\n".join(lines))
-    save_json(runs / "dictsci.json", out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anatomist.dictionaries.stitching import StitchConfig, StitchedSAE, match_latents, stitch_path
+from anatomist.dictionaries.stitching import (
+    StitchConfig,
+    StitchedSAE,
+    insertion_effects,
+    match_latents,
+    stitch_path,
+)
 from anatomist.features import SAEConfig, make_sae
 
 D, N_TRUE = 32, 24
@@ -70,6 +76,23 @@ def test_path_runs_from_small_to_large_and_novel_latents_lower_mse(setup) -> Non
     assert r["mse_small"] == pytest.approx(float((x @ torch.linalg.pinv(w) @ w - x)
                                                  .pow(2).sum(-1).mean()), rel=1e-4)
     assert r["novel_mse_drop"] > 0.5 * r["mse_small"]
+    # each planted novel latent helps when inserted alone, each copy of a known feature hurts (double counting)
+    assert r["novel_helps_alone_fraction"] == 1.0 and r["reconstruction_helps_alone_fraction"] == 0.0
+    assert r["cosine_auc"] == 1.0
+
+
+def test_insertion_effects_match_brute_force(setup) -> None:  # type: ignore[no-untyped-def]
+    small, large, x, _ = setup
+    delta = insertion_effects(small, large, x)
+    with torch.no_grad():
+        base = float((small(x) - x).pow(2).sum(-1).mean())
+    for j in (0, 7, 19):
+        keep = torch.zeros(25, dtype=torch.bool)
+        keep[j] = True
+        st = StitchedSAE(small, large, torch.ones(16, dtype=torch.bool), keep)
+        with torch.no_grad():
+            brute = float((st.decode(st.encode(x)) - x).pow(2).sum(-1).mean()) - base
+        assert float(delta[j]) == pytest.approx(brute, rel=1e-3, abs=1e-5)
 
 
 def test_stitched_sae_endpoints_equal_the_originals(setup) -> None:  # type: ignore[no-untyped-def]

@@ -110,6 +110,33 @@ class StitchedSAE:
         return acts[..., :n] @ self.small.W_dec + acts[..., n:] @ self.large.W_dec + b
 
 
+def insertion_effects(small: SparseDictionary, large: SparseDictionary, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """Change of the small dictionary's MSE [F_large] when one latent of `large` is inserted alone (< 0: it helps).
+
+    The paper's own test of novelty. With e = x − x̂_S and a_j the latent's activation, the new error is
+    ‖e − a_j d_j‖², so ΔMSE_j = mean over rows of a_j²‖d_j‖² − 2 a_j (e · d_j): every latent at once.
+    """
+    delta = torch.zeros(large.cfg.d_sae, dtype=torch.float64)
+    with torch.no_grad():
+        w = large.W_dec.float()  # [F_large, d]
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].float()
+            e = xb - small.decode(small.encode(xb))  # [b, d]
+            a = large.encode(xb)  # [b, F_large]
+            delta += (a.pow(2) * w.pow(2).sum(-1) - 2 * a * (e @ w.T)).sum(0).double()
+    return (delta / len(x)).float()
+
+
+def _auc(scores: Tensor, positive: Tensor) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).double().mean()
+    ties = (pos[:, None] == neg[None, :]).double().mean()
+    return float(greater + 0.5 * ties)
+
+
 def _points(n: int, k: int) -> list[int]:
     """Up to k+1 evenly spaced counts from 0 to n (both ends kept)."""
     return sorted({round(i * n / k) for i in range(k + 1)})
@@ -120,7 +147,9 @@ def stitch_path(
 ) -> dict[str, Any]:
     """Match `large` to `small`, walk the stitching path on rows x [n, d_in] and report the MSE along it.
 
-    Returns the matching summary, `path` (a list of {stage, n_novel_added, n_groups_swapped, mse, fvu}),
+    Returns the matching summary; how often a latent inserted alone lowers the small SAE's MSE (all, novel,
+    reconstruction latents) and `cosine_auc`, how well a low max-cosine predicts that (the paper's cheap
+    proxy; 0.5 = no better than chance); `path` (a list of {stage, n_novel_added, n_groups_swapped, mse, fvu}),
     the endpoints' own MSEs (`mse_small`, `mse_large`), `monotone` (the MSE never rose along the path) and
     `novel_mse_drop` / `swap_mse_change` (MSE change over each stage).
     """
@@ -161,8 +190,16 @@ def stitch_path(
     record("large", len(novel), len(groups))
     mses = [p["mse"] for p in path]
     n_after_novel = len(_points(len(novel), cfg.novel_points))
+    helps = insertion_effects(small, large, x, cfg.batch_size) < 0  # [F_large]
+    is_novel = torch.zeros(large.cfg.d_sae, dtype=torch.bool)
+    is_novel[match.novel] = True
     return {
         **match.summary(large.cfg.d_sae),
+        "helps_alone_fraction": float(helps.float().mean()),
+        "novel_helps_alone_fraction": float(helps[is_novel].float().mean()) if is_novel.any() else float("nan"),
+        "reconstruction_helps_alone_fraction": float(helps[~is_novel].float().mean()) if (~is_novel).any()
+        else float("nan"),
+        "cosine_auc": _auc(-match.max_cos, helps),
         "threshold": cfg.threshold,
         "mse_small": mse(torch.ones_like(keep_s), torch.zeros_like(keep_l)),
         "mse_large": mse(torch.zeros_like(keep_s), torch.ones_like(keep_l)),
