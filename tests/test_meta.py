@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from anatomist.core import seed_everything
 from anatomist.dictionaries.meta import MetaConfig, decompose, train_meta_sae
 from anatomist.features import SAEConfig, make_sae
 
@@ -40,3 +41,12 @@ def test_meta_sae_recovers_planted_composition() -> None:
     first = dec.explain(0)[0]
     atom = int(atom_of[first["meta_latent"]])
     assert all(atom in parts[i].tolist() for i in first["shared_with"])
+
+
+def test_meta_sae_does_not_start_from_the_base_sae_init() -> None:
+    # a base SAE initialised from seed 0, barely trained: its rows are still its random init
+    seed_everything(0)
+    base = make_sae(SAEConfig(arch="topk", d_in=D, d_sae=64, k=4))
+    meta = train_meta_sae(base, MetaConfig(d_meta=8, k=2, steps=1, batch_size=64, seed=0))
+    same_index = (meta.W_dec.detach() * base.W_dec.detach()[:8]).sum(-1)  # cos of meta row j, base row j
+    assert same_index.abs().max() < 0.9

@@ -7,6 +7,7 @@ Each base latent's row is then written as a sparse combination of meta-latents: 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,11 @@ def train_meta_sae(base: SparseDictionary, cfg: MetaConfig) -> SparseDictionary:
     if cfg.k > cfg.d_meta:
         raise AnatomistError(f"meta-SAE: k={cfg.k} is larger than d_meta={cfg.d_meta}")
     sae_cfg = SAEConfig.parse({"arch": "batchtopk", "d_in": rows.shape[1], "d_sae": cfg.d_meta, "k": cfg.k})
+    # a seed of its own: the base SAE was most likely initialised from the same small seed (0), and a
+    # meta-SAE drawn from that random stream would start with meta-latent j = base latent j's initial row
+    seed = int.from_bytes(hashlib.sha256(f"meta-sae/{cfg.seed}".encode()).digest()[:4], "little")
     return fit_rows(rows, sae_cfg, steps=cfg.steps, batch_size=min(cfg.batch_size, len(rows)), lr=cfg.lr,
-                    seed=cfg.seed)
+                    seed=seed)
 
 
 @dataclass
