@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import yaml
 
+from anatomist.core import seed_everything
 from anatomist.core.io import load_json, save_json
 from anatomist.data import load_corpus
 from anatomist.dictionaries import (
@@ -32,7 +33,7 @@ from anatomist.dictionaries import (
 )
 from anatomist.dictionaries.cli import load_rows
 from anatomist.evaluate import evaluate_dictionary
-from anatomist.features import load_sae
+from anatomist.features import load_sae, make_sae
 from anatomist.nets.assets import load_model
 
 SEQ_LEN, TRAIN_SEQS, BLOCK_SEQS = 128, 320, 32  # the sweep's data settings: cache rows are these sequences
@@ -131,6 +132,12 @@ def meta_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: 
     dec = decompose(base, train_meta_sae(base, meta_cfg))
     out["meta"] = dec.summary()
     print("meta", json.dumps(out["meta"]), flush=True)
+    # control: the same meta-SAE on as many random unit rows (an untrained SAE of the same shape)
+    seed_everything(12345)
+    random_base = make_sae(base.cfg)
+    out["meta"]["random_rows_explained_variance"] = decompose(random_base, train_meta_sae(random_base, meta_cfg)
+                                                              ).explained_variance
+    print("meta control (random rows)", out["meta"]["random_rows_explained_variance"], flush=True)
     ctx_rows = x[: m["context_rows"]]
     with torch.no_grad():
         acts = torch.cat([base.encode(ctx_rows[i : i + 4096]) for i in range(0, len(ctx_rows), 4096)])
