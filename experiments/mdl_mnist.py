@@ -41,7 +41,7 @@ def atoms_figure(saes: dict[str, Any], path: Path, per_row: int = 12) -> None:
                 ax.imshow(atom, cmap="RdBu_r", vmin=-lim, vmax=lim)
         axes[r, 0].set_title(title, fontsize=7, loc="left")
     fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -85,8 +85,11 @@ def main() -> None:
     narrow, wide = min(same_k, key=lambda r: r["d_sae"]), max(same_k, key=lambda r: r["d_sae"])
     rows = {"narrowest": narrow, "MDL, code bits": pick, "MDL, + dictionary": pick_total, "widest": wide}
     with torch.no_grad():
-        shown = {}
+        shown, seen = {}, set()
         for label, r in rows.items():
+            if r["name"] in seen:  # e.g. the code-only choice is the widest SAE
+                continue
+            seen.add(r["name"])
             rate = (saes[r["name"]].encode(x) != 0).float().mean(0)
             shown[f"{label}: {r['name']} (code {r['code_bits_per_input']:.0f} bits, FVU {r['fvu']:.2f})"] = (
                 saes[r["name"]], rate)
