@@ -61,6 +61,7 @@ def demo(
 
 def _mount() -> None:
     """Each lens's commands live beside the lens; mounting them here keeps `anatomist --help` fast to read."""
+    from anatomist.dictionaries import cli as dictionaries_cli
     from anatomist.features.cli import sae_app
     from anatomist.mechanisms.bilinear_cli import bilinear_app
     from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
@@ -74,6 +75,8 @@ def _mount() -> None:
         app.add_typer(sub, name=name)
     for command in (report, serve, dashboard):
         app.command()(command)
+    for name in dictionaries_cli.DICTIONARY_COMMANDS:  # one command each: `anatomist mdl PATH...`
+        app.command(name)(getattr(dictionaries_cli, name))
 
 
 def main() -> None:

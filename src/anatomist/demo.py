@@ -37,6 +37,7 @@ STEPS: list[tuple[str, str]] = [
     ("routes", "anatomist.routes.demo:routes_step"),
     ("spd", "anatomist.mechanisms.demo:spd_step"),
     ("regions", "anatomist.regions.demo:regions_step"),
+    ("dictionaries", "anatomist.dictionaries.demo:step"),
 ]
 
 

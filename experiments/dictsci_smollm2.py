@@ -1,0 +1,173 @@
+"""MDL selection, SAE stitching and a meta-SAE on SmolLM2-135M's residual stream after block 6.
+
+Reads the SAEs trained by experiments/dictsci_smollm2_saes.yaml and their training activations from the
+activation cache; writes <runs_dir>/dictsci.json, <runs_dir>/meta_examples.md and
+docs/img/stitch_smollm2_path.png, docs/img/mdl_smollm2_frontier.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from anatomist.core import seed_everything
+from anatomist.core.io import load_json, save_json
+from anatomist.data import load_corpus
+from anatomist.dictionaries import (
+    MDLConfig,
+    MetaConfig,
+    StitchConfig,
+    decompose,
+    description_length,
+    match_latents,
+    plot_frontier,
+    select_mdl,
+    stage_dictionaries,
+    stitch_path,
+    train_meta_sae,
+)
+from anatomist.dictionaries.cli import load_rows
+from anatomist.evaluate import evaluate_dictionary
+from anatomist.features import load_sae, make_sae
+from anatomist.nets.assets import load_model
+
+SEQ_LEN, TRAIN_SEQS, BLOCK_SEQS = 128, 320, 32  # the sweep's data settings: cache rows are these sequences
+
+
+def context(tok: Any, ids: torch.Tensor, row: int, before: int = 12) -> str:
+    """The text around cache row `row` (BOS rows are not in the cache) with the token marked."""
+    seq, pos = row // (SEQ_LEN - 1), 1 + row % (SEQ_LEN - 1)
+    s = ids[seq]
+    left = tok.decode(s[max(1, pos - before) : pos].tolist())
+    return f"{left}[[{tok.decode([int(s[pos])])}]]{tok.decode(s[pos + 1 : pos + 3].tolist())}".replace("\n", " ")
+
+
+def plot_paths(paths: dict[str, list[dict[str, Any]]], file: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.4))
+    for name, path in paths.items():
+        ax.plot(range(len(path)), [p["fvu"] for p in path], marker=".", label=name)
+        n_novel = sum(p["stage"] in ("small", "insert novel") for p in path)
+        ax.axvline(n_novel - 1, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("stitching step (novel latents inserted, then groups swapped)")
+    ax.set_ylabel("FVU")
+    ax.set_title("SmolLM2 layer 6: small SAE -> large SAE", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(file, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--parts", nargs="+", default=["mdl", "stitch", "meta"], help="which experiments to run")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    spec = yaml.safe_load(args.config.read_text())
+    runs = Path(spec["runs_dir"])
+    x = load_rows(None, Path(spec["cache"]).expanduser(), spec["rows"])  # [rows, 576]
+    saes = {n: load_sae(runs / n / "sae") for n in {*spec["mdl_runs"], *sum(spec["stitch"]["pairs"], [])}}
+    results_file = runs / "dictsci.json"
+    out: dict[str, Any] = load_json(results_file) if results_file.is_file() else {}
+    if "mdl" in args.parts:
+        mdl_part(spec, saes, x, out)
+        save_json(results_file, out)
+    loaded = load_model("smollm2")
+    all_ids = load_corpus("wiki").tokenize(loaded.tokenizer, SEQ_LEN, TRAIN_SEQS + spec["ce_seqs"])
+    if "stitch" in args.parts:
+        stitch_part(spec, saes, x, out, loaded.model, all_ids[TRAIN_SEQS:])
+        save_json(results_file, out)
+    if "meta" in args.parts:
+        meta_part(spec, saes, x, out, loaded.tokenizer, all_ids, runs)
+        save_json(results_file, out)
+
+
+def mdl_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any]) -> None:
+    """MDL selection over the sweep."""
+    mdl_cfg = MDLConfig.parse(spec["mdl"], source="mdl")
+    results = [{"name": n, **description_length(saes[n], x, mdl_cfg)} for n in spec["mdl_runs"]]
+    out["mdl"] = {"results": results, "choice": results[select_mdl(results)]["name"],
+                  "choice_code_only": results[select_mdl(results, key="code_bits_per_input")]["name"]}
+    plot_frontier(results, spec["mdl_runs"], "docs/img/mdl_smollm2_frontier.png",
+                  title=f"TopK SAEs, SmolLM2 layer 6 (FVU tolerance {mdl_cfg.fvu_tolerance})")
+    for r in results:
+        print(r["name"], json.dumps({k: r[k] for k in ("l0", "fvu", "fvu_quantised", "precision_bits",
+                                                       "code_bits_per_input", "bits_per_input")}), flush=True)
+    print("MDL choice:", out["mdl"]["choice"], "code only:", out["mdl"]["choice_code_only"], flush=True)
+
+
+def stitch_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any], model: Any,
+                held_out: torch.Tensor) -> None:
+    """Stitching along the widths; CE increase at the path's landmarks on held-out sequences."""
+    cfg = StitchConfig.parse({"threshold": spec["stitch"]["threshold"]}, source="stitch")
+    out["stitch"], paths = {}, {}
+    for small_name, large_name in spec["stitch"]["pairs"]:
+        small, large = saes[small_name], saes[large_name]
+        r = stitch_path(small, large, x, cfg)
+        stages = stage_dictionaries(small, large, match_latents(small, large, cfg.threshold))
+        r["ce_increase"] = {n: evaluate_dictionary(d, model, held_out, spec["site"])["ce_increase"]
+                            for n, d in stages.items()}
+        name = f"{small_name} -> {large_name}"
+        out["stitch"][name], paths[name] = r, r["path"]
+        print(name, json.dumps({k: v for k, v in r.items() if k != "path"}), flush=True)
+    plot_paths(paths, Path("docs/img/stitch_smollm2_path.png"))
+
+
+def meta_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any], tok: Any,
+              all_ids: torch.Tensor, runs: Path) -> None:
+    """Meta-SAE on the widest SAE; a few decompositions with top-activating contexts."""
+    m = spec["meta"]
+    base = saes.get(m["base"]) or load_sae(runs / m["base"] / "sae")
+    meta_cfg = MetaConfig.parse({k: m[k] for k in ("d_meta", "k", "steps", "batch_size", "lr")}, source="meta")
+    dec = decompose(base, train_meta_sae(base, meta_cfg))
+    out["meta"] = dec.summary()
+    print("meta", json.dumps(out["meta"]), flush=True)
+    # control: the same meta-SAE on as many random unit rows (an untrained SAE of the same shape)
+    seed_everything(12345)
+    random_base = make_sae(base.cfg)
+    out["meta"]["random_rows_explained_variance"] = decompose(random_base, train_meta_sae(random_base, meta_cfg)
+                                                              ).explained_variance
+    print("meta control (random rows)", out["meta"]["random_rows_explained_variance"], flush=True)
+    ctx_rows = x[: m["context_rows"]]
+    with torch.no_grad():
+        acts = torch.cat([base.encode(ctx_rows[i : i + 4096]) for i in range(0, len(ctx_rows), 4096)])
+    rate = (acts != 0).float().mean(0)  # [F]
+    n_meta = (dec.codes != 0).sum(-1)  # [F]
+    # shown: the most frequent non-dense latents (fire on < 2% of tokens) that use 3+ meta-latents
+    candidates = ((rate < 0.02) & (n_meta >= 3)).nonzero().flatten()
+    shown = candidates[rate[candidates].argsort(descending=True)][: m["show"]].tolist()
+
+    def top_text(latent: int, n: int = 3) -> list[str]:
+        vals, idx = acts[:, latent].topk(n)
+        return [context(tok, all_ids, int(i)) for v, i in zip(vals, idx, strict=True) if v > 0]
+
+    lines = [f"meta-SAE on {m['base']}: {json.dumps(out['meta'])}", ""]
+    out["meta"]["examples"] = []
+    for latent in shown:
+        parts = dec.explain(latent, n_shared=3)
+        out["meta"]["examples"].append({"latent": latent, "meta": parts})
+        lines.append(f"### latent {latent} (fires on {100 * float(rate[latent]):.2f}% of tokens)")
+        lines += [f"- `{t}`" for t in top_text(latent)]
+        for p in parts:
+            lines.append(f"  - meta-latent {p['meta_latent']} (weight {p['weight']:.2f}, used by {p['n_users']} "
+                         f"latents); shared with:")
+            for other in p["shared_with"]:
+                texts = top_text(other, 1)
+                lines.append(f"    - latent {other}: `{texts[0] if texts else '(silent on these tokens)'}`")
+        lines.append("")
+    (runs / "meta_examples.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
