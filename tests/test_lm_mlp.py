@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms import spd
-from anatomist.mechanisms.lm_mlp import TARGETS, MLPToLogits, cache_resid_mid
+from anatomist.mechanisms.lm_mlp import TARGETS, MLPToLogits, cache_resid_mid, resolve_layer
 
 
 def tiny_llama() -> torch.nn.Module:
@@ -32,3 +34,11 @@ def test_last_layer_head_is_the_model_from_its_mlp_on() -> None:
         dec = spd.initial_decomposition(head, TARGETS, spd.SPDConfig(C=24, init="svd"))
         out = dec.run_with_masks(resid, dict.fromkeys(TARGETS))
         assert float(spd.output_loss(out, full, "kl")) < 1e-6
+
+
+def test_layer_out_of_range_is_an_error() -> None:
+    assert resolve_layer(-1, 30) == 29 and resolve_layer(6, 30) == 6
+    with pytest.raises(AnatomistError, match="layer: 30 is out of range.*30 decoder layers"):
+        resolve_layer(30, 30)
+    with pytest.raises(AnatomistError, match="layer: -31"):
+        resolve_layer(-31, 30)

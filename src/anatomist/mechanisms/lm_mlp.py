@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from anatomist.core.config import Config
+from anatomist.core.errors import AnatomistError
 from anatomist.core.io import save_json
 from anatomist.evaluate.recovery import alive, ci_l0
 from anatomist.mechanisms import spd
@@ -79,6 +80,13 @@ class LMMLPConfig(Config):
     )
 
 
+def resolve_layer(layer: int, n_layers: int) -> int:
+    """`layer` as an index in [0, n_layers) (negative counts from the end); out of range is an error, not a wrap."""
+    if not -n_layers <= layer < n_layers:
+        raise AnatomistError(f"layer: {layer} is out of range for a model with {n_layers} decoder layers")
+    return layer % n_layers
+
+
 @torch.no_grad()
 def cache_resid_mid(lm: Any, layer: int, tokens: Tensor, batch: int = 8) -> Tensor:
     """The residual stream before `layer`'s MLP for every token: `[n_seqs·seq_len, d_model]`."""
@@ -98,7 +106,7 @@ def run_lm_mlp(config: LMMLPConfig, out: str | Path) -> dict[str, Any]:
     lm = load_model(config.model)
     hf: Any = lm.model
     n_layers = len(hf.model.layers)
-    layer = config.layer % n_layers
+    layer = resolve_layer(config.layer, n_layers)
     n_seqs = -(-(config.n_tokens + config.n_eval_tokens) // config.seq_len)
     start = time.perf_counter()
     tokens = load_corpus("wiki").tokenize(lm.tokenizer, seq_len=config.seq_len, n_seqs=n_seqs)
