@@ -69,8 +69,11 @@ class LMMLPConfig(Config):
             init="svd",
             steps=120,
             batch_size=32,
-            lr=1e-3,
+            lr=1e-4,
             lr_warmup=0.05,
+            # ≈ the number of decomposed entries (2.65M): with weight 1 the KL terms pull ΣUVᵀ a few percent
+            # off the weights within 120 steps, and this last MLP is so sensitive that costs ~2 nats of KL
+            faithfulness_coeff=1e6,
             importance_minimality_coeff=1e-4,
             pnorm=1.0,
             output_loss="kl",
