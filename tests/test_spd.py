@@ -191,3 +191,19 @@ def test_tms_5_2_recovery_short() -> None:
     ci = dec.importances(torch.eye(5) * 0.75)["linear1"]
     assert (ci.argmax(1).unique().numel() == 5) and (ci.max(1).values > 0.9).all(), ci
     assert torch.allclose(dec.matrices("linear2"), dec.matrices("linear1").transpose(1, 2))  # one tied set
+
+
+def test_paper_rows_score_ignores_leakage_the_flattened_score_sees() -> None:
+    from anatomist.mechanisms.toyrun import rows_match
+
+    model, cfg = pentagon_tms()
+    truth = cfg.ground_truth(model).components["linear1"]  # [5, 2, 5]: W[:, f] e_fᵀ
+    W = model.W.detach()
+    exact = rows_match(truth, W)
+    assert exact == pytest.approx({"mmcs_rows": 1.0, "min_cosine_rows": 1.0, "ml2r_rows": 1.0})
+    leaky = truth.clone()
+    leaky[0, :, 1] += 0.3 * W[:, 0]  # component 0 also reads feature 1, along feature 0's direction
+    leaky[2] *= 2.0  # component 2 twice too large
+    rows, flat = rows_match(leaky, W), match(truth, leaky)
+    assert rows["min_cosine_rows"] == pytest.approx(1.0) and rows["ml2r_rows"] == pytest.approx(1.2)
+    assert flat.worst < 0.97  # the flattened score sees component 0 reading two features

@@ -25,9 +25,14 @@ from anatomist.core.io import save_json
 from anatomist.mechanisms import apd, l3d
 from anatomist.mechanisms.apd import APDConfig
 from anatomist.mechanisms.l3d import L3DConfig
-from anatomist.mechanisms.toyrun import default_targets, record_toy_run, toy_batches, toy_report, write_toy_plots
-
-HEADLINE = ("mmcs", "min_cosine", "ml2r", "mmcs_rows")
+from anatomist.mechanisms.toyrun import (
+    HEADLINE,
+    default_targets,
+    record_toy_run,
+    toy_batches,
+    toy_report,
+    write_toy_plots,
+)
 
 
 class APDExperiment(Config):

@@ -106,7 +106,9 @@ def spd_run(
 @spd_app.command("lm-mlp")
 def spd_lm_mlp(
     out: Out,
-    layer: Annotated[int, typer.Option(help="decoder layer whose MLP is decomposed (-1: the last)")] = -1,
+    layer: Annotated[
+        int | None, typer.Option(help="decoder layer whose MLP is decomposed (-1: the last; default: the config's)")
+    ] = None,
     steps: Steps = None,
     seed: Seed = None,
     config: Annotated[Path | None, typer.Option("--config", help="LMMLPConfig YAML")] = None,
@@ -119,7 +121,8 @@ def spd_lm_mlp(
     set_threads(threads)
     exp = LMMLPConfig.from_yaml(config) if config is not None else LMMLPConfig()
     data = exp.model_dump()
-    data["layer"] = layer if config is None else data["layer"]
+    if layer is not None:
+        data["layer"] = layer
     for key, value in (("steps", steps), ("seed", seed)):
         if value is not None:
             data["spd"][key] = value

@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from anatomist.core.config import Config
+from anatomist.core.errors import AnatomistError
 from anatomist.core.io import save_json
 from anatomist.evaluate.recovery import alive, ci_l0
 from anatomist.mechanisms import spd
@@ -68,8 +69,11 @@ class LMMLPConfig(Config):
             init="svd",
             steps=120,
             batch_size=32,
-            lr=1e-3,
+            lr=1e-4,
             lr_warmup=0.05,
+            # ≈ the number of decomposed entries (2.65M): with weight 1 the KL terms pull ΣUVᵀ a few percent
+            # off the weights within 120 steps, and this last MLP is so sensitive that costs ~2 nats of KL
+            faithfulness_coeff=1e6,
             importance_minimality_coeff=1e-4,
             pnorm=1.0,
             output_loss="kl",
@@ -77,6 +81,13 @@ class LMMLPConfig(Config):
         ),
         description="SPD hyperparameters (batch_size counts tokens).",
     )
+
+
+def resolve_layer(layer: int, n_layers: int) -> int:
+    """`layer` as an index in [0, n_layers) (negative counts from the end); out of range is an error, not a wrap."""
+    if not -n_layers <= layer < n_layers:
+        raise AnatomistError(f"layer: {layer} is out of range for a model with {n_layers} decoder layers")
+    return layer % n_layers
 
 
 @torch.no_grad()
@@ -98,7 +109,7 @@ def run_lm_mlp(config: LMMLPConfig, out: str | Path) -> dict[str, Any]:
     lm = load_model(config.model)
     hf: Any = lm.model
     n_layers = len(hf.model.layers)
-    layer = config.layer % n_layers
+    layer = resolve_layer(config.layer, n_layers)
     n_seqs = -(-(config.n_tokens + config.n_eval_tokens) // config.seq_len)
     start = time.perf_counter()
     tokens = load_corpus("wiki").tokenize(lm.tokenizer, seq_len=config.seq_len, n_seqs=n_seqs)

@@ -16,7 +16,14 @@ from anatomist.core.config import Config
 from anatomist.core.io import save_json
 from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
-from anatomist.mechanisms.toyrun import default_targets, record_toy_run, toy_batches, toy_report, write_toy_plots
+from anatomist.mechanisms.toyrun import (
+    HEADLINE,
+    default_targets,
+    record_toy_run,
+    toy_batches,
+    toy_report,
+    write_toy_plots,
+)
 
 
 class SPDExperiment(Config):
@@ -74,8 +81,8 @@ def run_spd_experiment(
         "toy_seed": exp.toy_seed,
         "steps": cfg.steps,
         "seconds": round(seconds, 1),
-        **{k: after[k] for k in ("mmcs", "min_cosine", "ml2r", "mmcs_rows") if k in after},
-        **{f"init_{k}": before[k] for k in ("mmcs", "min_cosine", "ml2r", "mmcs_rows") if k in before},
+        **{k: after[k] for k in HEADLINE if k in after},
+        **{f"init_{k}": before[k] for k in HEADLINE if k in before},
         "ci_l0": after["ci_l0_total"],
         **{f"final_{k}": v for k, v in last.items() if k not in ("step", "time_s")},
         "layers": {n: after[n] for n in names if n in after},
