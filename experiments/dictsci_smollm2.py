@@ -76,12 +76,24 @@ def main() -> None:
     spec = yaml.safe_load(args.config.read_text())
     runs = Path(spec["runs_dir"])
     x = load_rows(None, Path(spec["cache"]).expanduser(), spec["rows"])  # [rows, 576]
-    saes = {n: load_sae(runs / n / "sae") for n in {*spec["mdl_runs"], *sum(spec["stitch"]["pairs"], [])}}
+    seed_pairs = spec.get("seed_pairs", [])
+    saes = {n: load_sae(runs / n / "sae") for n in {*spec["mdl_runs"], *sum(spec["stitch"]["pairs"] + seed_pairs, [])}}
     results_file = runs / "dictsci.json"
     out: dict[str, Any] = load_json(results_file) if results_file.is_file() else {}
     if "mdl" in args.parts:
         mdl_part(spec, saes, x, out)
         save_json(results_file, out)
+    if "seeds" in args.parts:
+        # control for stitching: two SAEs of one width and recipe, different seeds; what they share at the threshold
+        # is what the recipe reproduces at all, the ceiling for latents shared across widths
+        out["seeds"] = {f"{a} vs {b}": match_latents(saes[a], saes[b], spec["stitch"]["threshold"]).summary(
+            saes[b].cfg.d_sae) for a, b in seed_pairs}
+        out["init_cosine"] = {**out.get("init_cosine", {}),
+                              **{n: init_cosine(saes[n], runs / n) for n in sorted({*sum(seed_pairs, [])})}}
+        print("seeds", json.dumps(out["seeds"]), json.dumps(out["init_cosine"]), flush=True)
+        save_json(results_file, out)
+    if not {"stitch", "meta"} & set(args.parts):
+        return
     loaded = load_model("smollm2")
     n_train = spec["train_seqs"]
     all_ids = load_corpus("wiki").tokenize(loaded.tokenizer, SEQ_LEN, n_train + spec["ce_seqs"])
