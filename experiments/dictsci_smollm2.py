@@ -98,7 +98,8 @@ def main() -> None:
     n_train = spec["train_seqs"]
     all_ids = load_corpus("wiki").tokenize(loaded.tokenizer, SEQ_LEN, n_train + spec["ce_seqs"])
     if "stitch" in args.parts:
-        out["init_cosine"] = {n: init_cosine(saes[n], runs / n) for n in sorted({*sum(spec["stitch"]["pairs"], [])})}
+        out["init_cosine"] = {**out.get("init_cosine", {}), **{
+            n: init_cosine(saes[n], runs / n) for n in sorted({*sum(spec["stitch"]["pairs"], [])})}}
         print("mean cosine of decoder rows to their initial values", json.dumps(out["init_cosine"]), flush=True)
         stitch_part(spec, saes, x, out, loaded.model, all_ids[n_train:])
         save_json(results_file, out)
