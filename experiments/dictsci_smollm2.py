@@ -1,8 +1,8 @@
 """MDL selection, SAE stitching and a meta-SAE on SmolLM2-135M's residual stream after block 6.
 
 Reads the SAEs trained by experiments/dictsci_smollm2_saes.yaml and their training activations from the
-activation cache; writes <runs_dir>/dictsci.json, <runs_dir>/meta_examples.md and
-docs/img/stitch_smollm2_path.png, docs/img/mdl_smollm2_frontier.png.
+activation cache; writes <runs_dir>/dictsci.json, <runs_dir>/meta_examples.md and the two plots the config
+names (mdl_plot, stitch_plot).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import load_sae, make_sae
 from anatomist.nets.assets import load_model
 
-SEQ_LEN, TRAIN_SEQS, BLOCK_SEQS = 128, 320, 32  # the sweep's data settings: cache rows are these sequences
+SEQ_LEN = 128  # the sweep's sequence length: cache row r is token 1 + r % 127 of training sequence r // 127
 
 
 def context(tok: Any, ids: torch.Tensor, row: int, before: int = 12) -> str:
@@ -76,16 +76,32 @@ def main() -> None:
     spec = yaml.safe_load(args.config.read_text())
     runs = Path(spec["runs_dir"])
     x = load_rows(None, Path(spec["cache"]).expanduser(), spec["rows"])  # [rows, 576]
-    saes = {n: load_sae(runs / n / "sae") for n in {*spec["mdl_runs"], *sum(spec["stitch"]["pairs"], [])}}
+    seed_pairs = spec.get("seed_pairs", [])
+    saes = {n: load_sae(runs / n / "sae") for n in {*spec["mdl_runs"], *sum(spec["stitch"]["pairs"] + seed_pairs, [])}}
     results_file = runs / "dictsci.json"
     out: dict[str, Any] = load_json(results_file) if results_file.is_file() else {}
     if "mdl" in args.parts:
         mdl_part(spec, saes, x, out)
         save_json(results_file, out)
+    if "seeds" in args.parts:
+        # control for stitching: two SAEs of one width and recipe, different seeds; what they share at the threshold
+        # is what the recipe reproduces at all, the ceiling for latents shared across widths
+        out["seeds"] = {f"{a} vs {b}": match_latents(saes[a], saes[b], spec["stitch"]["threshold"]).summary(
+            saes[b].cfg.d_sae) for a, b in seed_pairs}
+        out["init_cosine"] = {**out.get("init_cosine", {}),
+                              **{n: init_cosine(saes[n], runs / n) for n in sorted({*sum(seed_pairs, [])})}}
+        print("seeds", json.dumps(out["seeds"]), json.dumps(out["init_cosine"]), flush=True)
+        save_json(results_file, out)
+    if not {"stitch", "meta"} & set(args.parts):
+        return
     loaded = load_model("smollm2")
-    all_ids = load_corpus("wiki").tokenize(loaded.tokenizer, SEQ_LEN, TRAIN_SEQS + spec["ce_seqs"])
+    n_train = spec["train_seqs"]
+    all_ids = load_corpus("wiki").tokenize(loaded.tokenizer, SEQ_LEN, n_train + spec["ce_seqs"])
     if "stitch" in args.parts:
-        stitch_part(spec, saes, x, out, loaded.model, all_ids[TRAIN_SEQS:])
+        out["init_cosine"] = {**out.get("init_cosine", {}), **{
+            n: init_cosine(saes[n], runs / n) for n in sorted({*sum(spec["stitch"]["pairs"], [])})}}
+        print("mean cosine of decoder rows to their initial values", json.dumps(out["init_cosine"]), flush=True)
+        stitch_part(spec, saes, x, out, loaded.model, all_ids[n_train:])
         save_json(results_file, out)
     if "meta" in args.parts:
         meta_part(spec, saes, x, out, loaded.tokenizer, all_ids, runs)
@@ -98,12 +114,23 @@ def mdl_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: d
     results = [{"name": n, **description_length(saes[n], x, mdl_cfg)} for n in spec["mdl_runs"]]
     out["mdl"] = {"results": results, "choice": results[select_mdl(results)]["name"],
                   "choice_code_only": results[select_mdl(results, key="code_bits_per_input")]["name"]}
-    plot_frontier(results, spec["mdl_runs"], "docs/img/mdl_smollm2_frontier.png",
+    plot_frontier(results, spec["mdl_runs"], spec["mdl_plot"],
                   title=f"TopK SAEs, SmolLM2 layer 6 (FVU tolerance {mdl_cfg.fvu_tolerance})")
     for r in results:
         print(r["name"], json.dumps({k: r[k] for k in ("l0", "fvu", "fvu_quantised", "precision_bits",
                                                        "code_bits_per_input", "bits_per_input")}), flush=True)
     print("MDL choice:", out["mdl"]["choice"], "code only:", out["mdl"]["choice_code_only"], flush=True)
+
+
+def init_cosine(sae: Any, run: Path) -> float:
+    """Mean cosine of each trained decoder row with its initial value (train_sae seeds, then builds the SAE).
+
+    Near 0 for a row that has moved far from its random start; rows still near their start make decoder-cosine
+    matching between SAEs of one seed re-find the shared initialisation.
+    """
+    seed_everything(int(yaml.safe_load((run / "config.yaml").read_text())["seed"]))
+    w0, w = make_sae(sae.cfg).W_dec.detach().float(), sae.W_dec.detach().float()  # [F, d] each
+    return float(torch.nn.functional.cosine_similarity(w0, w, dim=-1).mean())
 
 
 def stitch_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any], model: Any,
@@ -120,7 +147,7 @@ def stitch_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out
         name = f"{small_name} -> {large_name}"
         out["stitch"][name], paths[name] = r, r["path"]
         print(name, json.dumps({k: v for k, v in r.items() if k != "path"}), flush=True)
-    plot_paths(paths, Path("docs/img/stitch_smollm2_path.png"))
+    plot_paths(paths, Path(spec["stitch_plot"]))
 
 
 def meta_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any], tok: Any,
