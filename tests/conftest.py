@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,13 @@ def tiny_llama(layers: int, hidden: int, intermediate: int, vocab: int) -> Llama
         num_key_value_heads=2, vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny nets: a second intra-op thread buys nothing, and on a busy shared machine OpenMP barriers
+    make multi-threaded steps several times slower. Modules opt in with `usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

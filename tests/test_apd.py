@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -13,14 +11,7 @@ from anatomist.evaluate.recovery import match
 from anatomist.mechanisms import apd
 from anatomist.nets.toys import load_toy
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny nets: a second intra-op thread buys nothing and, on a busy machine, OpenMP barriers cost a lot
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _key(name: str) -> str:

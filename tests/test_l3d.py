@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ from anatomist.mechanisms import l3d
 from anatomist.mechanisms.components import find_targets
 from anatomist.nets.toys import load_toy
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny nets: a second intra-op thread buys nothing and, on a busy machine, OpenMP barriers cost a lot
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Tied(nn.Module):

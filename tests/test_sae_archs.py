@@ -71,13 +71,7 @@ CASES: dict[str, tuple[dict[str, Any], int]] = {
 STEPS, LR = 600, 1e-2
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """These matrices are tiny: one thread is faster, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("arch", list(CASES))

@@ -16,14 +16,7 @@ from anatomist.core.errors import AnatomistError
 from anatomist.evaluate.recovery import match
 from anatomist.mechanisms import spd
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: on a busy shared machine a second OpenMP thread only adds waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_hard_sigmoids() -> None:
