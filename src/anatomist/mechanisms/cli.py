@@ -103,6 +103,20 @@ def spd_run(
     print_metrics(run_spd_experiment(exp, out, resume=resume), as_json)
 
 
+@spd_app.command("score")
+def spd_score(
+    run: Annotated[Path, typer.Argument(help="run folder of `anatomist spd run` (it may still be training)")],
+    step: Annotated[int | None, typer.Option(help="checkpoint step to score (default: the newest)")] = None,
+    threads: Threads = 0,
+    as_json: AsJson = False,
+) -> None:
+    """Score a checkpoint of a toy run: MMCS/ML2R, CI L0, alive components, identity pattern, as `run` reports them."""
+    from anatomist.mechanisms.spd_toys import score_spd_checkpoint
+
+    set_threads(threads)
+    print_metrics(score_spd_checkpoint(run, step), as_json)
+
+
 @spd_app.command("lm-mlp")
 def spd_lm_mlp(
     out: Out,

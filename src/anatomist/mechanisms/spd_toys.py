@@ -1,6 +1,7 @@
 """SPD on the toy models: an experiment file (toy + targets + SPD config) in, a scored run folder out.
 
 experiments/spd_tms_5_2.yaml  →  run_spd_experiment(exp, out)  →  out/metrics.json, plots, decomposition
+out/checkpoints/step_N        →  score_spd_checkpoint(out, N) →  the same scores, while a long run trains
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.config import Config
-from anatomist.core.io import save_json
+from anatomist.core.errors import AnatomistError
+from anatomist.core.io import load_tensors, save_json
 from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
 from anatomist.mechanisms.toyrun import (
@@ -95,3 +98,39 @@ def run_spd_experiment(
     record_toy_run(out, exp.toy, toy, exp, cfg.seed, cfg.steps, cfg.batch_size,
                    ["outputs", "activations", "weights", "gradients"])
     return metrics
+
+
+def score_spd_checkpoint(run: str | Path, step: int | None = None) -> dict[str, Any]:
+    """Score the newest (or a given) checkpoint of a run folder written by `run_spd_experiment`.
+
+    Long schedules (TMS 40-10, the residual MLPs: hours of CPU) can be followed, or judged after
+    being stopped, without waiting for the end: the scores are `toy_report`'s, as in metrics.json.
+    """
+    from anatomist.nets.toys import load_toy
+
+    run = Path(run)
+    exp = SPDExperiment.from_yaml(run / "experiment.yaml")
+    ckpt = Checkpointer(run)
+    steps = ckpt.steps()
+    if not steps:
+        raise AnatomistError(f"{ckpt.dir}: no checkpoint to score")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise AnatomistError(f"{ckpt.dir}: no checkpoint of step {step} (there are: {', '.join(map(str, steps))})")
+    toy = load_toy(exp.toy, seed=exp.toy_seed)
+    dec = spd.initial_decomposition(toy.model, exp.targets or default_targets(toy), exp.spd)
+    path = ckpt.dir / f"step_{step:08d}" / "model.safetensors"
+    try:
+        dec.load_state_dict(load_tensors(path))
+    except RuntimeError as e:
+        raise AnatomistError(f"{path}: does not fit the decomposition of {run / 'experiment.yaml'} ({e})") from None
+    names = list(dec.targets)
+    report = toy_report(toy, names, lambda n: dec.matrices(n).detach(), dec.importances)
+    return {
+        "toy": exp.toy,
+        "step": step,
+        **{k: report[k] for k in HEADLINE if k in report},
+        "ci_l0": report["ci_l0_total"],
+        "layers": {n: report[n] for n in names if n in report},
+        "run": str(run),
+    }
