@@ -25,6 +25,19 @@ def test_hard_sigmoids() -> None:
     assert torch.allclose(spd.upper_leaky(x), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.02]))
 
 
+def test_learning_rate_schedules() -> None:
+    from anatomist.mechanisms.apd import APDConfig
+
+    spd_cfg = spd.SPDConfig(steps=101, lr=1.0, lr_schedule="cosine", lr_warmup=0.0)
+    # the reference's quarter cosine: lr·cos(π/2 · t), from lr down to 0 on the last step
+    assert spd_cfg.lr_at(0) == 1.0 and spd_cfg.lr_at(50) == pytest.approx(math.cos(math.pi / 4))
+    assert spd_cfg.lr_at(100) == pytest.approx(0.0, abs=1e-12)
+    apd_cfg = APDConfig(steps=120, lr=2.0, lr_schedule="cosine", lr_warmup=1 / 6)  # 20 warm-up steps
+    assert apd_cfg.lr_at(10) == pytest.approx(1.0)  # halfway up the linear warm-up
+    assert apd_cfg.lr_at(20) == 2.0 and apd_cfg.lr_at(69) == pytest.approx(1.02, abs=0.02)  # half cosine: lr/2 mid-way
+    assert apd_cfg.replace(lr_schedule="constant").lr_at(100) == 2.0
+
+
 def test_stochastic_masks_lie_between_g_and_one() -> None:
     g = {"a": torch.tensor([[0.0, 0.3, 1.0]]).expand(1000, 3)}
     m = spd.stochastic_masks(g, torch.Generator().manual_seed(0))["a"]

@@ -28,7 +28,6 @@ Implementation: component c's rank-r piece of a layer is r rank-one subcomponent
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +39,7 @@ from torch import Tensor, nn
 from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms.components import Decomposition, model_output
-from anatomist.mechanisms.training import fit
+from anatomist.mechanisms.training import fit, warmup_lr
 from anatomist.nets.sites import run_model
 
 
@@ -75,12 +74,7 @@ class APDConfig(Config):
     )
 
     def lr_at(self, step: int) -> float:
-        warm = int(self.steps * self.lr_warmup)
-        if step < warm:
-            return self.lr * step / warm
-        if self.lr_schedule == "constant":
-            return self.lr
-        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(self.steps - warm - 1, 1)))
+        return warmup_lr(step, self.steps, self.lr, self.lr_warmup, self.lr_schedule, cosine="half")
 
 
 class APDDecomposition(Decomposition):

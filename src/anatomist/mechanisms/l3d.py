@@ -26,7 +26,6 @@ come from `torch.func` (vmap over grad), so any model whose forward works per sa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +39,7 @@ from torch.func import functional_call, grad, vmap
 from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms.components import Target, find_targets, layer_weight, model_output
-from anatomist.mechanisms.training import fit
+from anatomist.mechanisms.training import fit, warmup_lr
 
 
 class L3DConfig(Config):
@@ -72,12 +71,7 @@ class L3DConfig(Config):
     )
 
     def lr_at(self, step: int) -> float:
-        warm = int(self.steps * self.lr_warmup)
-        if step < warm:
-            return self.lr * step / warm
-        if self.lr_schedule == "constant":
-            return self.lr
-        return self.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(self.steps - warm - 1, 1)))
+        return warmup_lr(step, self.steps, self.lr, self.lr_warmup, self.lr_schedule, cosine="half")
 
 
 # --- per-sample gradients ------------------------------------------------------------------------

@@ -35,8 +35,7 @@ from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json, load_tensors, save_json, save_tensors
 from anatomist.mechanisms.components import Decomposition
-from anatomist.mechanisms.training import cycle as _cycle  # noqa: F401  (apd/l3d: move to training.cycle)
-from anatomist.mechanisms.training import fit
+from anatomist.mechanisms.training import fit, warmup_lr
 
 
 class SPDConfig(Config):
@@ -90,12 +89,7 @@ class SPDConfig(Config):
     )
 
     def lr_at(self, step: int) -> float:
-        warm = int(self.steps * self.lr_warmup)
-        if step < warm:
-            return self.lr * step / warm
-        if self.lr_schedule == "constant":
-            return self.lr
-        return self.lr * math.cos(0.5 * math.pi * (step - warm) / max(self.steps - warm - 1, 1))
+        return warmup_lr(step, self.steps, self.lr, self.lr_warmup, self.lr_schedule, cosine="quarter")
 
     def pnorm_at(self, step: int) -> float:
         if self.pnorm_final is None:

@@ -9,6 +9,7 @@ target model is frozen and in eval mode; the user's flags come back afterwards, 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -39,6 +40,23 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def warmup_lr(step: int, steps: int, lr: float, warmup: float, schedule: str, cosine: str = "half") -> float:
+    """Linear warm-up over the first `warmup` fraction of `steps`, then constant or cosine decay.
+
+    `cosine="half"` decays to 0 (APD, L3D); `"quarter"` is the goodfire SPD reference's cos(π/2 · t),
+    kept for SPD so its runs step exactly like the reference's.
+    """
+    warm = int(steps * warmup)
+    if step < warm:
+        return lr * step / warm
+    if schedule == "constant":
+        return lr
+    span = max(steps - warm - 1, 1)
+    if cosine == "quarter":
+        return lr * math.cos(0.5 * math.pi * (step - warm) / span)
+    return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / span))
 
 
 def cycle(data: Iterable[Any]) -> Iterator[Any]:
