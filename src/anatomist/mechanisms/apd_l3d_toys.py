@@ -20,13 +20,13 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from anatomist.core.config import Config
 from anatomist.core.io import save_json
 from anatomist.mechanisms import apd, l3d
 from anatomist.mechanisms.apd import APDConfig
 from anatomist.mechanisms.l3d import L3DConfig
 from anatomist.mechanisms.toyrun import (
     HEADLINE,
+    ToyExperiment,
     default_targets,
     record_toy_run,
     toy_batches,
@@ -35,25 +35,15 @@ from anatomist.mechanisms.toyrun import (
 )
 
 
-class APDExperiment(Config):
+class APDExperiment(ToyExperiment):
     """One APD reproduction: which toy, which of its layers, which hyperparameters."""
 
-    toy: str = Field(default="tms-5-2", description="Toy name (see `anatomist toy list`).")
-    toy_seed: int = Field(default=0, description="Seed of the trained toy (a cached toy is reused).")
-    targets: list[str] | None = Field(
-        default=None, description="Module-name patterns to decompose (default: the layers the paper decomposes)."
-    )
     apd: APDConfig = Field(default_factory=APDConfig, description="APD hyperparameters.")
 
 
-class L3DExperiment(Config):
+class L3DExperiment(ToyExperiment):
     """One L3D reproduction: which toy, which of its layers, which hyperparameters."""
 
-    toy: str = Field(default="tms-5-2", description="Toy name (see `anatomist toy list`).")
-    toy_seed: int = Field(default=0, description="Seed of the trained toy (a cached toy is reused).")
-    targets: list[str] | None = Field(
-        default=None, description="Module-name patterns to decompose (default: the layers the paper decomposes)."
-    )
     l3d: L3DConfig = Field(default_factory=L3DConfig, description="L3D hyperparameters.")
 
 

@@ -14,13 +14,13 @@ import torch
 from pydantic import Field
 
 from anatomist.core.checkpoint import Checkpointer
-from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_tensors, save_json
 from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
 from anatomist.mechanisms.toyrun import (
     HEADLINE,
+    ToyExperiment,
     default_targets,
     record_toy_run,
     toy_batches,
@@ -29,14 +29,9 @@ from anatomist.mechanisms.toyrun import (
 )
 
 
-class SPDExperiment(Config):
+class SPDExperiment(ToyExperiment):
     """One SPD reproduction: which toy, which of its layers, which hyperparameters."""
 
-    toy: str = Field(default="tms-5-2", description="Toy name (see `anatomist toy list`).")
-    toy_seed: int = Field(default=0, description="Seed of the trained toy (a cached toy is reused).")
-    targets: list[str] | None = Field(
-        default=None, description="Module-name patterns to decompose (default: the layers the paper decomposes)."
-    )
     spd: SPDConfig = Field(default_factory=SPDConfig, description="SPD hyperparameters.")
 
 

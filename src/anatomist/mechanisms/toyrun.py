@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from anatomist.core.config import Config
 from anatomist.evaluate.recovery import alive, ci_l0, cosine_matrix, identity_pattern_error, match
 
 Matrices = Callable[[str], Tensor]
@@ -31,6 +33,16 @@ ONE_HOT_VALUE = 0.75
 # the recovery numbers a run reports at its start and its end (flattened matrices, then the paper's TMS rows)
 HEADLINE = ("mmcs", "min_cosine", "ml2r", "mmcs_rows", "min_cosine_rows", "ml2r_rows")
 EVAL_SAMPLES = 4096
+
+
+class ToyExperiment(Config):
+    """Which toy and which of its layers a reproduction decomposes; each method adds its own config field."""
+
+    toy: str = Field(default="tms-5-2", description="Toy name (see `anatomist toy list`).")
+    toy_seed: int = Field(default=0, description="Seed of the trained toy (a cached toy is reused).")
+    targets: list[str] | None = Field(
+        default=None, description="Module-name patterns to decompose (default: the layers the paper decomposes)."
+    )
 
 
 def default_targets(toy: Any) -> list[str]:
