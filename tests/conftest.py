@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from anatomist.nets.assets import LoadedModel, load_model
@@ -58,3 +61,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pentagon_tms() -> tuple[nn.Module, Any]:
+    """TMS 5-2 with the weights training converges to: five unit columns 72° apart, bias -0.1."""
+    from anatomist.nets.toys import toy_config
+
+    cfg = toy_config("tms-5-2")
+    model = cfg.build()
+    angles = torch.arange(5) * 2 * math.pi / 5
+    with torch.no_grad():
+        model.linear1.weight.copy_(torch.stack([angles.cos(), angles.sin()]))
+        model.b_final.fill_(-0.1)
+    return model, cfg

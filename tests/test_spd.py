@@ -6,7 +6,6 @@ import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from anatomist.core.errors import AnatomistError
 from anatomist.evaluate.recovery import match
 from anatomist.mechanisms import spd
+from conftest import pentagon_tms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -170,19 +170,6 @@ def test_gate_mlp_gradients() -> None:
     assert torch.allclose(ci(s), plain)
 
 
-def pentagon_tms() -> tuple[nn.Module, Any]:
-    """TMS 5-2 with the weights training converges to: five unit columns 72° apart, bias -0.1."""
-    from anatomist.nets.toys import toy_config
-
-    cfg = toy_config("tms-5-2")
-    model = cfg.build()
-    angles = torch.arange(5) * 2 * math.pi / 5
-    with torch.no_grad():
-        model.linear1.weight.copy_(torch.stack([angles.cos(), angles.sin()]))
-        model.b_final.fill_(-0.1)
-    return model, cfg
-
-
 def test_tms_5_2_recovery_short() -> None:
     model, cfg = pentagon_tms()
     truth = cfg.ground_truth(model).components["linear1"]
@@ -214,35 +201,3 @@ def test_paper_rows_score_ignores_leakage_the_flattened_score_sees() -> None:
     assert rows["min_cosine_rows"] == pytest.approx(1.0) and rows["ml2r_rows"] == pytest.approx(1.2)
     assert flat.worst < 0.97  # the flattened score sees component 0 reading two features
 
-
-def test_cli_scores_a_checkpoint_as_the_run_reports_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
-    from typer.testing import CliRunner
-
-    from anatomist.core.paths import cache_dir
-    from anatomist.mechanisms.cli import spd_app
-    from anatomist.nets.toys import TrainedToy, config_hash
-
-    monkeypatch.setenv("ANATOMIST_CACHE", str(tmp_path / "cache"))
-    model, cfg = pentagon_tms()  # put in the toy cache, so `spd run --toy tms-5-2` needs no toy training
-    TrainedToy(model, cfg, final_loss=0.0).save(cache_dir("toys", f"{cfg.name}-{config_hash(cfg)}"))
-    runner, run = CliRunner(), tmp_path / "run"
-    ran = runner.invoke(spd_app, ["run", "--toy", "tms-5-2", "--steps", "30", "--out", str(run), "--json"])
-    assert ran.exit_code == 0, ran.output
-    final = json.loads(ran.output.strip().splitlines()[-1])
-
-    scored = runner.invoke(spd_app, ["score", str(run), "--json"])
-    assert scored.exit_code == 0, scored.output
-    score = json.loads(scored.output.strip().splitlines()[-1])
-    assert score["step"] == 30
-    for key in ("mmcs", "min_cosine", "ml2r", "mmcs_rows", "ci_l0"):
-        assert score[key] == final[key], key
-    assert score["layers"]["linear1"] == final["layers"]["linear1"]
-
-    missing = runner.invoke(spd_app, ["score", str(run), "--step", "7"])
-    assert missing.exit_code != 0 and "no checkpoint of step 7 (there are: 30)" in str(missing.exception)
-    with pytest.raises(AnatomistError, match="experiment.yaml"):
-        from anatomist.mechanisms.spd_toys import score_spd_checkpoint
-
-        score_spd_checkpoint(tmp_path / "nothing")
