@@ -48,3 +48,23 @@ def test_l0_alive_identity_pattern() -> None:
     merged = ci.clone()
     merged[1] = merged[0]  # features 0 and 1 share one subcomponent
     assert identity_pattern_error(merged)["n_distinct"] == 2
+
+
+def test_toy_report_counts_the_identity_pieces_of_tms_id() -> None:
+    from anatomist.mechanisms.toyrun import toy_report
+    from anatomist.nets.toys import TrainedToy, toy_config
+
+    cfg = toy_config("tms-5-2-id")
+    toy = TrainedToy(cfg.build(), cfg, final_loss=0.0)
+    gt = toy.ground_truth.components  # linear1/linear2: one piece per feature; hidden: e_i e_iᵀ, i < 2
+    tiny = 1e-3 * torch.randn(3, 2, 2, generator=torch.Generator().manual_seed(0))
+    mats = {"linear1": gt["linear1"], "linear2": gt["linear2"], "hidden": torch.cat([gt["hidden"], tiny])}
+
+    def importances(x: torch.Tensor) -> dict[str, torch.Tensor]:  # every subcomponent on for every input
+        return {n: torch.full((x.shape[0], m.shape[0]), 0.5) for n, m in mats.items()}
+
+    report = toy_report(toy, list(mats), mats.__getitem__, importances)
+    hidden = report["hidden"]
+    assert (hidden["n_components"], hidden["n_large"], hidden["expected"]) == (5, 2, 2)
+    assert hidden["sum_error_large"] < 1e-6 < hidden["sum_error"] < 1e-2  # the tiny leftovers barely move the sum
+    assert report["mmcs"] == pytest.approx(1.0) and report["mmcs_rows"] == pytest.approx(1.0)

@@ -9,7 +9,8 @@ L3D: coefficients). `toy_report` turns them into the numbers the papers report:
   against that feature's column of W), which a random start already puts ≈ 0.99;
 * per target: CI L0 and alive subcomponents on a batch of the toy's data, and the identity-pattern
   error of the importances on one-hot inputs of magnitude 0.75;
-* TMS +ID: how many subcomponents the hidden identity ends up as, and how far their sum is from I;
+* TMS +ID: how many subcomponents the hidden identity ends up as (alive ones, and of those the ones with
+  ≥ 10 % of the largest one's norm), and how far their sum is from I;
 * residual MLP: how many features own exactly one `mlp_in` subcomponent (the paper: all 100).
 """
 
@@ -33,6 +34,8 @@ ONE_HOT_VALUE = 0.75
 # the recovery numbers a run reports at its start and its end (flattened matrices, then the paper's TMS rows)
 HEADLINE = ("mmcs", "min_cosine", "ml2r", "mmcs_rows", "min_cosine_rows", "ml2r_rows")
 EVAL_SAMPLES = 4096
+# TMS +ID: an alive hidden subcomponent is "large" when its norm is at least this fraction of the largest one's
+LARGE_FRACTION = 0.1
 
 
 class ToyExperiment(Config):
@@ -114,10 +117,15 @@ def toy_report(toy: Any, targets: list[str], matrices: Matrices, importances: Im
     if "hidden" in targets:  # TMS +ID: the identity should be d_hidden pieces, all in this layer
         live = alive(torch.cat([ci_data["hidden"], ci_onehot["hidden"]]))
         eye = torch.eye(toy.config.d_hidden, device=toy.device)
-        total = matrices("hidden")[live].sum(0)
+        hidden = matrices("hidden")
+        norms = hidden.flatten(1).norm(dim=1)
+        # alive by CI but with ~no weight (a leftover that cannot change the output): counted apart
+        large = live & (norms >= LARGE_FRACTION * norms[live].max()) if live.any() else live
         report["hidden"]["n_components"] = int(live.sum())
+        report["hidden"]["n_large"] = int(large.sum())
         report["hidden"]["expected"] = toy.config.d_hidden
-        report["hidden"]["sum_error"] = float((total - eye).norm() / eye.norm())
+        report["hidden"]["sum_error"] = float((hidden[live].sum(0) - eye).norm() / eye.norm())
+        report["hidden"]["sum_error_large"] = float((hidden[large].sum(0) - eye).norm() / eye.norm())
     if toy.config.kind == "resid_mlp":
         for name in [n for n in ci_onehot if n.endswith("mlp_in")]:
             report[name]["per_feature_components"] = per_feature_components(ci_onehot[name])
