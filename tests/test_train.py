@@ -216,7 +216,7 @@ def test_nan_activations_stop_with_step_and_site_and_keep_last_checkpoint(tmp_pa
     assert step > 1 and f"last good checkpoint: step {step - 1}" in str(err.value)
     ckpt = Checkpointer(tmp_path / "run")
     assert ckpt.latest() == step - 1
-    weights = load_tensors(ckpt.dir / f"step_{step - 1:08d}" / "model.safetensors")
+    weights = load_tensors(ckpt.folder(step - 1) / "model.safetensors")
     assert all(bool(torch.isfinite(w).all()) for w in weights.values())
 
 

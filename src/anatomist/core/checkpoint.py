@@ -84,6 +84,17 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
+    def folder(self, step: int) -> Path:
+        return self.dir / f"{_PREFIX}{step:08d}"
+
+    def load_model(self, model: nn.Module, step: int) -> None:
+        """Only the model weights of a checkpoint (no optimizer, no RNG): e.g. to score a run in progress."""
+        path = self.folder(step) / "model.safetensors"
+        try:
+            model.load_state_dict(load_tensors(path))
+        except RuntimeError as e:
+            raise AnatomistError(f"{path}: does not fit the model ({e})") from None
+
     def save(
         self,
         step: int,
@@ -93,7 +104,7 @@ class Checkpointer:
         generators: dict[str, torch.Generator] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Path:
-        final = self.dir / f"{_PREFIX}{step:08d}"
+        final = self.folder(step)
         tmp = self.dir / f".tmp-{_PREFIX}{step:08d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -113,7 +124,7 @@ class Checkpointer:
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in self.steps()[: -self.keep] if self.keep > 0 else []:
-            shutil.rmtree(self.dir / f"{_PREFIX}{old:08d}", ignore_errors=True)
+            shutil.rmtree(self.folder(old), ignore_errors=True)
         return final
 
     def load(
@@ -128,13 +139,9 @@ class Checkpointer:
         step = self.latest() if step is None else step
         if step is None:
             raise AnatomistError(f"{self.dir}: no checkpoint to resume from")
-        folder = self.dir / f"{_PREFIX}{step:08d}"
+        folder = self.folder(step)
         state = load_json(folder / "state.json")
-        weights = load_tensors(folder / "model.safetensors")
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise AnatomistError(f"{folder / 'model.safetensors'}: does not fit the model ({e})") from None
+        self.load_model(model, step)
         if optimizer is not None:
             opt = load_tensors(folder / "optimizer.safetensors")
             optimizer.load_state_dict(_unflatten_optimizer(opt, state["optimizer"]))

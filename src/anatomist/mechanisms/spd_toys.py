@@ -15,7 +15,7 @@ from pydantic import Field
 
 from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.errors import AnatomistError
-from anatomist.core.io import load_tensors, save_json
+from anatomist.core.io import save_json
 from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
 from anatomist.mechanisms.toyrun import (
@@ -114,11 +114,7 @@ def score_spd_checkpoint(run: str | Path, step: int | None = None) -> dict[str, 
         raise AnatomistError(f"{ckpt.dir}: no checkpoint of step {step} (there are: {', '.join(map(str, steps))})")
     toy = load_toy(exp.toy, seed=exp.toy_seed)
     dec = spd.initial_decomposition(toy.model, exp.targets or default_targets(toy), exp.spd)
-    path = ckpt.dir / f"step_{step:08d}" / "model.safetensors"
-    try:
-        dec.load_state_dict(load_tensors(path))
-    except RuntimeError as e:
-        raise AnatomistError(f"{path}: does not fit the decomposition of {run / 'experiment.yaml'} ({e})") from None
+    ckpt.load_model(dec, step)
     names = list(dec.targets)
     report = toy_report(toy, names, lambda n: dec.matrices(n).detach(), dec.importances)
     return {
