@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from anatomist.cli.toy import toy_app
 from anatomist.core.errors import AnatomistError
 from anatomist.nets.toys import (
     TOYS,
@@ -24,7 +25,6 @@ from anatomist.nets.toys import (
     toy_config,
     train_toy,
 )
-from anatomist.nets.toys.cli import toy_app
 
 
 @pytest.fixture(autouse=True)
@@ -228,13 +228,14 @@ def test_cli_train_writes_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = CliRunner().invoke(toy_app, ["train", "tms-5-2", "--out", str(out), "--steps", "20", "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.output)["numbers"]
     assert summary["name"] == "tms-5-2" and summary["steps"] == 20 and summary["final_loss"] > 0
-    assert {p.name for p in out.iterdir()} == {"config.yaml", "model.safetensors", "metrics.json"}
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "provenance.json", "toy.yaml",
+                                               "model.safetensors", "toy.json"}
     assert TrainedToy.load(out).config.steps == 20
 
     result = CliRunner().invoke(toy_app, ["train", "tms-5-2", "--out", str(tmp_path / "r2"), "--steps", "5"])
-    assert result.exit_code == 0 and "final loss" in result.output
+    assert result.exit_code == 0 and "held-out loss" in result.output
 
     result = CliRunner().invoke(toy_app, ["train", "nope", "--out", str(tmp_path / "r3")])
     assert isinstance(result.exception, AnatomistError)

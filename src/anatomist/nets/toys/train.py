@@ -1,19 +1,18 @@
-"""Train a toy, save/load its run folder, and cache trained toys on disk by config hash.
+"""Train a toy, save/load it, and cache trained toys on disk by config hash.
 
-A run folder holds three files; `metrics.json` is written last, so its presence marks a
-complete run (a killed run leaves no metrics.json and is retrained, never half-loaded):
+A saved toy is three files (in a cache folder, or beside a `toy-train` run's own files); `toy.json` is
+written last, so its presence marks a complete toy (a killed run leaves none and is retrained, never
+half-loaded):
 
-    config.yaml          the full ToyConfig (architecture, data, recipe, seed)
+    toy.yaml             the full ToyConfig (architecture, data, recipe, seed)
     model.safetensors    the model's state_dict (TMS: W once, as linear1.weight; ResidMLP: W_E too)
-    metrics.json         final_loss, wall_time_s, loss_curve, baselines, ...
+    toy.json             final_loss, wall_time_s, loss_curve, baselines, ...
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,12 +26,14 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json, load_tensors, save_json, save_tensors
 from anatomist.core.paths import cache_dir
 from anatomist.core.progress import progress
+from anatomist.core.threads import torch_threads
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.ground_truth import GroundTruth
 from anatomist.nets.toys.moe_lm import MoELMConfig, train_moe_lm
 from anatomist.nets.toys.registry import load_toy_config, toy_config
 from anatomist.nets.toys.resid_mlp import ResidMLPConfig, monosemantic_loss, naive_loss
 
+TOY_CONFIG, TOY_RESULT = "toy.yaml", "toy.json"
 EVAL_SAMPLES = 2**16
 # held-out data: a generator seeded apart from the training stream (which uses config.seed)
 _EVAL_SEED_OFFSET = 1_000_003
@@ -67,17 +68,17 @@ class TrainedToy:
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         save_tensors(out / "model.safetensors", self.model.state_dict(), metadata={"toy": self.config.name})
-        self.config.to_yaml(out / "config.yaml")
-        save_json(out / "metrics.json", {"final_loss": self.final_loss, **self.metrics})
+        self.config.to_yaml(out / TOY_CONFIG)
+        save_json(out / TOY_RESULT, {"final_loss": self.final_loss, **self.metrics})
         self.path = out
         return out
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> TrainedToy:
-        """Load a run folder written by `save` (or the `toy train` command)."""
+        """Load a toy written by `save` (a cache folder, or a `toy-train` run folder)."""
         run_dir = Path(run_dir)
-        config = load_toy_config(run_dir / "config.yaml")
-        metrics = load_json(run_dir / "metrics.json")
+        config = load_toy_config(run_dir / TOY_CONFIG)
+        metrics = load_json(run_dir / TOY_RESULT)
         model = config.build()
         weights = load_tensors(run_dir / "model.safetensors", required=list(model.state_dict()))
         try:
@@ -129,16 +130,9 @@ def baselines(config: ToyConfig) -> dict[str, float]:
     return {}
 
 
-@contextmanager
-def _cpu_threads(limit: int | None, device: torch.device) -> Iterator[None]:
-    """Cap PyTorch's intra-op threads for the duration (process-wide), then restore them."""
-    before = torch.get_num_threads()
-    if device.type == "cpu" and limit is not None and limit < before:
-        torch.set_num_threads(limit)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _cpu_threads(limit: int | None, device: torch.device) -> int:
+    """The thread cap for training on `device`: a toy's `max_cpu_threads` on a CPU, else no change (0)."""
+    return limit if device.type == "cpu" and limit is not None and limit < torch.get_num_threads() else 0
 
 
 def train_toy(
@@ -157,7 +151,7 @@ def train_toy(
     config = _resolve(name_or_config, steps, seed)
     dev = resolve_device(device)
     if isinstance(config, MoELMConfig):  # a language model: its own loop, held-out text, unigram baseline
-        with _cpu_threads(config.max_cpu_threads, dev):
+        with torch_threads(_cpu_threads(config.max_cpu_threads, dev)):
             lm, final, lm_metrics = train_moe_lm(config, dev, log_every)
         return TrainedToy(lm, config, final, lm_metrics)
     model = config.build().to(dev)
@@ -166,7 +160,7 @@ def train_toy(
     # the training stream has its own generator, so results do not depend on global RNG use
     g = torch.Generator(dev).manual_seed(config.seed)
 
-    with _cpu_threads(config.max_cpu_threads, dev):
+    with torch_threads(_cpu_threads(config.max_cpu_threads, dev)):
         start = time.perf_counter()
         curve: list[tuple[int, float]] = []
         running = torch.zeros((), device=dev)
@@ -214,7 +208,7 @@ def load_toy(
     """
     config = _resolve(name_or_config, steps, seed)
     run_dir = cache_dir("toys", f"{config.name}-{config_hash(config)}")
-    if not retrain and (run_dir / "metrics.json").is_file():
+    if not retrain and (run_dir / TOY_RESULT).is_file():
         toy = TrainedToy.load(run_dir, device)
         toy.from_cache = True
         return toy

@@ -1,30 +1,23 @@
-"""The `anatomist` command: a few lines over each public function."""
+"""The `anatomist` command: `anatomist run` for every kind, plus short aliases that take the same path."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from anatomist.cli.output import console, emit
+from anatomist.cli.run import run_command
+from anatomist.cli.toy import toy_app
 from anatomist.core.errors import AnatomistError
 
 app = typer.Typer(help="Take trained neural networks apart into units a person can study.", no_args_is_help=True)
-console = Console()
+app.command("run", add_help_option=False, context_settings={"allow_interspersed_args": True})(run_command)
 
-
-def emit(obj: Any, as_json: bool) -> None:
-    """Print a result: one JSON object with --json, else a readable table of its top-level numbers."""
-    if as_json:
-        print(json.dumps(obj, default=str))
-        return
-    table = Table(show_header=False, box=None)
-    for k, v in obj.items():
-        table.add_row(str(k), f"{v:.6g}" if isinstance(v, float) else str(v))
-    console.print(table)
+__all__ = ["app", "emit", "main"]
 
 
 @app.command()
@@ -60,12 +53,11 @@ def demo(
 
 
 def _mount() -> None:
-    """Each lens's commands live beside the lens; mounting them here keeps `anatomist --help` fast to read."""
+    """The short commands (aliases of `anatomist run KIND`) and the report commands."""
     from anatomist.dictionaries import cli as dictionaries_cli
     from anatomist.features.cli import sae_app
     from anatomist.mechanisms.bilinear_cli import bilinear_app
     from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
-    from anatomist.nets.toys.cli import toy_app
     from anatomist.regions.cli import regions_app
     from anatomist.report.cli import dashboard, report, serve
     from anatomist.routes.cli import routes_app
