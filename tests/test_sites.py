@@ -184,3 +184,48 @@ def test_capture_with_grad_keeps_graph() -> None:
     out = capture(model, x, "0", grad=True)[Site("0")]
     out.sum().backward()
     assert model[0].weight.grad is not None
+
+
+def test_record_keeps_values_in_the_graph_and_lets_them_pass() -> None:
+    from anatomist.nets.sites import record
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    with record(model, ["0"]) as seen:
+        y = model(x)
+    assert torch.equal(y, model(x))
+    assert seen[Site("0")].requires_grad and torch.allclose(seen[Site("0")], model[0](x))
+    assert not model[0]._forward_hooks
+
+
+def test_run_and_capture_returns_output_and_sites_in_one_forward() -> None:
+    from anatomist.nets.sites import run_and_capture
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    out, seen = run_and_capture(model, x, ["2:input"])
+    assert torch.equal(out, model(x)) and torch.equal(seen[Site("2", "input")], torch.relu(model[0](x)))
+    with pytest.raises(AnatomistError, match="never ran"):
+        run_and_capture(_Unused(), x, ["skipped"])
+
+
+class _Unused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_replace_forward_swaps_and_restores_even_on_error() -> None:
+    from anatomist.nets.sites import replace_forward
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    x = torch.randn(2, 3)
+    with replace_forward(model, {"0": lambda v: v * 2}):
+        assert torch.equal(model(x), torch.relu(x * 2))
+    assert torch.equal(model(x), torch.relu(model[0](x))) and "forward" not in model[0].__dict__
+    with pytest.raises(RuntimeError), replace_forward(model, {"0": lambda v: v}):
+        raise RuntimeError
+    assert "forward" not in model[0].__dict__

@@ -110,6 +110,10 @@ def _input_with_primary(
 
 
 # --- hooks -------------------------------------------------------------------------------------
+# Every intervention in anatomist goes through this module: reading sites (`capture`, `record`,
+# `run_and_capture`), changing their values (`splice`), and swapping a module's computation for the
+# duration of a block (`replace_forward`). Lenses do not register hooks or patch `forward` themselves.
+
 
 SiteFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -291,3 +295,57 @@ def list_sites(model: nn.Module, sample_input: Any = None) -> list[SiteInfo]:
     ran = [SiteInfo(n, type(types[n]).__name__, *shapes[n]) for n in order]
     unran = [SiteInfo(n, type(m).__name__) for n, m in named if n not in shapes]
     return ran + unran
+
+
+@contextlib.contextmanager
+def record(model: nn.Module, sites: Sequence[Site | str], *, grad: bool = True) -> Iterator[dict[Site, torch.Tensor]]:
+    """Within the block, every forward stores each site's value (the last call's) in the yielded dict.
+
+    The values pass through unchanged; with `grad=True` they stay in the autograd graph (for losses on
+    intermediate activations). Unlike `capture`, the forward is not stopped and the caller runs it.
+    """
+    parsed = [Site.parse(s) for s in sites]
+    seen: dict[Site, torch.Tensor] = {}
+
+    def keeper(site: Site) -> Callable[[torch.Tensor], None]:
+        def keep(value: torch.Tensor) -> None:
+            seen[site] = value if grad else value.detach()
+
+        return keep
+
+    with _hooks(model, {s: keeper(s) for s in parsed}):
+        yield seen
+
+
+def run_and_capture(model: nn.Module, inputs: Any, sites: Sequence[Site | str], *,
+                    grad: bool = True) -> tuple[Any, dict[Site, torch.Tensor]]:
+    """The model's whole output on `inputs` and the value at each site, in one forward (no early stop)."""
+    parsed = [Site.parse(s) for s in sites]
+    with record(model, parsed, grad=grad) as seen:
+        out = run_model(model, inputs)
+    missing = [str(s) for s in parsed if s not in seen]
+    if missing:
+        raise AnatomistError(f"site(s) {missing} never ran in the forward pass of {type(model).__name__}")
+    return out, dict(seen)
+
+
+@contextlib.contextmanager
+def replace_forward(model: nn.Module, forwards: Mapping[str, Callable[..., Any]]) -> Iterator[nn.Module]:
+    """Within the block, module `path` runs `forwards[path](*args, **kwargs)` instead of its own forward.
+
+    Hooks registered on the module still run around the new forward. Every module gets its own
+    forward back on exit, also when the block raises.
+    """
+    patched: list[tuple[nn.Module, Any]] = []
+    try:
+        for path, fn in forwards.items():
+            module = get_module(model, path)
+            patched.append((module, module.__dict__.get("forward")))
+            module.forward = fn  # type: ignore[method-assign]
+        yield model
+    finally:
+        for module, previous in reversed(patched):
+            if previous is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = previous  # type: ignore[method-assign]
