@@ -16,6 +16,7 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.metrics import Metrics, read_metrics
 from anatomist.core.provenance import read_provenance
 from anatomist.core.threads import torch_threads
+from anatomist.nets.assets import LoadedModel
 from anatomist.nets.toys import TrainedToy
 from anatomist.runs import KINDS, load_run_config, parse_run_config, run
 from anatomist.runs.base import apply_overrides
@@ -104,3 +105,30 @@ def test_cli_runs_a_config_file_with_overrides(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["kind"] == "toy-train" and doc["numbers"]["steps"] == 10 and doc["out"] == str(tmp_path / "r")
+
+
+def test_configs_form_one_discriminated_union_on_kind() -> None:
+    from anatomist.runs.base import run_config_union
+
+    union = run_config_union()
+    assert type(union.validate_python({"kind": "toy-train", "steps": 3})).__name__ == "ToyTrainConfig"
+    assert set(union.json_schema()["$defs"]) >= {KINDS[k].config.__name__ for k in KINDS}
+
+
+def test_resume_refuses_a_config_that_differs_and_names_the_keys(tmp_path: Path) -> None:
+    from anatomist.runs.base import _check_resume
+
+    cfg = load_run_config("toy-train", ["steps=5", "seed=0"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    _check_resume(cfg, tmp_path)  # the same config resumes
+    with pytest.raises(AnatomistError, match="differs in seed, steps"):
+        _check_resume(cfg.replace(seed=5, steps=7), tmp_path)
+    with pytest.raises(AnatomistError, match="nothing to resume"):
+        _check_resume(cfg, tmp_path / "elsewhere")
+
+
+def test_site_read_stops_early_and_writes_its_plot(tmp_path: Path, smollm2: LoadedModel) -> None:
+    result = run(load_run_config("site-read", ["n_seqs=2", "seq_len=16", "batch_size=2", "timed_full_batches=1"]),
+                 tmp_path)
+    assert result.metrics["tokens"] == 32 and result.metrics["d_model"] == 576
+    assert (tmp_path / "residual_dims.png").is_file()

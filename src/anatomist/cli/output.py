@@ -38,7 +38,7 @@ def print_result(result: RunResult, as_json: bool, max_rows: int = 12) -> None:
         print(json.dumps(result.to_json(), default=str))
         return
     if result.summary:
-        console.print(f"[bold]{result.summary}[/bold]", highlight=False)
+        console.print(f"[bold]{result.summary}[/bold]", highlight=False, soft_wrap=True)
     numbers = Table(show_header=False, box=None)
     for k, v in result.metrics.numbers.items():
         numbers.add_row(k, _fmt(v))
@@ -49,4 +49,4 @@ def print_result(result: RunResult, as_json: bool, max_rows: int = 12) -> None:
         for r, row in list(rows.items())[:max_rows]:
             table.add_row(r, *(_fmt(row.get(c, "")) for c in columns))
         console.print(table)
-    console.print(f"run folder: {result.out}", highlight=False)
+    console.print(f"run folder: {result.out}", highlight=False, soft_wrap=True)
