@@ -1,0 +1,47 @@
+"""Every experiment YAML is a run config: it validates, and each kind's smallest one runs through `run()`.
+
+A kind's `smoke` overrides shrink a run to seconds (few steps, few sequences) without changing what it
+computes, so this checks that the shipped experiments still mean something to today's code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from anatomist.core.config import read_yaml_mapping
+from anatomist.core.metrics import FORMAT, read_metrics
+from anatomist.core.provenance import read_provenance
+from anatomist.runs import KINDS, load_run_config, run
+
+EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+YAMLS = sorted(EXPERIMENTS.glob("*.yaml"))
+
+
+def _smallest_per_kind() -> list[Path]:
+    """For each kind, its experiment YAML with the shortest text (the smallest set-up, by a cheap proxy)."""
+    best: dict[str, Path] = {}
+    for path in YAMLS:
+        kind = str(read_yaml_mapping(path).get("kind"))
+        if kind not in best or len(path.read_text()) < len(best[kind].read_text()):
+            best[kind] = path
+    return sorted(best.values())
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_every_experiment_yaml_is_a_valid_run_config(path: Path) -> None:
+    config = load_run_config(str(path))
+    assert config.kind in KINDS
+
+
+@pytest.mark.parametrize("path", _smallest_per_kind(), ids=lambda p: p.name)
+def test_each_kinds_smallest_experiment_runs_and_writes_the_three_files(path: Path, tmp_path: Path) -> None:
+    kind = str(read_yaml_mapping(path)["kind"])
+    config = load_run_config(str(path), KINDS[kind].config.smoke)
+    run(config, tmp_path, threads=1)
+    got_kind, _, metrics = read_metrics(tmp_path)
+    assert got_kind == kind and metrics.numbers
+    assert read_provenance(tmp_path)["config"]["kind"] == kind
+    assert load_run_config(str(tmp_path / "config.yaml")) == config
+    assert (tmp_path / "metrics.json").read_text().count(FORMAT) == 1
