@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import urllib.request
 from pathlib import Path
@@ -70,6 +71,26 @@ def test_report_lists_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     with pytest.raises(AnatomistError, match="not an anatomist report"):
         build_report(run, tmp_path / "other")  # never deletes a folder it did not write
+
+
+def test_overview_summary_table_across_parts(tmp_path: Path) -> None:
+    """One row per part with a metrics.json (kind, summary, shared measures) before the part links; no placeholders."""
+    html = build_report(fx.run_folder(tmp_path)).read_text()
+    summary = html[html.index('id="summary"'):]
+    summary = summary[: summary.index("</table>")]
+    assert html.index('id="summary"') < html.index("Parts of this run")
+    header = summary[: summary.index("</thead>")]
+    for col in ("part", "kind", "summary", "fvu", "l0", "ce_increase", "kl", "dead_fraction", "mmcs", "ml2r", "alive"):
+        assert f"<th>{col}</th>" in header
+    assert "loss_recovered" not in header and "bits_per_input" not in header  # no part has them
+    rows = summary.split("<tr>")[2:]  # the header row, then (this run), sae, spd
+    assert [re.sub("<[^>]+>", "", r.split("</td>")[0]) for r in rows] == ["(this run)", "sae", "spd"]
+    assert "sae-train" in rows[1] and "FVU 0.12 at L0 32" in rows[1] and "<td>0.12</td>" in rows[1]
+    assert "— (not finite)" in rows[1]  # its kl was nan: said, not 'nan'
+    assert "spd-toy" in rows[2] and "<td>0.99</td>" in rows[2] and "<td>5</td>" in rows[2]  # alive: layers table
+    assert 'href="sections/spd.html"' in rows[2]
+    for page in [html, (tmp_path / "run" / "report" / "sections" / "sae.html").read_text()]:
+        assert ">None<" not in page and ">nan<" not in page and "seed: None" not in page
 
 
 def test_report_cli_and_serve(tmp_path: Path) -> None:
