@@ -201,3 +201,38 @@ def test_lm_dashboard_rows_line_up_with_tokens(tmp_path: Path) -> None:
     w = unembedding(model)
     assert w is not None
     torch.testing.assert_close(w, model.lm_head.weight * model.model.norm.weight)
+
+
+class _BosTok(_Tok):
+    bos_token_id = 0
+
+
+def test_dashboard_kind_writes_a_run_folder_the_report_links(tmp_path: Path, tmp_cache: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`anatomist run dashboard`: the dashboard plus config.yaml, metrics.json, provenance.json; a summary row."""
+    from types import SimpleNamespace
+
+    from anatomist.core.metrics import read_metrics
+    from anatomist.features import SAEConfig, make_sae, save_sae
+    from anatomist.runs import dashboard as kind
+    from anatomist.runs import run
+
+    model = tiny_llama(2, 16, 32, 50)
+    ids = torch.randint(1, 50, (6, 9), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(kind, "load_model", lambda name: SimpleNamespace(model=model, tokenizer=_BosTok()))
+    monkeypatch.setattr(kind, "load_corpus", lambda name: SimpleNamespace(tokenize=lambda tok, seq_len, n_seqs: ids))
+    save_sae(make_sae(SAEConfig(arch="topk", d_in=16, d_sae=12, k=3)), tmp_path / "run" / "sae",
+             metadata={"model": "tiny", "site": "model.layers.0"})
+    out = tmp_path / "run" / "dashboard"
+    result = run(kind.DashboardConfig(sae=str(tmp_path / "run" / "sae"), n_seqs=6, seq_len=9, block_seqs=3), out)
+    assert result.metrics["tokens"] == 6 * 8 and result.metrics["latents"] == 12 and "12 latents" in result.summary
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.json", "provenance.json", "dashboard.json"}
+    assert read_metrics(out)[0] == "dashboard"
+    assert read_provenance(out)["access"] == ["activations", "weights"]
+    html = build_report(tmp_path / "run").read_text()
+    assert 'href="features/dashboard/index.html">dashboard</a>' in html and "<td>dashboard</td>" in html
+    _mount()  # the short command takes the same path: `anatomist dashboard SAE_DIR` = `anatomist run dashboard`
+    res = CliRunner().invoke(app, ["dashboard", str(tmp_path / "run" / "sae"), "--n-seqs", "6", "--seq-len", "9",
+                                   "--out", str(tmp_path / "cli"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert load_json_text(res.output)["kind"] == "dashboard" and (tmp_path / "cli" / "dashboard.json").is_file()

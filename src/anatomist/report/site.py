@@ -228,8 +228,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     files_out = out / "files"
     skip = {out.resolve()}
     dirs = [run] + sorted(p for p in run.rglob("*") if p.is_dir() and not _skipped(p, run, skip))
-    folders = [Folder(run, d, files_out) for d in dirs if not (d / INDEX).exists()]
-    top, subs = folders[0], [f for f in folders[1:] if f.has_content]
+    folders = [Folder(run, d, files_out) for d in dirs]
+    top = folders[0]
+    subs = [f for f in folders[1:] if f.has_content and not (f.path / INDEX).exists()]
+    boards = [f for f in folders[1:] if (f.path / INDEX).exists() and f.metrics is not None]  # `dashboard` runs
     if not (run / PROVENANCE).exists():
         top.problems.append(f"{run / PROVENANCE}: missing (the run did not record its provenance)")
     if not (run / METRICS).exists():
@@ -245,8 +247,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         dashboards.append((rel, f"features/{slug(rel)}/index.html"))
 
     body = _heading(top, f"Run {run.resolve().name}") + f"<p class='muted'>{esc(run.resolve())}</p>"
-    body += problems_box(top.problems + [p for f in subs for p in f.problems])
-    body += summary_table([top, *subs], links)
+    body += problems_box(top.problems + [p for f in folders[1:] for p in f.problems])
+    board_links = {f.rel: f"features/{slug(f.rel)}/index.html" for f in boards}
+    body += summary_table([top, *sorted(subs + boards, key=lambda f: f.rel)], links | board_links)
     if dashboards:
         body += "<h2>Feature dashboards</h2><ul>" + "".join(
             f'<li><a href="{esc(h)}">{esc(r)}</a></li>' for r, h in dashboards) + "</ul>"
@@ -254,7 +257,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         body += "<h2>Parts of this run</h2><ul>" + "".join(
             f'<li><a href="{esc(links[f.rel])}">{esc(f.rel)}</a>{" (problems)" if f.problems else ""}</li>'
             for f in subs) + "</ul>"
-    body += "<h2>Provenance</h2>" + _provenance_html(top.provenance, "") + _parts_provenance(subs)
+    body += "<h2>Provenance</h2>" + _provenance_html(top.provenance, "") + _parts_provenance(
+        sorted(subs + boards, key=lambda f: f.rel))
     body += _overview_numbers(top) + _plots_html(top, "")
     atomic_write_text(out / "index.html", page(f"run {run.resolve().name}", body, ""))
     return out / "index.html"
