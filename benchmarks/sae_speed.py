@@ -1,6 +1,6 @@
 """TopK SAE training speed: anatomist vs eai-sparsify vs sae-lens, in one process on the same activations.
 
-    python benchmarks/sae_speed.py [--steps 15] [--plain-adam] [--threads N] [--bf16 auto|on|off]
+    python benchmarks/sae_speed.py [--steps 15] [--plain-adam] [--threads N] [--bf16 auto|on|off] [--json]
 
 Every library trains the same TopK SAE (d_in 512, 4096 latents, k 32, batch 4096 random activations, Adam,
 fp32) with its own standard step (forward with dead-latent mask, loss, backward, decoder-norm handling,
@@ -10,6 +10,10 @@ optimizer step, dead tracking): sparsify's inner step as its Trainer runs it, an
 On a shared machine the load drifts, so after warm-up the libraries take turns step by step, and a
 library's speed is batch / its median step time. The bound takes its turn too: one dense encoder matmul
 [4096, 512] @ [512, 4096] plus the top-k; no training step can do less work than that.
+
+With --json: `tokens_per_s` and `share_of_bound` are anatomist's (median wall step), `ratio_vs_sparsify` and
+`ratio_vs_saelens` its speed over theirs (absent when the peer is not installed), and `libraries` holds every
+library's figures by statistic (median wall, best wall, median CPU time).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import torch
+from common import cpu_has_bf16, main, parser, say
+
+from anatomist.features import SAEConfig, make_sae
 
 D_IN, D_SAE, K, BATCH, LR = 512, 4096, 32, 4096, 2e-4
 DEAD_AFTER_TOKENS = 10_000_000  # Gao et al.'s and sparsify's default; nothing is dead this early anyway
@@ -37,14 +44,7 @@ def best_time(fn: Callable[[], object], repeats: int = 5) -> float:
     return min(times)
 
 
-def cpu_has_bf16() -> bool:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def anatomist_step(bf16: bool = False, fused: bool = True) -> Callable[[torch.Tensor], None]:
-    from anatomist.features import SAEConfig, make_sae
-
     sae = make_sae(SAEConfig(arch="topk", d_in=D_IN, d_sae=D_SAE, k=K, autocast_bf16=bf16))
     opt = torch.optim.Adam(sae.parameters(), lr=LR, fused=fused)
     since_fired = torch.zeros(D_SAE)
@@ -107,27 +107,16 @@ def saelens_step() -> Callable[[torch.Tensor], None]:
     return step
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=15, help="timed steps per library (taken in turns)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per library before the rounds")
-    ap.add_argument("--plain-adam", action="store_true", help="also time anatomist with torch's default Adam")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument(
-        "--bf16",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="also time anatomist with a bf16 encoder matmul (auto: only where the CPU has AVX512-BF16)",
-    )
-    args = ap.parse_args()
+PEERS = {"sparsify": "ratio_vs_sparsify", "sae-lens": "ratio_vs_saelens"}
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = [torch.randn(BATCH, D_IN) for _ in range(4)]  # the same activations for every library
 
     x, w = data[0], torch.randn(D_IN, D_SAE)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    say(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     def bound_step(x: torch.Tensor) -> None:  # the least work a step can do: one encoder matmul + the top-k
         (x @ w).topk(K, dim=-1, sorted=False)
@@ -138,11 +127,11 @@ def main() -> None:
     try:
         libs["sparsify"] = sparsify_step()
     except ImportError:
-        print("eai-sparsify not installed (pip install anatomist[bench]); skipped")
+        say("eai-sparsify not installed (pip install anatomist[bench]): sparsify skipped")
     try:
         libs["sae-lens"] = saelens_step()
     except ImportError:
-        print("sae-lens not installed (pip install anatomist[bench]); skipped")
+        say("sae-lens not installed (pip install anatomist[bench]): sae-lens skipped")
     bf16 = args.bf16 == "on" or (args.bf16 == "auto" and cpu_has_bf16())
     if bf16:
         libs["anatomist bf16"] = anatomist_step(bf16=True)
@@ -150,7 +139,7 @@ def main() -> None:
         t_mm = best_time(lambda: x @ w, repeats=2)
         xb, wb = x[:256].bfloat16(), w.bfloat16()
         t_bf16 = best_time(lambda: xb @ wb, repeats=2) * BATCH / 256
-        print(
+        say(
             f"bf16: CPU lacks AVX512-BF16/AMX; a bf16 matmul of the same size takes ~{t_bf16 * 1e3:.0f} ms "
             f"(vs {t_mm * 1e3:.0f} ms fp32): anatomist bf16 not timed (--bf16 on to force)"
         )
@@ -167,7 +156,7 @@ def main() -> None:
             step(data[i % len(data)])
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-        print(f"step {i + 1}: " + ", ".join(f"{n} {v[-1] * 1e3:.0f} ms" for n, v in times.items()), flush=True)
+        say(f"step {i + 1}: " + ", ".join(f"{n} {v[-1] * 1e3:.0f} ms" for n, v in times.items()))
 
     # median: the typical step under this machine's load; best: the least disturbed step, nearest to an idle
     # machine; CPU time: what the step costs the processor, whatever else runs (with one thread, the cleanest
@@ -177,19 +166,35 @@ def main() -> None:
         ("best step (wall)", times, min),
         ("median step (CPU time)", cpu, statistics.median),
     ]
+    libraries: dict[str, dict[str, Any]] = {}
     for label, series, stat in stats:
         speed = {name: BATCH / stat(v) for name, v in series.items()}
         bound = speed.pop("bound")
-        print(f"\n{label}: bound (one encoder matmul + topk) {bound:,.0f} tokens/s")
+        libraries[label] = {"bound_tokens_per_s": round(bound)} | {
+            name: {"tokens_per_s": round(v), "share_of_bound": round(v / bound, 4)} for name, v in speed.items()}
+        say(f"\n{label}: bound (one encoder matmul + topk) {bound:,.0f} tokens/s")
         for name, v in speed.items():
-            print(f"  {name:22s} {v:10,.0f} tokens/s   {v / bound:6.1%} of the bound")
+            say(f"  {name:22s} {v:10,.0f} tokens/s   {v / bound:6.1%} of the bound")
         a = speed["anatomist"]
         ratios = [f"anatomist / {peer}: {a / speed[peer]:.2f}x" for peer in ("sparsify", "sae-lens") if peer in speed]
         ratios += [f"bound / {peer}: {bound / speed[peer]:.2f}x" for peer in ("sparsify", "sae-lens") if peer in speed]
         if "anatomist bf16" in speed:
             ratios.append(f"anatomist bf16 / fp32: {speed['anatomist bf16'] / a:.2f}x")
-        print("  " + "; ".join(ratios))
+        if ratios:
+            say("  " + "; ".join(ratios))
+    head = libraries["median step (wall)"]
+    ours = head["anatomist"]["tokens_per_s"]
+    return {"benchmark": "sae_speed", "d_in": D_IN, "d_sae": D_SAE, "k": K, "batch": BATCH, "steps": args.steps,
+            "tokens_per_s": ours, "share_of_bound": head["anatomist"]["share_of_bound"],
+            **{key: round(ours / head[peer]["tokens_per_s"], 3) for peer, key in PEERS.items() if peer in head},
+            "libraries": libraries}
 
 
 if __name__ == "__main__":
-    main()
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per library (taken in turns)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per library before the rounds")
+    p.add_argument("--plain-adam", action="store_true", help="also time anatomist with torch's default Adam")
+    p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                   help="also time anatomist with a bf16 encoder matmul (auto: only where the CPU has AVX512-BF16)")
+    main(p, bench)

@@ -18,7 +18,11 @@ A run stops when its `--stop-on` score (default the paper's, `mmcs_rows`) has st
 side, wall time until each score stays ≥ 0.999 (the start of the final streak), and the ratios
 reference/anatomist.
 
-    python benchmarks/spd_speed.py --reference /work/peers/spd --threads 1
+    python benchmarks/spd_speed.py --reference /work/peers/spd --threads 1 [--json]
+
+With --json the last line is one JSON object: per toy, each side's summary (`steps_per_s`, final scores,
+time to 0.999) and `ratio_vs_reference` (anatomist's steps/s over the reference's) with the time ratios
+`time_ratio_vs_reference` (reference's seconds to each score over anatomist's: > 1, anatomist is there sooner).
 
 The reference is run from its source folder (`--reference`, a checkout of branch spd-paper with
 torch, einops, jaxtyping, wandb, tqdm, pydantic importable); without it, only anatomist runs.
@@ -38,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import machine, main, parser, say
+
+from anatomist.core.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY_EXPERIMENT = {"tms-5-2": "spd_tms_5_2.yaml", "tms-40-10": "spd_tms_40_10.yaml"}
@@ -230,34 +237,11 @@ def finish_worker(proc: subprocess.Popen[str], kind: str, toy: str) -> list[dict
     return json.loads(out.strip().splitlines()[-1])["curve"]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--toys", default="tms-5-2,tms-40-10")
-    p.add_argument("--steps", type=int, default=40_000, help="schedule length (the paper's 40k)")
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--stable", type=int, default=2000, help="steps the --stop-on score must stay ≥ 0.999 to stop")
-    p.add_argument(
-        "--stop-on", choices=["mmcs", "mmcs_rows"], default="mmcs_rows", help="the paper's score, or flattened MMCS"
-    )
-    p.add_argument("--max-minutes", type=float, default=30.0, help="per run")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reference", default=None, help="path of a goodfire spd checkout (branch spd-paper)")
-    p.add_argument("--sequential", action="store_true", help="run the two sides one after the other, not together")
-    p.add_argument("--out", default=None, help="write all curves and summaries to this JSON file")
-    p.add_argument("--worker", choices=["anatomist", "reference"], default=None, help=argparse.SUPPRESS)
-    p.add_argument("--toy", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-
-    if args.worker:
-        fn = _worker_anatomist if args.worker == "anatomist" else _worker_reference
-        print(json.dumps(fn(args)))
-        return
-
+def bench(args: argparse.Namespace) -> dict[str, Any]:
     if not args.reference:
-        print("no --reference given: skipping the goodfire spd reference, timing anatomist only")
-    results: dict[str, Any] = {"machine": _machine(), "args": vars(args)}
+        say("no --reference given: skipping the goodfire spd reference, timing anatomist only")
+    results: dict[str, Any] = {"machine": machine(), "args": vars(args)}
+    toys: dict[str, Any] = {}
     for toy in args.toys.split(","):
         sides = ["anatomist"] + (["reference"] if args.reference else [])
         results[toy] = {}
@@ -272,32 +256,53 @@ def main() -> None:
             curve = curves[kind]
             results[toy][kind] = {**summarize(curve, args.stable), "curve": curve}
             s = results[toy][kind]
-            print(
+            say(
                 f"{toy:10s} {kind:9s} {s['steps_per_s']} steps/s, {s['steps']} steps; paper's MMCS (rows) "
                 f"{s['init_mmcs_rows']:.4f} -> {s['final_mmcs_rows']:.5f} (worst {s['final_min_cosine_rows']:.4f}, "
                 f"ML2R {s['final_ml2r_rows']:.3f}), stays ≥ 0.999 from {s['mmcs_rows_0999_s']} s "
                 f"(step {s['mmcs_rows_0999_step']}); flattened MMCS {s['init_mmcs']:.4f} -> {s['final_mmcs']:.4f} "
                 f"(worst {s['final_min_cosine']:.4f}, ML2R {s['final_ml2r']:.3f}), stays ≥ 0.999 from "
-                f"{s['mmcs_0999_s']} s (step {s['mmcs_0999_step']})",
-                flush=True,
+                f"{s['mmcs_0999_s']} s (step {s['mmcs_0999_step']})"
             )
+        toys[toy] = {kind: {k: v for k, v in results[toy][kind].items() if k != "curve"} for kind in sides}
         if args.reference:
-            a, r = results[toy]["anatomist"], results[toy]["reference"]
-            ratio = {"steps_per_s": r["steps_per_s"] and a["steps_per_s"] / r["steps_per_s"]}
-            for key in ("mmcs_0999_s", "mmcs_rows_0999_s"):
-                ratio[key] = r[key] / a[key] if a[key] and r[key] else None
-            results[toy]["ratio_anatomist_over_reference"] = ratio
-            print(f"{toy:10s} speed-up: {ratio}", flush=True)
+            toys[toy] |= ratios(results[toy]["anatomist"], results[toy]["reference"])
+            results[toy]["ratio_anatomist_over_reference"] = toys[toy]
+            say(f"{toy:10s} speed-up: {toys[toy]['ratio_vs_reference']}x steps/s; "
+                f"time to 0.999: {toys[toy]['time_ratio_vs_reference']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
+    return {"benchmark": "spd_speed", "toys": toys}
 
 
-def _machine() -> str:
-    import platform
-
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+def ratios(a: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+    """anatomist (a) against the reference (r): speed ratio, and the reference's time to each score over ours."""
+    speed = a["steps_per_s"] / r["steps_per_s"] if a["steps_per_s"] and r["steps_per_s"] else None
+    times = {key: r[key] / a[key] if a[key] and r[key] else None for key in ("mmcs_0999_s", "mmcs_rows_0999_s")}
+    return {"ratio_vs_reference": speed and round(speed, 3), "time_ratio_vs_reference": times}
 
 
 if __name__ == "__main__":
-    main()
+    p = parser(__doc__, threads=1)
+    p.add_argument("--toys", default="tms-5-2,tms-40-10")
+    p.add_argument("--steps", type=int, default=40_000, help="schedule length (the paper's 40k)")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--stable", type=int, default=2000, help="steps the --stop-on score must stay ≥ 0.999 to stop")
+    p.add_argument(
+        "--stop-on", choices=["mmcs", "mmcs_rows"], default="mmcs_rows", help="the paper's score, or flattened MMCS"
+    )
+    p.add_argument("--max-minutes", type=float, default=30.0, help="per run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", default=None, help="path of a goodfire spd checkout (branch spd-paper)")
+    p.add_argument("--sequential", action="store_true", help="run the two sides one after the other, not together")
+    p.add_argument("--out", default=None, help="write all curves and summaries to this JSON file")
+    p.add_argument("--worker", choices=["anatomist", "reference"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--toy", default=None, help=argparse.SUPPRESS)
+    known, _ = p.parse_known_args()
+    if known.worker:  # a side's subprocess: its curve as the last line, for finish_worker
+        with torch_threads(known.threads):
+            print(json.dumps((_worker_anatomist if known.worker == "anatomist" else _worker_reference)(known)))
+    else:
+        main(p, bench)
+

@@ -1,5 +1,8 @@
 """Tiny run folders for the report tests: a planted dictionary on synthetic token activations (with markup in
-token texts), an image dashboard, a decomposition folder; built in a second or two."""
+token texts), an image dashboard, a decomposition folder, an SAE part; built in a second or two.
+
+Numbers are written as runs write them (`anatomist.core.metrics`: metrics.json with kind, summary, numbers and
+tables)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from anatomist.core.io import save_json, save_tensors
+from anatomist.core.io import save_tensors
+from anatomist.core.metrics import Metrics, write_metrics
 from anatomist.core.provenance import data_record, model_record, write_provenance
 from anatomist.features import SAEConfig, make_sae
 from anatomist.report.dashboard import Source, dashboard_pass, write_dashboard
@@ -88,17 +92,27 @@ def decomposition(out: Path) -> None:
     g = torch.Generator().manual_seed(0)
     save_tensors(out / "decomposition.safetensors", {"U.linear1": torch.randn(6, 2, generator=g),
                                                      "V.linear1": torch.randn(5, 6, generator=g)})
-    save_json(out / "metrics.json", {"toy": "tms-5-2", "mmcs": 0.99, "init_mmcs": 0.8, "plots": ["ci_heatmap.png"],
-                                     "layers": {"linear1": {"mmcs": 0.99, "alive": 5}}})
+    metrics = {"toy": "tms-5-2", "mmcs": 0.99, "init_mmcs": 0.8, "ml2r": 1.02, "plots": ["ci_heatmap.png"],
+               "layers": {"linear1": {"mmcs": 0.99, "alive": 5}}}
+    write_metrics(out, "spd-toy", Metrics.from_nested(metrics), "SPD on tms-5-2: MMCS 0.99, 5 alive")
+
+
+def sae_part(out: Path) -> None:
+    """An SAE training part: shared measures (fvu, l0, ce_increase, dead_fraction), one of them not finite."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"fvu": 0.12, "l0": 32.0, "ce_increase": 0.05, "dead_fraction": 0.0, "kl": float("nan"), "seed": None}
+    write_metrics(out, "sae-train", Metrics.from_nested(metrics), "TopK SAE on synthetic: FVU 0.12 at L0 32")
 
 
 def run_folder(root: Path) -> Path:
-    """A demo-like run: metrics.json, provenance.json, a feature dashboard, an image dashboard, an SPD part."""
+    """A demo-like run: metrics.json, provenance.json, a feature dashboard, an image dashboard, SPD and SAE parts."""
     run = root / "run"
     sae, tokens = token_dashboard(run / "sae" / "dashboard")
     image_dashboard(run / "images" / "dashboard")
     decomposition(run / "spd")
-    save_json(run / "metrics.json", {"sae": {"d_sae": D_SAE, "fvu": 0.1}, "spd": {"mmcs": 0.99}})
+    sae_part(run / "sae")
+    numbers = Metrics.from_nested({"sae": {"d_sae": D_SAE, "fvu": 0.1}, "spd": {"mmcs": 0.99}})
+    write_metrics(run, "demo", numbers, "a synthetic tour: an SAE and an SPD part")
     write_provenance(run, models=[model_record("synthetic", sae)], data=[data_record("synthetic", tokens,
                      n_tokens=tokens.numel())], config={"steps": ["sae", "spd"]}, seed=0, access=["activations"])
     return run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import urllib.request
 from pathlib import Path
@@ -70,6 +71,26 @@ def test_report_lists_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()
     with pytest.raises(AnatomistError, match="not an anatomist report"):
         build_report(run, tmp_path / "other")  # never deletes a folder it did not write
+
+
+def test_overview_summary_table_across_parts(tmp_path: Path) -> None:
+    """One row per part with a metrics.json (kind, summary, shared measures) before the part links; no placeholders."""
+    html = build_report(fx.run_folder(tmp_path)).read_text()
+    summary = html[html.index('id="summary"'):]
+    summary = summary[: summary.index("</table>")]
+    assert html.index('id="summary"') < html.index("Parts of this run")
+    header = summary[: summary.index("</thead>")]
+    for col in ("part", "kind", "summary", "fvu", "l0", "ce_increase", "kl", "dead_fraction", "mmcs", "ml2r", "alive"):
+        assert f"<th>{col}</th>" in header
+    assert "loss_recovered" not in header and "bits_per_input" not in header  # no part has them
+    rows = summary.split("<tr>")[2:]  # the header row, then (this run), sae, spd
+    assert [re.sub("<[^>]+>", "", r.split("</td>")[0]) for r in rows] == ["(this run)", "sae", "spd"]
+    assert "sae-train" in rows[1] and "FVU 0.12 at L0 32" in rows[1] and "<td>0.12</td>" in rows[1]
+    assert "— (not finite)" in rows[1]  # its kl was nan: said, not 'nan'
+    assert "spd-toy" in rows[2] and "<td>0.99</td>" in rows[2] and "<td>5</td>" in rows[2]  # alive: layers table
+    assert 'href="sections/spd.html"' in rows[2]
+    for page in [html, (tmp_path / "run" / "report" / "sections" / "sae.html").read_text()]:
+        assert ">None<" not in page and ">nan<" not in page and "seed: None" not in page
 
 
 def test_report_cli_and_serve(tmp_path: Path) -> None:
@@ -180,3 +201,38 @@ def test_lm_dashboard_rows_line_up_with_tokens(tmp_path: Path) -> None:
     w = unembedding(model)
     assert w is not None
     torch.testing.assert_close(w, model.lm_head.weight * model.model.norm.weight)
+
+
+class _BosTok(_Tok):
+    bos_token_id = 0
+
+
+def test_dashboard_kind_writes_a_run_folder_the_report_links(tmp_path: Path, tmp_cache: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`anatomist run dashboard`: the dashboard plus config.yaml, metrics.json, provenance.json; a summary row."""
+    from types import SimpleNamespace
+
+    from anatomist.core.metrics import read_metrics
+    from anatomist.features import SAEConfig, make_sae, save_sae
+    from anatomist.runs import dashboard as kind
+    from anatomist.runs import run
+
+    model = tiny_llama(2, 16, 32, 50)
+    ids = torch.randint(1, 50, (6, 9), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(kind, "load_model", lambda name: SimpleNamespace(model=model, tokenizer=_BosTok()))
+    monkeypatch.setattr(kind, "load_corpus", lambda name: SimpleNamespace(tokenize=lambda tok, seq_len, n_seqs: ids))
+    save_sae(make_sae(SAEConfig(arch="topk", d_in=16, d_sae=12, k=3)), tmp_path / "run" / "sae",
+             metadata={"model": "tiny", "site": "model.layers.0"})
+    out = tmp_path / "run" / "dashboard"
+    result = run(kind.DashboardConfig(sae=str(tmp_path / "run" / "sae"), n_seqs=6, seq_len=9, block_seqs=3), out)
+    assert result.metrics["tokens"] == 6 * 8 and result.metrics["latents"] == 12 and "12 latents" in result.summary
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.json", "provenance.json", "dashboard.json"}
+    assert read_metrics(out)[0] == "dashboard"
+    assert read_provenance(out)["access"] == ["activations", "weights"]
+    html = build_report(tmp_path / "run").read_text()
+    assert 'href="features/dashboard/index.html">dashboard</a>' in html and "<td>dashboard</td>" in html
+    _mount()  # the short command takes the same path: `anatomist dashboard SAE_DIR` = `anatomist run dashboard`
+    res = CliRunner().invoke(app, ["dashboard", str(tmp_path / "run" / "sae"), "--n-seqs", "6", "--seq-len", "9",
+                                   "--out", str(tmp_path / "cli"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert load_json_text(res.output)["kind"] == "dashboard" and (tmp_path / "cli" / "dashboard.json").is_file()

@@ -1,4 +1,8 @@
-"""The page body of an SPD / APD / L3D run folder: headline recovery numbers, tables, plots."""
+"""The page body of an SPD / APD / L3D run folder: headline recovery numbers, the `layers` table, plots.
+
+The numbers come from the folder's metrics.json (`anatomist.core.metrics.Metrics`): headline numbers by
+name, and the `layers` table (one row per target layer; `init_layers` or `init.layers` at initialisation).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_tensors
+from anatomist.core.metrics import Metrics
 from anatomist.report.html import esc, figure, table
 
 CAPTIONS = {
@@ -14,13 +19,14 @@ CAPTIONS = {
     "cosine_matrix.png": "Cosine of the ground-truth pieces with the subcomponents",
     "component_norms.png": "Norms of the subcomponents",
 }
-HEADLINE = ("mmcs", "init_mmcs", "min_cosine", "init_min_cosine", "ml2r", "init_ml2r", "mmcs_rows", "ci_l0",
-            "steps", "seconds", "toy", "method", "seed")
+HEADLINE = ("mmcs", "init_mmcs", "init.mmcs", "min_cosine", "init_min_cosine", "init.min_cosine", "ml2r", "init_ml2r",
+            "init.ml2r", "mmcs_rows", "ci_l0", "steps", "seconds", "toy", "method", "seed")
+INIT_TABLES = ("init_layers", "init.layers")
 MAX_COMPONENTS = 40
 
 
-def _layer_table(layers: dict[str, Any]) -> str:
-    cols = sorted({k for row in layers.values() if isinstance(row, dict) for k in row})
+def _layer_table(layers: dict[str, dict[str, Any]]) -> str:
+    cols = sorted({k for row in layers.values() for k in row})
     return table(["target", *cols], [[name, *(row.get(c, "") for c in cols)] for name, row in layers.items()])
 
 
@@ -44,15 +50,16 @@ def component_table(path: Path) -> tuple[str, list[str]]:
     return "<h2>Subcomponents</h2>" + note + table(["subcomponent", *(f"‖U V‖ {t}" for t in targets)], rows), []
 
 
-def decomposition_body(path: Path, metrics: Any, plots: list[str], root: str) -> str:
+def decomposition_body(path: Path, metrics: Metrics | None, plots: list[str], root: str) -> str:
     parts = []
-    if isinstance(metrics, dict):
-        head = [[k, metrics[k]] for k in HEADLINE if k in metrics]
+    if metrics is not None:
+        head = [[k, metrics.numbers[k]] for k in HEADLINE if metrics.numbers.get(k) is not None]
         parts.append("<h2>Recovery of the ground truth</h2>" + table(["measure", "value"], head))
-        if isinstance(metrics.get("layers"), dict):
-            parts.append("<h2>Per target layer (trained)</h2>" + _layer_table(metrics["layers"]))
-        if isinstance(metrics.get("init_layers"), dict):
-            parts.append("<h2>Per target layer (at initialisation)</h2>" + _layer_table(metrics["init_layers"]))
+        if "layers" in metrics.tables:
+            parts.append("<h2>Per target layer (trained)</h2>" + _layer_table(metrics.tables["layers"]))
+        for name in INIT_TABLES:
+            if name in metrics.tables:
+                parts.append("<h2>Per target layer (at initialisation)</h2>" + _layer_table(metrics.tables[name]))
     comp, problems = component_table(path)
     if problems:
         items = "".join(f"<li>{esc(p)}</li>" for p in problems)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,6 +14,11 @@ def esc(x: Any) -> str:
 
 
 def fmt(v: Any) -> str:
+    """A value as a page shows it; null is an empty cell and nan/inf say what they are, never 'None' or 'nan'."""
+    if v is None:
+        return ""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "— (not finite)"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list) and len(v) > 12:
@@ -44,8 +50,14 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
+def present(d: Mapping[str, Any]) -> dict[str, Any]:
+    """`d` without its null values (at any depth): a page leaves out what a run did not set."""
+    return {k: present(v) if isinstance(v, Mapping) else v for k, v in d.items() if v is not None}
+
+
 def kv_table(d: Mapping[str, Any], cls: str = "kv") -> str:
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in flatten(d))
+    """Rows of (dotted key, value); null values are left out (no 'seed: None' on a page)."""
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(fmt(v))}</td></tr>" for k, v in flatten(present(d)))
     return f'<table class="{cls}">{rows}</table>'
 
 

@@ -1,8 +1,10 @@
 """`anatomist report RUN_DIR`: a static site (one folder, no network) for a run folder.
 
-Pages: an overview (provenance, the run's numbers, links), one page per sub-folder that holds results
-(decomposition runs get their CI heatmaps, component tables and cosine-to-ground-truth plots; polytope and
-routing analyses their plots and numbers), and a dashboard per `dashboard.json` found. Every file the
+Pages: an overview (a summary table with one row per part of the run, provenance, the run's numbers,
+links), one page per sub-folder that holds results (decomposition runs get their CI heatmaps, component
+tables and cosine-to-ground-truth plots; polytope and routing analyses their plots, numbers and tables),
+and a dashboard per `dashboard.json` found. Numbers come from each folder's `metrics.json`
+(`anatomist.core.metrics`: flat numbers, named tables, the kind and its one-line summary). Every file the
 report needs and cannot read is listed on the page that needed it, so a broken run folder gives a page
 saying what is missing rather than a blank one.
 """
@@ -16,16 +18,22 @@ from typing import Any
 
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import atomic_write_text, load_json
+from anatomist.core.metrics import FORMAT, METRICS, Metrics, read_metrics
 from anatomist.core.provenance import ACCESS, PROVENANCE, read_provenance
 from anatomist.report.dashboard import INDEX
 from anatomist.report.decomposition import decomposition_body
 from anatomist.report.feature_pages import write_feature_pages
-from anatomist.report.html import esc, figure, kv_table, page, problems_box, table
+from anatomist.report.html import esc, figure, fmt, kv_table, page, present, problems_box, table
 
-RESULT_FILES = ("metrics.json", "results.json", "eval.json")
 SKIP_DIRS = {"checkpoints", "report", "__pycache__"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MARKER = ".anatomist-report"
+PLOT_KEYS = ("plot", "plots")
+# the measures every lens shares where it applies: the columns of the overview's summary table
+SHARED = ("fvu", "l0", "ce_increase", "loss_recovered", "kl", "dead_fraction", "mmcs", "ml2r", "alive",
+          "bits_per_input")
+MAX_TABLE_ROWS = 50
+NOT_FINITE = "— (not finite)"
 
 
 def slug(rel: str) -> str:
@@ -33,18 +41,16 @@ def slug(rel: str) -> str:
 
 
 class Folder:
-    """What one folder of the run holds: its result JSONs, plots, provenance, and what could not be read."""
+    """What one folder of the run holds: its metrics, plots, provenance, and what could not be read."""
 
     def __init__(self, run: Path, path: Path, files_out: Path) -> None:
         self.path, self.rel = path, str(path.relative_to(run)) if path != run else ""
         self.problems: list[str] = []
-        self.json: dict[str, Any] = {}
-        for name in RESULT_FILES:
-            if (path / name).exists():
-                try:
-                    self.json[name] = load_json(path / name)
-                except AnatomistError as e:
-                    self.problems.append(str(e))
+        self.kind, self.summary = "", ""
+        self.metrics: Metrics | None = None
+        self.non_finite: set[str] = set()  # names whose value the file holds as null because it was nan/inf
+        if (path / METRICS).exists():
+            self._read_metrics()
         self.provenance: dict[str, Any] | None = None
         if (path / PROVENANCE).exists():
             try:
@@ -53,42 +59,66 @@ class Folder:
                 self.problems.append(str(e))
         self.plots: list[str] = []  # paths relative to the report folder
         for png in sorted(path.glob("*.png")):
-            with png.open("rb") as f:
-                if f.read(8) != PNG_MAGIC:
-                    self.problems.append(f"{png}: not a PNG image (corrupted or truncated)")
-                    continue
-            dest = files_out / (self.rel or ".") / png.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(png, dest)
-            self.plots.append(str(dest.relative_to(files_out.parent)))
+            self._copy_plot(png, files_out)
         self._check_referenced(run)
 
-    def _check_referenced(self, run: Path) -> None:
-        """Plots named by the results ("plot"/"plots" keys) must exist, here or relative to the run."""
-        def refs(obj: Any) -> list[str]:
-            if isinstance(obj, dict):
-                out = []
-                for k, v in obj.items():
-                    if k in ("plot", "plots"):
-                        out += [v] if isinstance(v, str) else [x for x in v if isinstance(x, str)]
-                    else:
-                        out += refs(v)
-                return out
-            return []
+    def _read_metrics(self) -> None:
+        """The run schema; a metrics.json of the older plain layout (no "format") is laid out the same way."""
+        try:
+            doc = load_json(self.path / METRICS)
+            if isinstance(doc, dict) and doc.get("format") == FORMAT:
+                self.kind, self.summary, self.metrics = read_metrics(self.path)
+                self.non_finite = set(doc.get("non_finite", []))
+            elif isinstance(doc, dict):
+                self.metrics = Metrics.from_nested(doc)
+            else:
+                self.problems.append(f"{self.path / METRICS}: not a JSON object")
+        except AnatomistError as e:
+            self.problems.append(str(e))
 
-        for name, doc in self.json.items():
-            for ref in refs(doc):
+    def _copy_plot(self, png: Path, files_out: Path) -> None:
+        with png.open("rb") as f:
+            if f.read(8) != PNG_MAGIC:
+                self.problems.append(f"{png}: not a PNG image (corrupted or truncated)")
+                return
+        dest = files_out / (self.rel or ".") / png.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, dest)
+        self.plots.append(str(dest.relative_to(files_out.parent)))
+
+    def _check_referenced(self, run: Path) -> None:
+        """Plots named by the numbers ("plot"/"plots", also as "step.plot") must exist, here or relative to the run."""
+        if self.metrics is None:
+            return
+        for name, value in self.metrics.numbers.items():
+            if name.rsplit(".", 1)[-1] not in PLOT_KEYS:
+                continue
+            for ref in [value] if isinstance(value, str) else [x for x in value or [] if isinstance(x, str)]:
                 if not (self.path / ref).is_file() and not (run / ref).is_file():
-                    self.problems.append(f"{self.path / ref}: missing (named in {self.path / name})")
+                    self.problems.append(f"{self.path / ref}: missing (named in {self.path / METRICS})")
 
     @property
     def has_content(self) -> bool:
-        return bool(self.json or self.plots or self.problems or self.provenance)
+        return bool(self.metrics is not None or self.plots or self.problems or self.provenance)
 
     @property
     def is_decomposition(self) -> bool:
-        m = self.json.get("metrics.json")
-        return (self.path / "decomposition.safetensors").exists() or (isinstance(m, dict) and "layers" in m)
+        has_layers = self.metrics is not None and "layers" in self.metrics.tables
+        return (self.path / "decomposition.safetensors").exists() or has_layers
+
+    def shown(self, name: str, value: Any) -> Any:
+        """A value as a page shows it: non-finite numbers (null in the file) say so; other nulls are left out."""
+        return NOT_FINITE if value is None and name in self.non_finite else value
+
+    def shared(self, name: str) -> Any:
+        """A shared measure of this part: its number, or for `alive` the sum over its `layers` table."""
+        assert self.metrics is not None
+        if name in self.metrics.numbers:
+            return self.shown(name, self.metrics.numbers[name])
+        layers = self.metrics.tables.get("layers", {})
+        if name == "alive" and layers and all(isinstance(r.get("alive"), int) for r in layers.values()):
+            return sum(r["alive"] for r in layers.values())
+        return None
 
 
 def _provenance_html(prov: dict[str, Any] | None, rel: str) -> str:
@@ -101,18 +131,44 @@ def _provenance_html(prov: dict[str, Any] | None, rel: str) -> str:
     data = table(["data", "sha256", "tokens", "examples"],
                  [[d.get("name"), str(d.get("sha256") or "")[:16], d.get("n_tokens", ""), d.get("n_examples", "")]
                   for d in prov.get("data", [])]) if prov.get("data") else ""
+    when = [f"seed {prov['seed']}"] if prov.get("seed") is not None else []  # no seed: nothing to say
+    when += [f"created {prov['created']}"] if prov.get("created") else []
     return (f'<div class="provenance"><p>access used: {chips}</p>{models}{data}'
-            f"<p>seed: {esc(prov.get('seed'))} · created {esc(prov.get('created'))}</p>"
+            f"<p>{esc(' · '.join(when))}</p>"
             f"<details><summary>packages</summary>{kv_table(prov.get('packages', {}))}</details>"
             f"<details><summary>full config</summary>{kv_table(prov.get('config', {}))}</details></div>")
 
 
-def _results_html(folder: Folder) -> str:
+def _numbers_html(folder: Folder, names: list[str], title: str = "Numbers") -> str:
+    assert folder.metrics is not None
+    rows = present({n: folder.shown(n, folder.metrics.numbers[n]) for n in names})
+    return f"<h2>{esc(title)}</h2>" + kv_table(rows) if rows else ""
+
+
+def _tables_html(folder: Folder, skip: tuple[str, ...] = ()) -> str:
+    assert folder.metrics is not None
     parts = []
-    for name, doc in folder.json.items():
-        if isinstance(doc, dict):
-            parts.append(f"<h2>{esc(name)}</h2>" + kv_table(doc))
+    for name, rows in folder.metrics.tables.items():
+        if name in skip:
+            continue
+        cols = list(dict.fromkeys(c for row in rows.values() for c in row))
+        shown = list(rows.items())[:MAX_TABLE_ROWS]
+        note = f"<p class='muted'>first {MAX_TABLE_ROWS} of {len(rows)} rows</p>" if len(rows) > MAX_TABLE_ROWS else ""
+        body = [[r, *(_cell(folder, f"{name}.{r}.{c}", row.get(c)) for c in cols)] for r, row in shown]
+        parts.append(f"<h2>{esc(name)}</h2>{note}" + table(["", *cols], body))
     return "".join(parts)
+
+
+def _cell(folder: Folder, name: str, value: Any) -> Any:
+    shown = folder.shown(name, value)
+    return "" if shown is None else shown
+
+
+def _results_html(folder: Folder) -> str:
+    if folder.metrics is None:
+        return ""
+    names = [n for n in folder.metrics.numbers if n.rsplit(".", 1)[-1] not in PLOT_KEYS]
+    return _numbers_html(folder, names) + _tables_html(folder)
 
 
 def _plots_html(folder: Folder, root: str) -> str:
@@ -120,16 +176,46 @@ def _plots_html(folder: Folder, root: str) -> str:
     return "".join(figure(prefix + p, Path(p).name) for p in folder.plots)
 
 
+def _heading(folder: Folder, title: str) -> str:
+    kind = f" <span class='muted'>({esc(folder.kind)})</span>" if folder.kind else ""
+    summary = f"<p class='summary'>{esc(folder.summary)}</p>" if folder.summary else ""
+    return f"<h1>{esc(title)}{kind}</h1>{summary}"
+
+
 def _section_page(folder: Folder, out: Path) -> str:
     name = slug(folder.rel)
-    body = f"<h1>{esc(folder.rel)}</h1>" + problems_box(folder.problems)
+    body = _heading(folder, folder.rel) + problems_box(folder.problems)
     if folder.is_decomposition:
-        body += decomposition_body(folder.path, folder.json.get("metrics.json"), folder.plots, "..")
+        body += decomposition_body(folder.path, folder.metrics, folder.plots, "..")
     else:
         body += _plots_html(folder, "..") + _results_html(folder)
     body += "<h2>Provenance</h2>" + _provenance_html(folder.provenance, folder.rel)
     atomic_write_text(out / "sections" / f"{name}.html", page(folder.rel, body, ".."))
     return f"sections/{name}.html"
+
+
+def summary_table(folders: list[Folder], links: dict[str, str]) -> str:
+    """One row per part with a metrics.json: part, kind, its one-line summary, and the shared measures it has."""
+    rows = [f for f in folders if f.metrics is not None]
+    if not rows:
+        return ""
+    cols = [c for c in SHARED if any(f.shared(c) is not None for f in rows)]
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("part", "kind", "summary", *cols))
+    body = "".join(
+        "<tr>" + _part_cell(f, links) + f"<td>{esc(f.kind)}</td><td>{esc(f.summary)}</td>"
+        + "".join(f"<td>{esc(_shared_text(f.shared(c)))}</td>" for c in cols) + "</tr>" for f in rows)
+    return ('<h2>Summary</h2><table class="grid" id="summary">'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _part_cell(folder: Folder, links: dict[str, str]) -> str:
+    if folder.rel in links:
+        return f'<td><a href="{esc(links[folder.rel])}">{esc(folder.rel)}</a></td>'
+    return f"<td>{esc(folder.rel or '(this run)')}</td>"
+
+
+def _shared_text(value: Any) -> str:
+    return "" if value is None else fmt(value)
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -138,6 +224,48 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not run.is_dir():
         raise AnatomistError(f"{run}: no such run folder")
     out = Path(out) if out is not None else run / "report"
+    _prepare(out)
+    files_out = out / "files"
+    skip = {out.resolve()}
+    dirs = [run] + sorted(p for p in run.rglob("*") if p.is_dir() and not _skipped(p, run, skip))
+    folders = [Folder(run, d, files_out) for d in dirs]
+    top = folders[0]
+    subs = [f for f in folders[1:] if f.has_content and not (f.path / INDEX).exists()]
+    boards = [f for f in folders[1:] if (f.path / INDEX).exists() and f.metrics is not None]  # `dashboard` runs
+    if not (run / PROVENANCE).exists():
+        top.problems.append(f"{run / PROVENANCE}: missing (the run did not record its provenance)")
+    if not (run / METRICS).exists():
+        top.problems.append(f"{run / METRICS}: missing (the run's numbers are missing)")
+
+    links = {f.rel: _section_page(f, out) for f in subs}
+    dashboards = []
+    for idx in sorted(run.rglob(INDEX)):
+        if _skipped(idx.parent, run, skip):
+            continue
+        rel = str(idx.parent.relative_to(run))
+        top.problems += write_feature_pages(idx.parent, out / "features" / slug(rel), rel, "../..")
+        dashboards.append((rel, f"features/{slug(rel)}/index.html"))
+
+    body = _heading(top, f"Run {run.resolve().name}") + f"<p class='muted'>{esc(run.resolve())}</p>"
+    body += problems_box(top.problems + [p for f in folders[1:] for p in f.problems])
+    board_links = {f.rel: f"features/{slug(f.rel)}/index.html" for f in boards}
+    body += summary_table([top, *sorted(subs + boards, key=lambda f: f.rel)], links | board_links)
+    if dashboards:
+        body += "<h2>Feature dashboards</h2><ul>" + "".join(
+            f'<li><a href="{esc(h)}">{esc(r)}</a></li>' for r, h in dashboards) + "</ul>"
+    if links:
+        body += "<h2>Parts of this run</h2><ul>" + "".join(
+            f'<li><a href="{esc(links[f.rel])}">{esc(f.rel)}</a>{" (problems)" if f.problems else ""}</li>'
+            for f in subs) + "</ul>"
+    body += "<h2>Provenance</h2>" + _provenance_html(top.provenance, "") + _parts_provenance(
+        sorted(subs + boards, key=lambda f: f.rel))
+    body += _overview_numbers(top) + _plots_html(top, "")
+    atomic_write_text(out / "index.html", page(f"run {run.resolve().name}", body, ""))
+    return out / "index.html"
+
+
+def _prepare(out: Path) -> None:
+    """A fresh site folder with its assets; never deletes a folder this function did not write."""
     if out.exists():
         if not (out / MARKER).exists():
             raise AnatomistError(f"{out}: exists and is not an anatomist report; choose another --out")
@@ -149,45 +277,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for name in ("app.js", "style.css"):
         (out / "assets" / name).write_text((assets / name).read_text(encoding="utf-8"), encoding="utf-8")
 
-    files_out = out / "files"
-    skip = {out.resolve()}
-    dirs = [run] + sorted(p for p in run.rglob("*") if p.is_dir() and not _skipped(p, run, skip))
-    folders = [Folder(run, d, files_out) for d in dirs if not (d / INDEX).exists()]
-    top, subs = folders[0], [f for f in folders[1:] if f.has_content]
-    if not (run / PROVENANCE).exists():
-        top.problems.append(f"{run / PROVENANCE}: missing (the run did not record its provenance)")
-    if not any((run / n).exists() for n in RESULT_FILES):
-        top.problems.append(f"{run}: none of {', '.join(RESULT_FILES)} found (the run's numbers are missing)")
 
-    links = [(f.rel, _section_page(f, out), len(f.problems)) for f in subs]
-    dashboards = []
-    for idx in sorted(run.rglob(INDEX)):
-        if _skipped(idx.parent, run, skip):
-            continue
-        rel = str(idx.parent.relative_to(run))
-        problems = write_feature_pages(idx.parent, out / "features" / slug(rel), rel, "../..")
-        top.problems += problems
-        dashboards.append((rel, f"features/{slug(rel)}/index.html"))
-
-    body = f"<h1>Run {esc(run.resolve().name)}</h1><p class='muted'>{esc(run.resolve())}</p>"
-    body += problems_box(top.problems + [p for f in subs for p in f.problems])
-    if dashboards:
-        body += "<h2>Feature dashboards</h2><ul>" + "".join(
-            f'<li><a href="{esc(h)}">{esc(r)}</a></li>' for r, h in dashboards) + "</ul>"
-    if links:
-        body += "<h2>Parts of this run</h2><ul>" + "".join(
-            f'<li><a href="{esc(h)}">{esc(r)}</a>{" (problems)" if n else ""}</li>' for r, h, n in links) + "</ul>"
-    body += "<h2>Provenance</h2>" + _provenance_html(top.provenance, "")
-    parts = [f for f in subs if f.provenance is not None]
-    if parts:
-        body += "<h3>Provenance of the parts</h3>" + table(
-            ["part", "models", "data", "access"],
-            [[f.rel, ", ".join(m.get("name", "") for m in f.provenance["models"]),  # type: ignore[index]
-              ", ".join(d.get("name", "") for d in f.provenance["data"]),  # type: ignore[index]
-              ", ".join(f.provenance["access"])] for f in parts])  # type: ignore[index]
-    body += _overview_numbers(top) + _plots_html(top, "")
-    atomic_write_text(out / "index.html", page(f"run {run.resolve().name}", body, ""))
-    return out / "index.html"
+def _parts_provenance(subs: list[Folder]) -> str:
+    parts = [(f.rel, f.provenance) for f in subs if f.provenance is not None]
+    if not parts:
+        return ""
+    return "<h3>Provenance of the parts</h3>" + table(
+        ["part", "models", "data", "access"],
+        [[rel, ", ".join(m.get("name", "") for m in p["models"]), ", ".join(d.get("name", "") for d in p["data"]),
+          ", ".join(p["access"])] for rel, p in parts])
 
 
 def _skipped(p: Path, run: Path, skip: set[Path]) -> bool:
@@ -197,11 +295,17 @@ def _skipped(p: Path, run: Path, skip: set[Path]) -> bool:
 
 
 def _overview_numbers(top: Folder) -> str:
-    """The demo's metrics.json is {step: numbers}: one small table per step; anything else as one table."""
-    m = top.json.get("metrics.json")
-    if isinstance(m, dict) and m and all(isinstance(v, dict) for v in m.values()):
-        return "<h2>Numbers</h2>" + "".join(
-            f"<h3>{esc(step)}</h3>" + kv_table({k: v for k, v in nums.items() if k not in ("plot", "plots")})
-            for step, nums in m.items())
-    return _results_html(top)
-
+    """Numbers named `step.name` (the demo's, one group per step) as one small table per step; else one table."""
+    if top.metrics is None:
+        return ""
+    names = [n for n in top.metrics.numbers if n.rsplit(".", 1)[-1] not in PLOT_KEYS]
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(n.split(".", 1)[0] if "." in n else "", []).append(n)
+    if "" in groups or len(groups) < 2:
+        return _numbers_html(top, names) + _tables_html(top)
+    html = "<h2>Numbers</h2>"
+    for step, group in groups.items():
+        rows = present({n.split(".", 1)[1]: top.shown(n, top.metrics.numbers[n]) for n in group})
+        html += f"<h3>{esc(step)}</h3>" + kv_table(rows) if rows else ""
+    return html + _tables_html(top)

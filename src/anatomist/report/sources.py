@@ -1,4 +1,8 @@
-"""Dashboards of a dictionary on a language model (cached activations) or on an image model (top images)."""
+"""Dashboards of a dictionary on a language model (cached activations) or on an image model (top images).
+
+Library functions that write a dashboard folder; the run kind `dashboard` (`anatomist.runs.dashboard`) wraps
+`lm_dashboard` with a config, metrics and provenance.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.paths import cache_dir
 from anatomist.data.store import ActivationStore, position_mask
 from anatomist.features.base import SparseDictionary
+from anatomist.nets.assets import load_model
 from anatomist.nets.sites import Site, capture
 from anatomist.report.dashboard import Source, dashboard_pass, write_dashboard
 
@@ -55,8 +60,6 @@ def lm_dashboard(sae: SparseDictionary, out: str | Path, *, model_name: str, sit
     The activations are harvested once into an ActivationStore cache (the same folder `anatomist sae train`
     uses for the same tokens), so the pass itself reads from disk; `harvest_s` is 0 when it was cached.
     """
-    from anatomist.nets.assets import load_model
-
     site = Site.parse(site) if isinstance(site, str) else site
     loaded = loaded or load_model(model_name)
     args: dict[str, Any] = dict(exclude_bos=exclude_bos, block_seqs=block_seqs, model_name=model_name)
@@ -110,32 +113,3 @@ def image_dashboard(sae: SparseDictionary, out: str | Path, *, model: nn.Module,
     shown = images[:, 0] if images.ndim == 4 else images
     meta = {"site": str(site), **(meta or {})}
     return write_dashboard(out, stats, Source(images=shown), sae.W_dec.detach(), meta=meta)
-
-
-def dashboard_for_sae(sae_dir: str | Path, out: str | Path | None = None, *, model: str | None = None,
-                      site: str | None = None, corpus: str = "wiki", n_seqs: int = 256, seq_len: int = 128,
-                      loaded: Any = None) -> dict[str, Any]:
-    """Load a dictionary, pass it over `n_seqs` corpus sequences of its model, write the dashboard + provenance."""
-    from anatomist.core.provenance import data_record, model_record, write_provenance
-    from anatomist.data import load_corpus
-    from anatomist.features.formats import load_sae
-    from anatomist.nets.assets import load_model
-
-    sae = load_sae(sae_dir)
-    model = model or sae.metadata.get("model") or sae.metadata.get("model_name")
-    site = site or sae.metadata.get("site") or sae.metadata.get("hook_name")
-    if not model or not site:
-        raise AnatomistError(f"{sae_dir}: its metadata names no model/site; pass --model and --site")
-    out = Path(out) if out is not None else Path(sae_dir).parent / "dashboard"
-    loaded = loaded or load_model(model)
-    if loaded.tokenizer is None:
-        raise AnatomistError(f"model '{model}' has no tokenizer: token dashboards need one")
-    tokens = load_corpus(corpus).tokenize(loaded.tokenizer, seq_len=seq_len, n_seqs=n_seqs)
-    times = lm_dashboard(sae, out, model_name=model, site=site, tokens=tokens, loaded=loaded)
-    write_provenance(out, models=[model_record(model, loaded.model), model_record(f"dictionary {sae_dir}", sae)],
-                     data=[data_record(corpus, tokens, n_tokens=int(times["rows"]))],
-                     config={"sae_dir": str(sae_dir), "model": model, "site": site, "corpus": corpus,
-                             "n_seqs": n_seqs, "seq_len": seq_len},
-                     access=["activations", "weights"])  # weights: the unembedding, for logit effects
-    return {"out": str(out), "model": model, "site": site, "latents": sae.cfg.d_sae,
-            **{k: round(v, 2) for k, v in times.items()}}

@@ -4,7 +4,11 @@ Importing this package registers every kind. A new capability adds a module here
 and an `execute` function under `@register`, and a line below.
 """
 
-from anatomist.runs import sites, toys
+from anatomist.runs import (  # noqa: F401  (each module registers its kinds on import)
+    dashboard,
+    sites,
+    toys,
+)
 from anatomist.runs.base import (
     KINDS,
     Context,
@@ -29,6 +33,4 @@ __all__ = [
     "parse_run_config",
     "register",
     "run",
-    "sites",
-    "toys",
 ]

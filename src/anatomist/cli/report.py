@@ -1,4 +1,4 @@
-"""`anatomist report RUN_DIR`, `anatomist serve RUN_DIR`, `anatomist dashboard SAE_DIR`."""
+"""`anatomist report RUN_DIR`, `anatomist serve RUN_DIR`, and `anatomist dashboard SAE_DIR` (`run dashboard`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from anatomist.cli.run import invoke
+from anatomist.report.serve import make_server
+from anatomist.report.site import build_report
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 
@@ -17,8 +21,6 @@ def report(
     as_json: JsonOpt = False,
 ) -> None:
     """Build the static report of a run folder (one folder of HTML; opens from file://, no network)."""
-    from anatomist.report.site import build_report
-
     index = build_report(run_dir, out)
     print(json.dumps({"index": str(index.resolve())}) if as_json else f"report: {index.resolve()}")
 
@@ -29,9 +31,6 @@ def serve(
     build: Annotated[bool, typer.Option(help="(re)build the report before serving")] = True,
 ) -> None:
     """Serve a run's report on http://127.0.0.1:PORT until interrupted."""
-    from anatomist.report.serve import make_server
-    from anatomist.report.site import build_report
-
     folder = build_report(run_dir).parent if build else run_dir / "report"
     server = make_server(folder, port=port)
     print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
@@ -45,7 +44,7 @@ def serve(
 
 def dashboard(
     sae_dir: Annotated[Path, typer.Argument(help="a dictionary folder (anatomist, SAELens or sparsify format)")],
-    out: Annotated[Path | None, typer.Option(help="dashboard folder (default: SAE_DIR/../dashboard)")] = None,
+    out: Annotated[Path | None, typer.Option(help="dashboard run folder (default: SAE_DIR/../dashboard)")] = None,
     model: Annotated[str | None, typer.Option(help="model (default: the dictionary's metadata)")] = None,
     site: Annotated[str | None, typer.Option(help="site it reads (default: the dictionary's metadata)")] = None,
     corpus: Annotated[str, typer.Option(help="packaged corpus")] = "wiki",
@@ -53,8 +52,7 @@ def dashboard(
     seq_len: Annotated[int, typer.Option(help="tokens per sequence (BOS included, left out of the rows)")] = 128,
     as_json: JsonOpt = False,
 ) -> None:
-    """Feature dashboard of a dictionary on a language model, over cached activations (harvested once)."""
-    from anatomist.report.sources import dashboard_for_sae
-
-    result = dashboard_for_sae(sae_dir, out, model=model, site=site, corpus=corpus, n_seqs=n_seqs, seq_len=seq_len)
-    print(json.dumps(result) if as_json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    """Feature dashboard of a dictionary on a language model (`anatomist run dashboard`), activations cached."""
+    invoke("dashboard", [], out if out is not None else sae_dir.parent / "dashboard", as_json=as_json,
+           extra={"sae": str(sae_dir), "model": model, "site": site, "corpus": corpus, "n_seqs": n_seqs,
+                  "seq_len": seq_len})
