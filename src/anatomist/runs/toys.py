@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 
 from anatomist.core.provenance import model_record
-from anatomist.nets.toys import TMS, TrainedToy, load_toy, train_toy
+from anatomist.nets.toys import TMS, load_toy, train_toy
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 from anatomist.runs.plotting import pyplot
 
