@@ -11,7 +11,7 @@ def dashboard_step(run_dir: Path) -> dict[str, Any]:
     from anatomist.core.errors import AnatomistError
     from anatomist.core.io import load_json
     from anatomist.data import load_corpus
-    from anatomist.features.demo import DEMO_CONFIG
+    from anatomist.runs.features import DEMO_CONFIG
     from anatomist.features.formats import load_sae
     from anatomist.nets.assets import load_model
     from anatomist.report.sources import lm_dashboard
@@ -63,11 +63,11 @@ def mnist_step(run_dir: Path) -> dict[str, Any]:
     from anatomist.report.sources import image_dashboard
 
     out = Path(run_dir) / "sae_mnist"
-    cfg = TrainConfig.parse({**MNIST_CONFIG, "out_dir": str(out)}, source="mnist dashboard config")
+    cfg = TrainConfig.parse(MNIST_CONFIG, source="mnist dashboard config")
     cnn = load_model("mnist-cnn")
     # [5000, 1, 28, 28] in [0, 1], shuffled so the held-out last rows are all digits, not all nines
     images = load_images("mnist").shuffled(seed=0).images
-    sae, m = train_sae(cfg, cnn.model, images)
+    sae, m = train_sae(cfg, out, cnn.model, images)
     image_dashboard(sae, out / "dashboard", model=cnn.model, site=cfg.site, images=images,
                     meta={"model": "mnist-cnn", "images": "mnist (5,000 digits)"})
     return {"fvu": round(float(m["fvu"]), 4), "l0": round(float(m["l0"]), 2), "dashboard": str(out / "dashboard")}

@@ -4,7 +4,7 @@ Importing this package registers every kind. A new capability adds a module here
 and an `execute` function under `@register`, and a line below.
 """
 
-from anatomist.runs import sites, toys
+from anatomist.runs import features, toys
 from anatomist.runs.base import (
     KINDS,
     Context,
@@ -28,7 +28,7 @@ __all__ = [
     "load_run_config",
     "parse_run_config",
     "register",
+    "features",
     "run",
-    "sites",
     "toys",
 ]
