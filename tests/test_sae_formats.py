@@ -14,9 +14,14 @@ from anatomist.core import AnatomistError
 from anatomist.features import SAEConfig, SparseDictionary, detect_format, load_sae, make_sae, save_sae
 
 
+def _k(arch: str, k: int) -> dict[str, int]:
+    """k only for the architectures that have one (each architecture has its own config class)."""
+    return {"k": k} if arch in ("topk", "batchtopk") else {}
+
+
 def _random_sae(arch: str, d_out: int | None = None, **kw: object) -> SparseDictionary:
     torch.manual_seed(0)
-    sae = make_sae(SAEConfig.parse({"arch": arch, "d_in": 12, "d_sae": 48, "k": 5, "d_out": d_out, **kw}))
+    sae = make_sae(SAEConfig.parse({"arch": arch, "d_in": 12, "d_sae": 48, **_k(arch, 5), "d_out": d_out, **kw}))
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.1 * torch.randn_like(p))
