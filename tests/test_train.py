@@ -23,7 +23,7 @@ from anatomist.features import SAEConfig, make_sae
 from anatomist.features.e2e import e2e_step, suffix_is_exact
 from anatomist.features.objectives import DownstreamLoss, LogitsKLLoss, kl_loss, total_loss
 from anatomist.features.train import TrainConfig, fold_scale, lr_factor, train_sae
-from anatomist.runs import load_run_config, run
+from anatomist.runs import load_run_config, parse_run_config, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -299,6 +299,10 @@ def test_experiment_yaml_loads_as_a_sae_train_run() -> None:
     cfg = load_run_config(str(Path(__file__).parents[1] / "experiments" / "smollm2_resid_topk.yaml"))
     assert cfg.kind == "sae-train" and cfg.sae.arch == "topk" and cfg.sae.k == 32  # type: ignore[attr-defined]
     assert not hasattr(cfg.sae, "l1_coeff")  # each architecture holds only its own fields
+    for name in ("smollm2_e2e_vs_local", "dictsci_smollm2_saes", "dictsci_smollm2_saes_long"):
+        spec = yaml.safe_load((Path(__file__).parents[1] / "experiments" / f"{name}.yaml").read_text())
+        for overrides in spec["runs"].values():  # the comparison script runs each as a sae-train kind
+            assert parse_run_config({"kind": "sae-train", **spec["base"], **overrides}).kind == "sae-train"
 
 
 @pytest.fixture(scope="module")
