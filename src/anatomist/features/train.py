@@ -78,8 +78,8 @@ class DataConfig(Config):
     buffer_rows: int = Field(131_072, gt=0, description="rows in the shuffling window")
     model_batch_size: int = Field(8, gt=0, description="sequences per model forward while harvesting")
     inputs: str | None = Field(
-        None, description="a safetensors file whose tensor 'inputs' [n, ...] (token ids or model inputs) is used "
-        "instead of the corpus: n_seqs + eval_seqs rows, the held-out ones last"
+        None, description="a safetensors file whose tensor 'inputs' (one row per sequence: token ids or model "
+        "inputs) is used instead of the corpus: n_seqs + eval_seqs rows, the held-out ones last"
     )
 
 

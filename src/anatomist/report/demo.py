@@ -11,10 +11,10 @@ def dashboard_step(run_dir: Path) -> dict[str, Any]:
     from anatomist.core.errors import AnatomistError
     from anatomist.core.io import load_json
     from anatomist.data import load_corpus
-    from anatomist.runs.features import DEMO_CONFIG
     from anatomist.features.formats import load_sae
     from anatomist.nets.assets import load_model
     from anatomist.report.sources import lm_dashboard
+    from anatomist.runs.features import DEMO_CONFIG
 
     sae_dir = Path(run_dir) / "sae_smollm2" / "sae"
     if not sae_dir.is_dir():
