@@ -1,6 +1,6 @@
 """Run the e2e-vs-local comparison of experiments/smollm2_e2e_vs_local.yaml and print its table.
 
-Each run is an ordinary `train_sae` run in <out_dir>/<name> (so a killed comparison resumes where it stopped);
+Each run is an ordinary `sae-train` run in <out_dir>/<name> (so a killed comparison resumes where it stopped);
 all are evaluated on the same held-out sequences. Results go to <out_dir>/results.json.
 """
 
@@ -15,7 +15,8 @@ import yaml
 
 from anatomist.core import AnatomistError
 from anatomist.core.io import load_json, save_json
-from anatomist.features.train import TrainConfig, train_sae
+from anatomist.runs import parse_run_config, run
+from anatomist.runs.base import CONFIG
 
 COLUMNS = ("l0", "ce_increase", "kl", "loss_recovered", "fvu", "dead_fraction")
 
@@ -33,8 +34,8 @@ def main() -> None:
     for name, overrides in spec["runs"].items():
         if args.only and name not in args.only:
             continue
-        cfg = TrainConfig.parse({**spec["base"], **overrides, "out_dir": str(out / name)}, source=f"runs.{name}")
-        _, metrics = train_sae(cfg)
+        cfg = parse_run_config({"kind": "sae-train", **spec["base"], **overrides}, source=f"runs.{name}")
+        metrics = run(cfg, out / name, resume=(out / name / CONFIG).is_file()).metrics
         results[name] = {"objective": cfg.objective, "k": cfg.sae.k, "steps": cfg.steps,
                          **{c: metrics.get(c) for c in (*COLUMNS, "ce_clean", "ce_zero")}}
         save_json(out / "results.json", results)

@@ -45,7 +45,7 @@ def _compare(ours: SparseDictionary, theirs: Any, d_in: int) -> None:
     ],
 )
 def test_ours_load_in_saelens(tmp_path: Path, arch: str, d_out: int | None, expected: str) -> None:
-    ours = make_sae(SAEConfig(arch=arch, d_in=16, d_sae=64, k=6, d_out=d_out))
+    ours = make_sae(SAEConfig(arch=arch, d_in=16, d_sae=64, d_out=d_out, **({"k": 6} if "topk" in arch else {})))
     _perturbed(ours, 0)
     if arch == "batchtopk":
         ours.threshold.fill_(0.05)

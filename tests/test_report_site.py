@@ -134,19 +134,25 @@ def test_provenance_records_weights_exactly(tmp_path: Path) -> None:
 
 
 def test_sae_training_records_provenance(tmp_path: Path) -> None:
-    from anatomist.features.train import TrainConfig, train_sae
+    from safetensors.torch import save_file
+
+    from anatomist.runs import parse_run_config, run
 
     model = tiny_llama(2, 16, 32, 50)
     ids = torch.randint(1, 50, (12, 8), generator=torch.Generator().manual_seed(1))
-    cfg = TrainConfig.parse(dict(model="tiny", site="model.layers.1", steps=3, batch_size=16, seed=7,
-                                 out_dir=str(tmp_path), sae=dict(arch="topk", d_in=16, d_sae=32, k=4),
-                                 data=dict(cache=None, block_seqs=4, buffer_rows=48, model_batch_size=4, eval_seqs=4)))
+    model.save_pretrained(tmp_path / "tiny")
+    save_file({"inputs": ids}, str(tmp_path / "ids.safetensors"))
+    cfg = parse_run_config(dict(kind="sae-train", model=str(tmp_path / "tiny"), site="model.layers.1", steps=3,
+                                batch_size=16, seed=7, sae=dict(arch="topk", d_in=16, d_sae=32, k=4),
+                                data=dict(cache=None, block_seqs=4, buffer_rows=48, model_batch_size=4, eval_seqs=4,
+                                          inputs=str(tmp_path / "ids.safetensors"))))
     want = weights_hash(model)
-    train_sae(cfg, model, ids)
+    run(cfg, tmp_path)
     rec = read_provenance(tmp_path)
-    assert rec["models"][0] == {"name": "tiny", "weights_sha256": want, "parameters": sum(
+    assert rec["models"][0] == {"name": str(tmp_path / "tiny"), "weights_sha256": want, "parameters": sum(
         p.numel() for p in model.parameters())}
     assert rec["data"][0]["n_tokens"] == 8 * 7  # 8 training sequences of 8 tokens, BOS left out
+    assert rec["data"][0]["name"] == f"{tmp_path / 'ids.safetensors'} (train)"  # the data used, not the corpus
     assert rec["access"] == ["outputs", "activations"] and rec["seed"] == 7 and rec["config"]["steps"] == 3
     assert "access used" in build_report(tmp_path).read_text()
 

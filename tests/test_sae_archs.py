@@ -172,7 +172,7 @@ def test_jumprelu_straight_through_gradients() -> None:
 
 
 def test_interface_errors_and_shapes() -> None:
-    with pytest.raises(AnatomistError, match="needs k"):
+    with pytest.raises(AnatomistError, match="key 'k': Field required"):
         SAEConfig.parse({"arch": "topk", "d_in": 4, "d_sae": 8})
     with pytest.raises(AnatomistError, match="unknown key 'l1_coef'"):
         SAEConfig.parse({"arch": "relu", "d_in": 4, "d_sae": 8, "l1_coef": 1.0})

@@ -8,15 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 
 from anatomist.core import AnatomistError
 from anatomist.features import SAEConfig, SparseDictionary, detect_format, load_sae, make_sae, save_sae
 
 
+def _k(arch: str, k: int) -> dict[str, int]:
+    """k only for the architectures that have one (each architecture has its own config class)."""
+    return {"k": k} if arch in ("topk", "batchtopk") else {}
+
+
 def _random_sae(arch: str, d_out: int | None = None, **kw: object) -> SparseDictionary:
     torch.manual_seed(0)
-    sae = make_sae(SAEConfig.parse({"arch": arch, "d_in": 12, "d_sae": 48, "k": 5, "d_out": d_out, **kw}))
+    sae = make_sae(SAEConfig.parse({"arch": arch, "d_in": 12, "d_sae": 48, **_k(arch, 5), "d_out": d_out, **kw}))
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -223,3 +229,15 @@ def test_sparsify_folder_import(tmp_path: Path) -> None:
     top = pre.topk(5, dim=-1)
     expected = torch.zeros_like(pre).scatter(-1, top.indices, top.values) @ w_dec + b_dec
     torch.testing.assert_close(sae(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_config_written_with_every_architectures_fields_still_loads(tmp_path: Path) -> None:
+    """Before one config class per architecture, config.yaml held every field (k: null on a relu SAE, ...)."""
+    sae = _random_sae("relu")
+    save_sae(sae, tmp_path / "old")
+    legacy = {**yaml.safe_load((tmp_path / "old" / "config.yaml").read_text()), "k": None, "l0_coeff": 1.0,
+              "auxk_alpha": 0.03125, "auxk_k": None, "batchtopk_threshold_beta": 0.99, "sparse_kernel": True,
+              "jumprelu_init_threshold": 0.001, "jumprelu_bandwidth": 0.001}
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(legacy))
+    loaded = load_sae(tmp_path / "old")
+    assert loaded.cfg == sae.cfg and torch.equal(loaded.W_dec, sae.W_dec)

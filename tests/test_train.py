@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +13,17 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from torch import nn
 
 from anatomist import AnatomistError, Site, capture
 from anatomist.core import Checkpointer, load_tensors
 from anatomist.features import SAEConfig, make_sae
-from anatomist.features.e2e import e2e_step, kl_loss, suffix_is_exact
+from anatomist.features.e2e import e2e_step, suffix_is_exact
+from anatomist.features.objectives import DownstreamLoss, LogitsKLLoss, kl_loss, total_loss
 from anatomist.features.train import TrainConfig, fold_scale, lr_factor, train_sae
+from anatomist.runs import load_run_config, parse_run_config, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,19 +42,19 @@ def tiny_llama():
 
 IDS = torch.randint(1, 50, (24, 8), generator=torch.Generator().manual_seed(1))
 
-def config(out_dir, **kw):
+def config(**kw):
     base = dict(model="tiny", site="model.layers.1", steps=12, batch_size=16, lr=3e-3, checkpoint_every=4,
-                log_every=1, eval_every=6, warmup_steps=3, seed=5, out_dir=str(out_dir),
+                log_every=1, eval_every=6, warmup_steps=3, seed=5,
                 data=dict(cache=None, block_seqs=4, buffer_rows=48, model_batch_size=4, eval_seqs=4),
                 sae=dict(arch="topk", d_in=16, d_sae=32, k=4))
     base.update(kw)
     return TrainConfig.parse(base)
 
-def run(out_dir, kill_at=None, **kw):
+def run(out_dir, kill_at=None, resume=False, **kw):
     def on_step(step, _log):
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-    return train_sae(config(out_dir, **kw), tiny_llama(), IDS, on_step=on_step)
+    return train_sae(config(**kw), out_dir, tiny_llama(), IDS, resume=resume, on_step=on_step)
 
 if __name__ == "__main__":
     run(sys.argv[1], kill_at=int(sys.argv[2]))
@@ -90,7 +95,7 @@ def test_lr_schedule_warms_up_and_decays_to_zero() -> None:
 @pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu"])
 def test_fold_scale_makes_the_dictionary_read_raw_activations(arch: str) -> None:
     torch.manual_seed(0)
-    sae = make_sae(SAEConfig(arch=arch, d_in=8, d_sae=16, k=3))
+    sae = make_sae(SAEConfig(arch=arch, d_in=8, d_sae=16, **({"k": 3} if "topk" in arch else {})))
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -125,12 +130,12 @@ def test_local_training_recovers_planted_directions(tmp_path: Path) -> None:
     x = 7 * codes @ atoms + 3
     cfg = TrainConfig.parse(dict(
         model="planted", site="0", steps=500, batch_size=256, lr=4e-3, log_every=100, eval_every=250,
-        checkpoint_every=500, dead_tokens=2048, out_dir=str(tmp_path / "run"),
+        checkpoint_every=500, dead_tokens=2048,
         data=dict(cache=str(tmp_path / "acts"), block_seqs=1024, buffer_rows=4096, model_batch_size=1024,
                   eval_seqs=512),
         sae=dict(arch="topk", d_in=d, d_sae=48, k=3),
     ))
-    sae, metrics = train_sae(cfg, nn.Sequential(nn.Identity()), x)
+    sae, metrics = train_sae(cfg, tmp_path / "run", nn.Sequential(nn.Identity()), x)
     dec = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
     mmcs = (atoms @ dec.T).max(-1).values  # [n_atoms]
     assert float(mmcs.mean()) >= 0.95, mmcs
@@ -161,8 +166,9 @@ def test_skipping_the_blocks_before_the_site_changes_nothing(script: Any) -> Non
     sae = make_sae(SAEConfig(arch="relu", d_in=16, d_sae=32))
     grads, losses = [], []
     for skip in (False, True):
-        loss, terms, _ = e2e_step(sae, model, ids, a, site, [Site("model.layers.2")], scale=2.0, kl_coeff=1.0,
-                                  ds_coeff=0.5, exclude_bos=True, skip=skip)
+        values = e2e_step(sae, model, ids, a, site, [Site("model.layers.2")], scale=2.0, exclude_bos=True,
+                          skip=skip)
+        loss, _ = total_loss([LogitsKLLoss(coeff=1.0), DownstreamLoss(coeff=0.5)], values)
         sae.zero_grad()
         loss.backward()
         losses.append(loss.detach())
@@ -189,7 +195,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path: Path, script: Any
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert Checkpointer(tmp_path / "b").latest() == 4 and not (tmp_path / "b" / "sae").exists()
-    script.run(tmp_path / "b")  # resumes from step 4
+    script.run(tmp_path / "b", resume=True)  # resumes from step 4
     assert '"event": "resume", "step": 4' in (tmp_path / "b" / "metrics.jsonl").read_text()
     script.run(tmp_path / "a")  # uninterrupted
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
@@ -207,11 +213,11 @@ def test_nan_activations_stop_with_step_and_site_and_keep_last_checkpoint(tmp_pa
         return out
 
     model.model.layers[0].register_forward_hook(poison)
-    cfg = script.config(tmp_path / "run", checkpoint_every=1, data=dict(
+    cfg = script.config(checkpoint_every=1, data=dict(
         cache=None, block_seqs=4, buffer_rows=8, model_batch_size=4, eval_seqs=4))
     with pytest.raises(AnatomistError, match=r"step (\d+): NaN or Inf in activations at site 'model.layers.1:output'"
                        ) as err:
-        train_sae(cfg, model, script.IDS)
+        train_sae(cfg, tmp_path / "run", model, script.IDS)
     step = int(str(err.value).split()[1].rstrip(":"))
     assert step > 1 and f"last good checkpoint: step {step - 1}" in str(err.value)
     ckpt = Checkpointer(tmp_path / "run")
@@ -221,17 +227,82 @@ def test_nan_activations_stop_with_step_and_site_and_keep_last_checkpoint(tmp_pa
 
 
 def test_d_in_mismatch_is_named_before_harvesting(tmp_path: Path, script: Any) -> None:
-    cfg = script.config(tmp_path / "run", sae=dict(arch="topk", d_in=12, d_sae=32, k=4),
+    cfg = script.config(sae=dict(arch="topk", d_in=12, d_sae=32, k=4),
                         data=dict(cache=str(tmp_path / "acts")))
     with pytest.raises(AnatomistError, match=r"d_in 12 but site 'model.layers.1:output' has width 16"):
-        train_sae(cfg, script.tiny_llama(), script.IDS)
+        train_sae(cfg, tmp_path / "run", script.tiny_llama(), script.IDS)
     assert not (tmp_path / "acts").exists()
 
 
-def test_resuming_with_another_config_is_refused(tmp_path: Path, script: Any) -> None:
-    script.run(tmp_path / "r", steps=2)
-    with pytest.raises(AnatomistError, match="another config"):
-        script.run(tmp_path / "r", steps=2, lr=1e-3)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, script: Any) -> Path:
+    """The script's tiny Llama saved as a local HF folder, its token ids as a file, and a sae-train YAML over both."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("tiny-run")
+    script.tiny_llama().save_pretrained(folder / "model")
+    save_file({"inputs": script.IDS.contiguous()}, str(folder / "ids.safetensors"))
+    cfg = script.config(model=str(folder / "model")).model_dump(mode="json")
+    cfg["data"]["inputs"] = str(folder / "ids.safetensors")
+    (folder / "sae.yaml").write_text(yaml.safe_dump({"kind": "sae-train", **cfg}))
+    return folder / "sae.yaml"
+
+
+KILLED_RUN = """
+import os, signal, sys
+from anatomist.core.checkpoint import Checkpointer
+save = Checkpointer.save
+def save_then_die(self, step, *args, **kwargs):  # SIGKILL right after the checkpoint of step 4 is on disk
+    save(self, step, *args, **kwargs)
+    if step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+Checkpointer.save = save_then_die
+from anatomist.cli import main
+sys.argv = ["anatomist", *sys.argv[1:]]
+main()
+"""
+
+
+def test_anatomist_run_sigkilled_then_resumed_gives_identical_weights(tmp_path: Path, tiny_run: Path) -> None:
+    from typer.testing import CliRunner
+
+    from anatomist.cli import _mount, app
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+           "OMP_NUM_THREADS": str(torch.get_num_threads()), "ANATOMIST_PROGRESS": "0"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, "run", str(tiny_run), "--out", str(tmp_path / "b")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert Checkpointer(tmp_path / "b").latest() == 4 and not (tmp_path / "b" / "metrics.json").exists()
+    shutil.copytree(tmp_path / "b", tmp_path / "a")
+    _mount()
+    res = CliRunner().invoke(app, ["run", str(tiny_run), "--out", str(tmp_path / "b"), "--resume", "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"event": "resume", "step": 4' in (tmp_path / "b" / "metrics.jsonl").read_text()
+    fresh = run(load_run_config(str(tiny_run)), tmp_path / "a")  # no --resume: starts over in the used folder
+    assert '"resume"' not in (tmp_path / "a" / "metrics.jsonl").read_text()
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads(res.stdout)["numbers"]["fvu"] == fresh.metrics["fvu"]
+    assert all((tmp_path / "b" / f).is_file() for f in ("config.yaml", "metrics.json", "provenance.json"))
+
+
+def test_resuming_with_another_config_is_refused(tmp_path: Path, tiny_run: Path) -> None:
+    cfg = load_run_config(str(tiny_run), ["steps=2"])
+    run(cfg, tmp_path / "r")
+    run(cfg.replace(steps=3), tmp_path / "r", resume=True)  # training longer is a resume
+    with pytest.raises(AnatomistError, match="differs in lr"):
+        run(cfg.replace(lr=1e-3), tmp_path / "r", resume=True)
+
+
+def test_experiment_yaml_loads_as_a_sae_train_run() -> None:
+    cfg = load_run_config(str(Path(__file__).parents[1] / "experiments" / "smollm2_resid_topk.yaml"))
+    assert cfg.kind == "sae-train" and cfg.sae.arch == "topk" and cfg.sae.k == 32  # type: ignore[attr-defined]
+    assert not hasattr(cfg.sae, "l1_coeff")  # each architecture holds only its own fields
+    for name in ("smollm2_e2e_vs_local", "dictsci_smollm2_saes", "dictsci_smollm2_saes_long"):
+        spec = yaml.safe_load((Path(__file__).parents[1] / "experiments" / f"{name}.yaml").read_text())
+        for overrides in spec["runs"].values():  # the comparison script runs each as a sae-train kind
+            assert parse_run_config({"kind": "sae-train", **spec["base"], **overrides}).kind == "sae-train"
 
 
 @pytest.fixture(scope="module")
@@ -249,31 +320,32 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smollm2: Any) -> Path:
 
 
 def test_cli_train_then_eval_json(tmp_path: Path, tiny_folder: Path) -> None:
-    import json
-
-    import yaml
     from typer.testing import CliRunner
 
     from anatomist.cli import _mount, app
 
     _mount()
     runner = CliRunner()
-    cfg = {"model": str(tiny_folder), "site": "model.layers.0", "steps": 4, "batch_size": 64,
-           "out_dir": str(tmp_path / "run"), "sae": {"arch": "relu", "d_in": 16, "d_sae": 32},
+    cfg = {"kind": "sae-train", "model": str(tiny_folder), "site": "model.layers.0", "steps": 4, "batch_size": 64,
+           "sae": {"arch": "relu", "d_in": 16, "d_sae": 32},
            "data": {"seq_len": 16, "n_seqs": 8, "eval_seqs": 2, "cache": None, "block_seqs": 4}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    res = runner.invoke(app, ["sae", "train", str(tmp_path / "cfg.yaml"), "--json"])
+    res = runner.invoke(app, ["sae", "train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"), "--json"])
     assert res.exit_code == 0, res.output
-    trained = json.loads(res.stdout)
+    trained = json.loads(res.stdout)["numbers"]
     assert trained["n_predictions"] == 2 * 14 and 0 <= trained["fvu"] < 10
     args = ["sae", "eval", str(tmp_path / "run" / "sae"), "--model", str(tiny_folder), "--n-seqs", "2",
-            "--seq-len", "16", "--skip-seqs", "8", "--json"]
+            "--seq-len", "16", "--skip-seqs", "8", "--out", str(tmp_path / "eval"), "--json"]
     res = runner.invoke(app, [*args, "--site", "model.layers.0"])
     assert res.exit_code == 0, res.output
     evaluated = json.loads(res.stdout)
+    assert evaluated["kind"] == "sae-eval" and "loss recovered" in evaluated["summary"]
+    numbers = evaluated["numbers"]
     # the same held-out sequences as the training run's final evaluation: the same numbers
-    assert evaluated["ce_increase"] == pytest.approx(trained["ce_increase"], rel=1e-5)
-    assert set(evaluated["density_histogram"]) == {"log10_rate_edges", "counts", "dead"}
+    assert numbers["ce_increase"] == pytest.approx(trained["ce_increase"], rel=1e-5)
+    assert {k for k in numbers if k.startswith("density_histogram.")} == {
+        f"density_histogram.{k}" for k in ("log10_rate_edges", "counts", "dead")}
+    assert all((tmp_path / "eval" / f).is_file() for f in ("config.yaml", "metrics.json", "provenance.json"))
     res = runner.invoke(app, [*args, "--site", "model.layers.0.mlp.up_proj"])
     assert res.exit_code != 0 and "d_in 16 but site 'model.layers.0.mlp.up_proj:output' has width 32" in str(
         res.exception)

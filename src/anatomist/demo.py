@@ -30,7 +30,7 @@ STEP_ACCESS: dict[str, list[str]] = {
 STEPS: list[tuple[str, str]] = [
     ("tms", "anatomist.demo:tms_step"),
     ("smollm2", "anatomist.demo:smollm2_step"),
-    ("sae", "anatomist.features.demo:sae_step"),
+    ("sae", "anatomist.runs.features:demo_step"),
     ("dashboard", "anatomist.runs.dashboard:dashboard_step"),
     ("mnist_sae", "anatomist.runs.dashboard:mnist_step"),
     ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),

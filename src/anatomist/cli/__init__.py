@@ -11,6 +11,7 @@ from rich.table import Table
 
 from anatomist.cli.output import console, emit
 from anatomist.cli.run import run_command
+from anatomist.cli.sae import sae_app
 from anatomist.cli.toy import toy_app
 from anatomist.core.errors import AnatomistError
 
@@ -56,7 +57,6 @@ def _mount() -> None:
     """The short commands (aliases of `anatomist run KIND`) and the report commands."""
     from anatomist.cli.report import dashboard, report, serve
     from anatomist.dictionaries import cli as dictionaries_cli
-    from anatomist.features.cli import sae_app
     from anatomist.mechanisms.bilinear_cli import bilinear_app
     from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
     from anatomist.regions.cli import regions_app

@@ -13,15 +13,87 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from anatomist.core import AnatomistError
 from anatomist.features.base import SAEConfig, SparseDictionary, TrainOutput, register
 from anatomist.features.kernels import SparseCode, batch_topk_code, dead_topk_code, sparse_decode, topk_code
+
+L1_HELP = "L1 coefficient (Cunningham et al.); the usual scale when E||x||^2 = d_in"
+
+
+class ReLUConfig(SAEConfig):
+    """ReLU SAE with an L1 penalty (untied encoder and decoder)."""
+
+    arch: Literal["relu"] = "relu"
+    l1_coeff: float = Field(5.0, ge=0, description=L1_HELP)
+
+
+class TiedReLUConfig(SAEConfig):
+    """ReLU SAE with an L1 penalty whose encoder is the decoder's transpose."""
+
+    arch: Literal["relu-tied"] = "relu-tied"
+    l1_coeff: float = Field(5.0, ge=0, description=L1_HELP)
+
+    @model_validator(mode="after")
+    def _square(self) -> TiedReLUConfig:
+        if self.d_out not in (None, self.d_in):
+            raise ValueError("relu-tied cannot be a transcoder: tied weights need d_out == d_in")
+        return self
+
+
+class TopKConfig(SAEConfig):
+    """TopK SAE (Gao et al.): the k largest pre-activations of each input, AuxK on dead latents."""
+
+    arch: Literal["topk"] = "topk"
+    k: int = Field(gt=0, description="active latents per input")
+    auxk_alpha: float = Field(1 / 32, ge=0, description="weight of the AuxK dead-latent loss (Gao)")
+    auxk_k: int | None = Field(None, gt=0, description="dead latents used by AuxK per input; None = d_in // 2 (Gao)")
+    sparse_kernel: bool = Field(True, description="backward only through the active latents (False = dense autograd)")
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> TopKConfig:
+        if self.k > self.d_sae:
+            raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}")
+        return self
+
+    @property
+    def aux_k(self) -> int:
+        return self.auxk_k if self.auxk_k is not None else max(1, self.d_in // 2)
+
+
+class BatchTopKConfig(TopKConfig):
+    """BatchTopK SAE (Bussmann et al.): k·batch largest over the batch; a learned threshold at inference."""
+
+    arch: Literal["batchtopk"] = "batchtopk"  # type: ignore[assignment]
+    k: int = Field(gt=0, description="active latents per input, on average over the batch")
+    batchtopk_threshold_beta: float = Field(
+        0.99, ge=0, lt=1, description="EMA decay of the inference threshold (min kept activation)"
+    )
+
+
+class JumpReLUConfig(SAEConfig):
+    """JumpReLU SAE (Rajamanoharan et al.): a learned threshold per latent and an L0 penalty."""
+
+    arch: Literal["jumprelu"] = "jumprelu"
+    l0_coeff: float = Field(
+        1.0, ge=0, description="L0 coefficient lambda (Rajamanoharan et al.); scale as for relu's l1_coeff"
+    )
+    jumprelu_init_threshold: float = Field(0.001, gt=0, description="initial threshold of every latent")
+    jumprelu_bandwidth: float = Field(
+        0.001, gt=0, description="width of the rectangle kernel of the straight-through pseudo-derivative"
+    )
+
+
+# A dictionary's config as a field of another config: pydantic picks the class from the `arch` key.
+SAEArchConfig = Annotated[
+    ReLUConfig | TiedReLUConfig | TopKConfig | BatchTopKConfig | JumpReLUConfig, Field(discriminator="arch")
+]
 
 
 def _fired(acts: Tensor) -> Tensor:
@@ -33,8 +105,10 @@ def _topk_dense(pre: Tensor, k: int) -> Tensor:
     return torch.zeros_like(pre).scatter_(-1, idx, vals.relu())
 
 
-@register("relu")
+@register(ReLUConfig)
 class ReLUSAE(SparseDictionary):
+    cfg: ReLUConfig | TiedReLUConfig
+
     def activation(self, pre: Tensor) -> Tensor:
         return F.relu(pre)
 
@@ -47,7 +121,7 @@ class ReLUSAE(SparseDictionary):
         return TrainOutput(recon, acts, _fired(acts), self.cfg.l1_coeff * l1.mean(), zero)
 
 
-@register("relu-tied")
+@register(TiedReLUConfig)
 class TiedReLUSAE(ReLUSAE):
     """x_hat = W_dec^T-tied ReLU SAE: the encoder is the transpose of the (unit-row) decoder."""
 
@@ -71,7 +145,9 @@ class _SparseCodeSAE(SparseDictionary):
     architectures is valid until the next `train_forward` call; clone it to keep it longer.
     """
 
-    def __init__(self, cfg: SAEConfig):
+    cfg: TopKConfig
+
+    def __init__(self, cfg: TopKConfig):
         super().__init__(cfg)
         self._workspace: dict[str, Tensor] = {}
         self._last_pairs: tuple[Tensor, Tensor] | None = None  # where the acts buffer is non-zero
@@ -146,23 +222,24 @@ class _SparseCodeSAE(SparseDictionary):
         return self.cfg.auxk_alpha * aux
 
 
-@register("topk")
+@register(TopKConfig)
 class TopKSAE(_SparseCodeSAE):
     def activation(self, pre: Tensor) -> Tensor:
-        return _topk_dense(pre, self.cfg.k or 0)
+        return _topk_dense(pre, self.cfg.k)
 
     def select(self, pre: Tensor) -> SparseCode:
-        return topk_code(pre, self.cfg.k or 0)
+        return topk_code(pre, self.cfg.k)
 
 
-@register("batchtopk")
+@register(BatchTopKConfig)
 class BatchTopKSAE(_SparseCodeSAE):
     """BatchTopK; `threshold` is -1 until the first training batch has estimated it (inference is then TopK)."""
 
     has_threshold = True
     threshold_: Tensor
+    cfg: BatchTopKConfig
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: BatchTopKConfig):
         super().__init__(cfg)
         self.register_buffer("threshold_", torch.full((cfg.d_sae,), -1.0, dtype=cfg.torch_dtype))
 
@@ -176,11 +253,11 @@ class BatchTopKSAE(_SparseCodeSAE):
 
     def activation(self, pre: Tensor) -> Tensor:
         if not self.threshold_known:
-            return _topk_dense(pre, self.cfg.k or 0)
+            return _topk_dense(pre, self.cfg.k)
         return pre * (pre > self.threshold_)
 
     def select(self, pre: Tensor) -> SparseCode:
-        code = batch_topk_code(pre, self.cfg.k or 0)
+        code = batch_topk_code(pre, self.cfg.k)
         if self.training and code.acts.numel():
             with torch.no_grad():
                 smallest = code.acts.min()
@@ -228,11 +305,12 @@ class _Step(torch.autograd.Function):
         return None, (-(1 / ctx.eps) * near * g).reshape(-1, theta.shape[-1]).sum(0), None
 
 
-@register("jumprelu")
+@register(JumpReLUConfig)
 class JumpReLUSAE(SparseDictionary):
     has_threshold = True
+    cfg: JumpReLUConfig
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)
         init = torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=cfg.torch_dtype)
         self.log_threshold = nn.Parameter(init)  # [d_sae]; log keeps theta positive

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from anatomist.core import AnatomistError, Config
@@ -30,31 +30,19 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch
 
 
 class SAEConfig(Config):
-    """One sparse dictionary (SAE or transcoder): its shape, architecture and sparsity hyperparameters."""
+    """One sparse dictionary (SAE or transcoder): the fields every architecture shares.
 
-    arch: Arch = Field(description="relu (untied, L1), relu-tied, topk (+AuxK), batchtopk (+AuxK), jumprelu (L0)")
+    Each architecture has its own subclass (next to its module in `archs.py`) with only its own fields, the way
+    SAELens has one config per architecture. `SAEConfig.parse({"arch": "topk", ...})` and
+    `SAEConfig(arch="topk", ...)` build the subclass the `arch` key names; `SAEArchConfig` is the pydantic
+    discriminated union for configs that hold a dictionary's config as a field.
+    """
+
+    arch: str = Field(description="relu (untied, L1), relu-tied, topk (+AuxK), batchtopk (+AuxK), jumprelu (L0)")
     d_in: int = Field(gt=0, description="width of the activation read")
     d_sae: int = Field(gt=0, description="number of latents (dictionary size)")
     d_out: int | None = Field(
         None, gt=0, description="transcoder: width of the site predicted; None = an SAE reconstructing its input"
-    )
-    k: int | None = Field(None, gt=0, description="topk/batchtopk: active latents per input (mean over the batch)")
-    l1_coeff: float = Field(
-        5.0, ge=0, description="relu: L1 coefficient (Cunningham et al.); the usual scale when E||x||^2 = d_in"
-    )
-    l0_coeff: float = Field(
-        1.0, ge=0, description="jumprelu: L0 coefficient lambda (Rajamanoharan et al.); scale as for l1_coeff"
-    )
-    jumprelu_init_threshold: float = Field(0.001, gt=0, description="jumprelu: initial threshold of every latent")
-    jumprelu_bandwidth: float = Field(
-        0.001, gt=0, description="jumprelu: width of the rectangle kernel of the straight-through pseudo-derivative"
-    )
-    auxk_alpha: float = Field(1 / 32, ge=0, description="topk/batchtopk: weight of the AuxK dead-latent loss (Gao)")
-    auxk_k: int | None = Field(
-        None, gt=0, description="topk/batchtopk: dead latents used by AuxK per input; None = d_in // 2 (Gao)"
-    )
-    batchtopk_threshold_beta: float = Field(
-        0.99, ge=0, lt=1, description="batchtopk: EMA decay of the inference threshold (min kept activation)"
     )
     normalize_decoder: bool = Field(
         True,
@@ -65,24 +53,25 @@ class SAEConfig(Config):
     apply_b_dec_to_input: bool | None = Field(
         None, description="subtract b_dec from the input before the encoder; None = yes for SAEs, no for transcoders"
     )
-    sparse_kernel: bool = Field(
-        True, description="topk/batchtopk: backward only through the active latents (False = dense autograd)"
-    )
     autocast_bf16: bool = Field(
         False, description="run the dense encoder matmul in bfloat16 (CPU with AVX512-BF16, or GPU); params stay fp32"
     )
     dtype: Literal["float32", "float64", "bfloat16"] = Field("float32", description="parameter dtype")
 
-    @model_validator(mode="after")
-    def _check(self) -> SAEConfig:
-        if self.arch in ("topk", "batchtopk"):
-            if self.k is None:
-                raise ValueError(f"arch '{self.arch}' needs k (active latents per input)")
-            if self.k > self.d_sae:
-                raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}")
-        if self.arch == "relu-tied" and self.d_out not in (None, self.d_in):
-            raise ValueError("relu-tied cannot be a transcoder: tied weights need d_out == d_in")
-        return self
+    def __new__(cls, *args: Any, **data: Any) -> Any:
+        # `SAEConfig(arch="topk", ...)` builds a TopKConfig: Python then runs that class's __init__ (validation)
+        if cls is SAEConfig and "arch" in data:
+            return super().__new__(config_class(str(data["arch"])))
+        return super().__new__(cls)
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], source: str = "config") -> Any:
+        """Validate a dict as the config class of its `arch` (on the base class) or of `cls`."""
+        if cls is SAEConfig:
+            if "arch" not in data:
+                raise AnatomistError(f"{source}: key 'arch' missing; known: {sorted(SAE_CONFIGS)}")
+            return config_class(str(data["arch"])).parse(data, source)
+        return super().parse(data, source)
 
     @property
     def out_dim(self) -> int:
@@ -99,12 +88,19 @@ class SAEConfig(Config):
         return self.apply_b_dec_to_input
 
     @property
-    def aux_k(self) -> int:
-        return self.auxk_k if self.auxk_k is not None else max(1, self.d_in // 2)
-
-    @property
     def torch_dtype(self) -> torch.dtype:
         return _DTYPES[self.dtype]
+
+
+# Before one config class per architecture, a saved dictionary's config.yaml held every architecture's fields.
+LEGACY_FIELDS = frozenset({"k", "l1_coeff", "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth",
+                           "auxk_alpha", "auxk_k", "batchtopk_threshold_beta", "sparse_kernel"})
+
+
+def upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """A config written with every architecture's fields, less the ones its architecture never read."""
+    own = config_class(str(data.get("arch"))).model_fields
+    return {k: v for k, v in data.items() if k in own or k not in LEGACY_FIELDS}
 
 
 class TrainOutput(NamedTuple):
@@ -118,24 +114,32 @@ class TrainOutput(NamedTuple):
     aux_loss: Tensor  # scalar: AuxK (topk/batchtopk, needs dead_mask), 0 otherwise; already scaled
 
 
-SAE_REGISTRY: dict[str, type[SparseDictionary]] = {}
+SAE_REGISTRY: dict[str, type[SparseDictionary]] = {}  # arch -> module class
+SAE_CONFIGS: dict[str, type[SAEConfig]] = {}  # arch -> its config class
 
 
-def register(arch: str) -> Any:
-    """Class decorator: make an architecture available to `make_sae` under `arch`."""
+def register(config_cls: type[SAEConfig]) -> Any:
+    """Class decorator: `@register(TopKConfig)` makes a module class `make_sae`'s choice for that config's arch."""
+    arch = config_cls.model_fields["arch"].default
 
     def deco(cls: type[SparseDictionary]) -> type[SparseDictionary]:
         SAE_REGISTRY[arch] = cls
+        SAE_CONFIGS[arch] = config_cls
         cls.arch = arch
         return cls
 
     return deco
 
 
+def config_class(arch: str) -> type[SAEConfig]:
+    if arch not in SAE_CONFIGS:
+        raise AnatomistError(f"unknown SAE architecture '{arch}'; known: {sorted(SAE_CONFIGS)}")
+    return SAE_CONFIGS[arch]
+
+
 def make_sae(cfg: SAEConfig) -> SparseDictionary:
     """A freshly initialised dictionary of `cfg.arch`."""
-    if cfg.arch not in SAE_REGISTRY:
-        raise AnatomistError(f"unknown SAE architecture '{cfg.arch}'; known: {sorted(SAE_REGISTRY)}")
+    config_class(cfg.arch)  # an unknown arch: the error names the known ones
     return SAE_REGISTRY[cfg.arch](cfg)
 
 

@@ -3,7 +3,7 @@
 Per step, on a batch of token sequences [b, seq]:
   clean pass (no grad):  the model's logits and, for e2e+ds, the downstream sites' values
   spliced pass:          the site replaced by the SAE's reconstruction, gradients flowing into the SAE only
-  loss = kl_coeff · KL(clean ‖ spliced)  + sparsity  (+ ds_coeff · mean_k FVU(â^(k), a^(k)))
+  the loss terms of `anatomist.features.objectives` read the values both passes give (`StepValues`)
 
 Both passes start from the site's clean activations (read from the activation cache, or one forward that stops
 at the site). When the site is the output of block l of a layer list (`model.layers.6`), blocks 0..l are skipped in
@@ -24,27 +24,9 @@ from torch import nn
 
 from anatomist.core.errors import AnatomistError
 from anatomist.data.store import position_mask, seeded_generator
-from anatomist.evaluate.metrics import kl_div
 from anatomist.features.base import SparseDictionary
-from anatomist.nets.sites import Site, get_module, primary, run_model, splice
-
-
-def kl_loss(clean_logits: torch.Tensor, spliced_logits: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
-    """Mean KL(clean ‖ spliced) over the counted predictions [b, pos]."""
-    kl = kl_div(clean_logits, spliced_logits)  # [b, pos]
-    return (kl * counted).sum() / counted.sum().clamp_min(1)
-
-
-def downstream_loss(
-    spliced: dict[Site, torch.Tensor], clean: dict[Site, torch.Tensor], keep: torch.Tensor | None
-) -> torch.Tensor:
-    """Mean over downstream sites of Σ‖â − a‖² / Σ‖a − mean(a)‖² on the kept positions (an FVU per site)."""
-    terms = []
-    for s, a in clean.items():
-        a_rows, a_hat = (a[keep], spliced[s][keep]) if keep is not None and a.ndim == 3 else (a, spliced[s])
-        var = (a_rows - a_rows.mean(0)).pow(2).sum().clamp_min(1e-12)
-        terms.append((a_hat - a_rows).pow(2).sum() / var)
-    return torch.stack(terms).mean()
+from anatomist.features.objectives import StepValues
+from anatomist.nets.sites import Site, get_module, primary, replace_forward, run_model, splice
 
 
 def _block_of(model: nn.Module, site: Site) -> tuple[nn.ModuleList, int] | None:
@@ -77,14 +59,10 @@ def _passthrough(*args: Any, **kwargs: Any) -> Any:
 def skip_to(model: nn.Module, site: Site, enabled: bool = True) -> Iterator[None]:
     """Blocks 0..l of the site's layer list pass their input through (the site's value is spliced in anyway)."""
     found = _block_of(model, site) if enabled else None
-    blocks = list(found[0][: found[1] + 1]) if found is not None else []
-    for b in blocks:
-        b.forward = _passthrough  # type: ignore[method-assign]
-    try:
+    layers = site.module.rsplit(".", 1)[0]
+    blocks = [f"{layers}.{i}" for i in range(found[1] + 1)] if found is not None else []
+    with replace_forward(model, dict.fromkeys(blocks, _passthrough)):
         yield
-    finally:
-        for b in blocks:
-            del b.forward
 
 
 @torch.no_grad()
@@ -142,14 +120,12 @@ def e2e_step(
     ds_sites: list[Site],
     *,
     scale: float,
-    kl_coeff: float,
-    ds_coeff: float,
     exclude_bos: bool,
     skip: bool,
-) -> tuple[torch.Tensor, dict[str, float], Any]:
-    """Loss of one e2e(+ds) step on ids [b, seq] whose clean site values are a [b, seq, d].
+) -> StepValues:
+    """Both passes of one e2e(+ds) step on ids [b, seq] whose clean site values are a [b, seq, d].
 
-    Returns (loss, logged terms, the SAE's TrainOutput).
+    Returns what the loss terms read: clean and spliced logits, downstream values, the SAE's TrainOutput.
     """
     keep = position_mask(ids, None, None, exclude_bos)
     with torch.no_grad(), skip_to(model, site, skip):
@@ -170,14 +146,9 @@ def e2e_step(
     with skip_to(model, site, skip), splice(model, fns):
         logits = primary(run_model(model, ids))
     counted = keep[:, :-1] if keep is not None else torch.ones_like(ids[:, 1:], dtype=torch.bool)
-    kl = kl_loss(clean_logits[:, :-1], logits[:, :-1], counted)
-    loss = kl_coeff * kl + out.sparsity_loss
-    terms = {"kl": kl.item(), "sparsity": out.sparsity_loss.item()}
-    if ds_sites:
-        ds = downstream_loss(spliced_acts, clean_acts, keep)
-        loss = loss + ds_coeff * ds
-        terms["downstream_fvu"] = ds.item()
     with torch.no_grad():
         x = rows * scale
-        terms["fvu"] = float((x - out.recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-    return loss, terms, out
+        fvu = float((x - out.recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    return StepValues(out, clean_logits=clean_logits[:, :-1], logits=logits[:, :-1], counted=counted,
+                      clean_downstream=clean_acts, spliced_downstream=spliced_acts, keep=keep,
+                      logged={"fvu": fvu})

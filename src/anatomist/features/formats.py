@@ -42,7 +42,9 @@ import torch
 from torch import Tensor
 
 from anatomist.core import AnatomistError, load_json, load_tensors, save_json, save_tensors
-from anatomist.features.base import SAEConfig, SparseDictionary, make_sae
+from anatomist.core.config import read_yaml_mapping
+from anatomist.features.archs import TopKConfig
+from anatomist.features.base import SAEConfig, SparseDictionary, make_sae, upgrade_legacy
 
 ANATOMIST_FORMAT_VERSION = 1
 SAELENS_VERSION_WRITTEN = "6.0.0"  # the layout we write; SAELens >= 6 reads it without conversion
@@ -140,7 +142,7 @@ def _save_anatomist(sae: SparseDictionary, folder: Path, meta: dict[str, Any]) -
 
 
 def _load_anatomist(folder: Path) -> SparseDictionary:
-    cfg = SAEConfig.from_yaml(folder / "config.yaml")
+    cfg = SAEConfig.parse(upgrade_legacy(read_yaml_mapping(folder / "config.yaml")), source=str(folder / "config.yaml"))
     meta = load_json(folder / "metadata.json") if (folder / "metadata.json").is_file() else {}
     version = meta.pop("anatomist_format", ANATOMIST_FORMAT_VERSION)
     if version > ANATOMIST_FORMAT_VERSION:
@@ -189,7 +191,7 @@ def _save_saelens(sae: SparseDictionary, folder: Path, meta: dict[str, Any]) -> 
     }
     if cfg.is_transcoder:
         out["d_out"] = cfg.out_dim
-    if arch == "topk":
+    if arch == "topk" and isinstance(cfg, TopKConfig):
         out["k"] = cfg.k
         out["rescale_acts_by_decoder_norm"] = False
     sl_meta: dict[str, Any] = {"sae_lens_version": SAELENS_VERSION_WRITTEN, "sae_lens_training_version": None}
@@ -276,7 +278,7 @@ def _load_saelens(folder: Path) -> SparseDictionary:
             "d_in": cfg["d_in"],
             "d_sae": cfg["d_sae"],
             "d_out": d_out,
-            "k": cfg.get("k") if arch == "topk" else None,
+            **({"k": cfg.get("k")} if arch == "topk" else {}),
             "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)) and d_out is None,
             "normalize_decoder": _unit_rows(w["W_dec"]) if "W_dec" in w else True,
             "dtype": dtype,

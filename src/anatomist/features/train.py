@@ -1,6 +1,8 @@
 """Training sparse dictionaries: one config, one loop, three objectives (Braun et al.).
 
-- local:  mean_b ‖a − â‖² + sparsity (+ AuxK), on shuffled activation rows (ActivationStore)
+An objective is a choice of loss terms (`anatomist.features.objectives`), each with its coefficient:
+
+- local:  recon (mean_b ‖a − â‖²) + sparsity (+ AuxK), on shuffled activation rows (ActivationStore)
 - e2e:    kl_coeff · KL(clean ‖ spliced) + sparsity, on token sequences, the SAE spliced into the frozen model
 - e2e+ds: e2e + ds_coeff · mean_k FVU(â^(k), a^(k)) over downstream sites k   (see `anatomist.features.e2e`)
 
@@ -8,14 +10,17 @@ Inputs are scaled so that E‖a‖² = d_in while training (the scale the sparsi
 assume); the saved dictionary has the scale folded into its weights and reads raw activations.
 
 Everything needed to resume bit-for-bit (dictionary, optimizer, scheduler, RNG, data position, dead-latent
-counters, input scales) is checkpointed atomically; `metrics.jsonl` is append-only (a resumed run appends a
-`{"event": "resume"}` line and then repeats the steps after the checkpoint: the last line for a step counts).
+counters, input scales) is checkpointed atomically in `run_dir/checkpoints`; `run_dir/metrics.jsonl` is the
+append-only loss log (a resumed run appends a `{"event": "resume"}` line and then repeats the steps after the
+checkpoint: the last line for a step counts). The final metrics are returned, not written: the `sae-train` run
+kind (`anatomist.runs.features`) writes metrics.json and provenance.json.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,16 +30,37 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from anatomist.core import AnatomistError, Checkpointer, Config, cache_dir, progress, resolve_device, seed_everything
-from anatomist.core.io import save_json
+from anatomist.core import (
+    AnatomistError,
+    Checkpointer,
+    Config,
+    cache_dir,
+    load_tensors,
+    progress,
+    resolve_device,
+    seed_everything,
+)
+from anatomist.data import load_corpus
 from anatomist.data.store import ActivationStore, position_mask
 from anatomist.evaluate.dictionary import check_width, evaluate_dictionary
 from anatomist.evaluate.metrics import ReconstructionStats
+from anatomist.features.archs import SAEArchConfig
 from anatomist.features.base import SAEConfig, SparseDictionary, make_sae
 from anatomist.features.e2e import SequenceBatches, downstream_sites, e2e_step, suffix_is_exact
+from anatomist.features.formats import save_sae
+from anatomist.features.objectives import (
+    DownstreamLoss,
+    LossTerm,
+    ObjectiveName,
+    StepValues,
+    objective_terms,
+    total_loss,
+)
+from anatomist.nets.assets import load_model
 from anatomist.nets.sites import Site, capture
 
-Objective = Literal["local", "e2e", "e2e+ds"]
+Objective = ObjectiveName
+LOSS_LOG = "metrics.jsonl"
 
 
 class DataConfig(Config):
@@ -51,6 +77,10 @@ class DataConfig(Config):
     block_seqs: int = Field(32, gt=0, description="sequences per harvest block / cache shard")
     buffer_rows: int = Field(131_072, gt=0, description="rows in the shuffling window")
     model_batch_size: int = Field(8, gt=0, description="sequences per model forward while harvesting")
+    inputs: str | None = Field(
+        None, description="a safetensors file whose tensor 'inputs' (one row per sequence: token ids or model "
+        "inputs) is used instead of the corpus: n_seqs + eval_seqs rows, the held-out ones last"
+    )
 
 
 class TrainConfig(Config):
@@ -62,8 +92,10 @@ class TrainConfig(Config):
     data: DataConfig = Field(
         default_factory=lambda: DataConfig.model_validate({}), description="training and evaluation tokens"
     )
-    sae: SAEConfig = Field(description="the dictionary")
-    objective: Objective = Field("local", description="local (MSE), e2e (KL), e2e+ds (KL + downstream MSE)")
+    sae: SAEArchConfig = Field(description="the dictionary (its fields depend on sae.arch)")
+    objective: Objective = Field(
+        "local", description="local (recon MSE), e2e (KL), e2e+ds (KL + downstream FVU): the loss terms used"
+    )
     steps: int = Field(gt=0, description="optimizer steps")
     batch_size: int = Field(4096, gt=0, description="local: activation rows per step")
     batch_seqs: int = Field(4, gt=0, description="e2e: token sequences per step")
@@ -89,24 +121,28 @@ class TrainConfig(Config):
     eval_ce_seqs: int | None = Field(None, ge=0, description="final eval: sequences spliced for CE/KL (null = all)")
     seed: int = Field(0, description="seed of the dictionary init and every shuffle")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    out_dir: str = Field("runs/sae", description="run folder: config, metrics.jsonl, checkpoints, final dictionary")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.objective != "local" and self.target_site is not None:
+        if self.end_to_end and self.target_site is not None:
             raise ValueError("e2e objectives train SAEs on one site; target_site (a transcoder) needs objective local")
         if (self.target_site is None) != (self.sae.d_out is None):
             raise ValueError("set sae.d_out exactly when target_site is set (a transcoder)")
         return self
 
+    @property
+    def losses(self) -> tuple[LossTerm, ...]:
+        """The objective's loss terms with their coefficients."""
+        return objective_terms(self.objective, self.kl_coeff, self.ds_coeff)
+
+    @property
+    def end_to_end(self) -> bool:
+        """Trained through the model's forward (on whole sequences) rather than on activation rows."""
+        return any(t.spliced for t in self.losses)
+
 
 # ---------------------------------------------------------------------------------------------
-# objectives: each a small function of tensors
-
-
-def local_loss(out: Any, target: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over dims, mean over the batch (the contract of `TrainOutput`)."""
-    return (target - out.recon).pow(2).sum(-1).mean()
+# the learning-rate schedule
 
 
 def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
@@ -177,50 +213,62 @@ def fold_scale(sae: SparseDictionary, s_in: float, s_out: float) -> None:
     sae.import_weights(w, source="fold_scale")
 
 
-def _load_data(cfg: TrainConfig, model: nn.Module | None, inputs: torch.Tensor | None,
-               ) -> tuple[nn.Module, torch.Tensor]:
-    if model is not None and inputs is not None:
-        return model, inputs
-    from anatomist.data import load_corpus
-    from anatomist.nets.assets import load_model
-
+def load_data(cfg: TrainConfig) -> tuple[nn.Module, torch.Tensor]:
+    """The model `cfg.model` and its inputs: the tensor file `cfg.data.inputs`, else the tokenised corpus."""
     loaded = load_model(cfg.model, device=cfg.device)
-    if inputs is None:
-        if loaded.tokenizer is None:
-            raise AnatomistError(f"model '{cfg.model}' has no tokenizer; pass token inputs to train_sae")
-        total = cfg.data.n_seqs + cfg.data.eval_seqs
-        inputs = load_corpus(cfg.data.corpus).tokenize(loaded.tokenizer, cfg.data.seq_len, total)
-    return (model or loaded.model), inputs
+    if cfg.data.inputs is not None:
+        return loaded.model, load_tensors(cfg.data.inputs, required=["inputs"])["inputs"]
+    if loaded.tokenizer is None:
+        raise AnatomistError(f"model '{cfg.model}' has no tokenizer; set data.inputs to a file of token ids")
+    total = cfg.data.n_seqs + cfg.data.eval_seqs
+    return loaded.model, load_corpus(cfg.data.corpus).tokenize(loaded.tokenizer, cfg.data.seq_len, total)
+
+
+def split_held_out(cfg: TrainConfig, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training inputs, held-out inputs): the last `cfg.data.eval_seqs` rows are held out (at least one trains)."""
+    n_eval = min(cfg.data.eval_seqs, max(0, len(inputs) - 1))
+    return inputs[: len(inputs) - n_eval], inputs[len(inputs) - n_eval :]
+
+
+def start_fresh(run_dir: Path) -> None:
+    """A new run in a used folder: the old checkpoints, loss log and dictionary go, so no state mixes in."""
+    for path in (run_dir / "checkpoints", run_dir / "sae"):
+        shutil.rmtree(path, ignore_errors=True)
+    (run_dir / LOSS_LOG).unlink(missing_ok=True)
 
 
 def train_sae(
     cfg: TrainConfig,
+    run_dir: str | Path,
     model: nn.Module | None = None,
     inputs: torch.Tensor | None = None,
+    *,
+    resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[SparseDictionary, dict[str, Any]]:
-    """Train (or resume, if `cfg.out_dir` holds checkpoints) and evaluate one dictionary.
+    """Train (or with `resume`, continue from the newest checkpoint in `run_dir`) and evaluate one dictionary.
 
-    model/inputs default to `load_model(cfg.model)` and the tokenised corpus; inputs [n, seq] hold the
-    training sequences followed by `cfg.data.eval_seqs` held-out ones. Returns the trained dictionary (reading
-    raw activations) and the final metrics (also in `out_dir/eval.json`); the dictionary is saved in
-    `out_dir/sae`. `on_step(step, last_logged)` runs after every step.
+    model/inputs default to `load_data(cfg)`; inputs [n, seq] hold the training sequences followed by
+    `cfg.data.eval_seqs` held-out ones. Returns the trained dictionary (reading raw activations, saved in
+    `run_dir/sae`) and the final metrics. `on_step(step, last_logged)` runs after every step. Without `resume`
+    the folder's old checkpoints and loss log are removed first.
     """
-    from anatomist.features.formats import save_sae
-
-    run = Path(cfg.out_dir)
+    run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    _check_run_config(run, cfg)
-    model, inputs = _load_data(cfg, model, inputs)
+    if not resume:
+        start_fresh(run)
+    if model is None or inputs is None:
+        loaded_model, loaded_inputs = load_data(cfg)
+        model, inputs = model or loaded_model, loaded_inputs if inputs is None else inputs
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     device = resolve_device(cfg.device)
-    n_eval = min(cfg.data.eval_seqs, max(0, len(inputs) - 1))
-    train_ids, eval_ids = inputs[: len(inputs) - n_eval], inputs[len(inputs) - n_eval :]
+    train_ids, eval_ids = split_held_out(cfg, inputs)
     site = Site.parse(cfg.site)
     target = Site.parse(cfg.target_site) if cfg.target_site else site
     store = _store(cfg, model, train_ids, site, target, device)
+    losses = cfg.losses
 
     seed_everything(cfg.seed)
     sae = make_sae(cfg.sae).to(device)
@@ -231,13 +279,13 @@ def train_sae(
     ckpt = Checkpointer(run, keep=2)
     seqs = SequenceBatches(len(train_ids), cfg.batch_seqs, cfg.seed)
     held_out = _held_out_rows(model, eval_ids, [site] if target == site else [site, target], cfg)
-    if ckpt.latest() is not None:
+    if resume and ckpt.latest() is not None:
         state = ckpt.load(trainee, opt, sched)
         start, extra = state["step"], state["extra"]
         store.load_state_dict(extra["store"])
         seqs.load_state_dict(extra["seqs"])
         s_in, s_out = extra["s_in"], extra["s_out"]
-        _append_jsonl(run / "metrics.jsonl", {"event": "resume", "step": start})
+        _append_jsonl(run / LOSS_LOG, {"event": "resume", "step": start})
     else:
         start = 0
         first = _first_rows(cfg, store, int(train_ids.shape[1]) if train_ids.ndim > 1 else 1)
@@ -247,36 +295,35 @@ def train_sae(
                 sae.b_dec.copy_(first[target].double().mean(0).to(sae.b_dec) * s_out)
 
     row_batches, seq_batches = iter(store), iter(seqs)  # generators: only the one used ever runs
-    e2e: dict[str, Any] = {}
-    if cfg.objective != "local":
+    skip, ds_sites = False, []
+    if cfg.end_to_end:
         probe = capture(model, train_ids[:1].to(device), [site])[site]
-        e2e["skip"] = suffix_is_exact(model, train_ids[:1].to(device), site, probe)
-        e2e["ds_sites"] = ([Site.parse(s) for s in cfg.downstream_sites] if cfg.downstream_sites is not None
-                           else downstream_sites(model, site)) if cfg.objective == "e2e+ds" else []
-        _append_jsonl(run / "metrics.jsonl", {"event": "e2e", "skip_blocks_before_site": e2e["skip"],
-                                              "downstream_sites": [str(s) for s in e2e["ds_sites"]]})
+        skip = suffix_is_exact(model, train_ids[:1].to(device), site, probe)
+        if any(isinstance(t, DownstreamLoss) for t in losses):
+            ds_sites = ([Site.parse(s) for s in cfg.downstream_sites] if cfg.downstream_sites is not None
+                        else downstream_sites(model, site))
+        _append_jsonl(run / LOSS_LOG, {"event": "e2e", "skip_blocks_before_site": skip,
+                                       "downstream_sites": [str(s) for s in ds_sites]})
     log: dict[str, float] = {}
     t0 = time.perf_counter()
     for step in progress(range(start + 1, cfg.steps + 1), total=cfg.steps - start, desc="train"):
-        if cfg.objective == "local":
+        if not cfg.end_to_end:
             batch = next(row_batches)
             for s, v in batch.items():
                 _finite(v, "activations", step, s, ckpt)
             x, y = batch[site], batch[target]
             out = sae.train_forward(x * s_in, y * s_out if target != site else None,
                                     dead_mask=trainee.since_fired >= cfg.dead_tokens)
-            recon = local_loss(out, y * s_out)
-            loss = recon + out.sparsity_loss + out.aux_loss
-            terms = {"recon": recon.item(), "sparsity": out.sparsity_loss.item(), "aux": out.aux_loss.item()}
+            values = StepValues(out, target=y * s_out)
         else:
             idx = next(seq_batches)
             ids = train_ids[idx].to(device)
             a = _site_values(store, model, ids, idx, site)
             _finite(a, "activations", step, site, ckpt)
-            loss, terms, out = e2e_step(
-                sae, model, ids, a, site, e2e["ds_sites"], scale=s_in, kl_coeff=cfg.kl_coeff,
-                ds_coeff=cfg.ds_coeff, exclude_bos=cfg.data.exclude_bos, skip=e2e["skip"],
-            )
+            values = e2e_step(sae, model, ids, a, site, ds_sites, scale=s_in, exclude_bos=cfg.data.exclude_bos,
+                              skip=skip)
+            out = values.out
+        loss, terms = total_loss(losses, values)
         _finite(loss.detach(), "the loss", step, site, ckpt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -295,10 +342,10 @@ def train_sae(
                    "grad_norm": float(gnorm),
                    "dead_fraction": float((trainee.since_fired >= cfg.dead_tokens).float().mean()),
                    "seconds": round(time.perf_counter() - t0, 2)}
-            _append_jsonl(run / "metrics.jsonl", log)
+            _append_jsonl(run / LOSS_LOG, log)
         if held_out is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             quick = _quick_eval(sae, held_out, site, target, s_in, s_out)
-            _append_jsonl(run / "metrics.jsonl", {"step": step, "eval": quick})
+            _append_jsonl(run / LOSS_LOG, {"step": step, "eval": quick})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             extra = {"store": store.state_dict(), "seqs": seqs.state_dict(), "s_in": s_in, "s_out": s_out}
             ckpt.save(step, trainee, opt, sched, extra=extra)
@@ -318,23 +365,14 @@ def train_sae(
             sae, model, eval_ids.to(device), site, target_site=cfg.target_site, exclude_bos=cfg.data.exclude_bos,
             batch_size=cfg.data.model_batch_size, spliced=tokens, spliced_seqs=cfg.eval_ce_seqs,
         ))
-    save_json(run / "eval.json", metrics)
-    _record(run, cfg, model, train_ids, eval_ids)
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    _append_jsonl(run / "metrics.jsonl", {"step": cfg.steps, "final": flat})
+    _append_jsonl(run / LOSS_LOG, {"step": cfg.steps, "final": flat})
     return sae, metrics
 
 
-def _record(run: Path, cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, eval_ids: torch.Tensor) -> None:
-    """provenance.json: local training reads activations (the eval splices the SAE in: outputs); e2e backprops."""
-    from anatomist.core.provenance import data_record, model_record, write_provenance
-
-    access = ["activations", "outputs"] + (["gradients"] if cfg.objective != "local" else [])
-    n_tok = int(train_ids.numel() - (len(train_ids) if cfg.data.exclude_bos and train_ids.ndim == 2 else 0))
-    write_provenance(run, models=[model_record(cfg.model, model)],
-                     data=[data_record(f"{cfg.data.corpus} (train)", train_ids, n_tokens=n_tok),
-                           data_record(f"{cfg.data.corpus} (held out)", eval_ids, n_tokens=int(eval_ids.numel()))],
-                     config=cfg, seed=cfg.seed, access=access)
+def training_tokens(cfg: TrainConfig, train_ids: torch.Tensor) -> int:
+    """Tokens (or rows) the dictionary trained on: BOS positions left out when the config drops them."""
+    return int(train_ids.numel() - (len(train_ids) if cfg.data.exclude_bos and train_ids.ndim == 2 else 0))
 
 
 def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Site, target: Site,
@@ -343,7 +381,7 @@ def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Si
 
     A dictionary whose width does not fit the site fails here, after one small forward, before any harvest.
     """
-    e2e = cfg.objective != "local"
+    e2e = cfg.end_to_end
     sites = [site] if target == site else [site, target]
     args: dict[str, Any] = dict(
         exclude_bos=cfg.data.exclude_bos and not e2e, batch_size=cfg.batch_size, buffer_rows=cfg.data.buffer_rows,
@@ -378,7 +416,7 @@ def _site_values(store: ActivationStore, model: nn.Module, ids: torch.Tensor, id
 def _first_rows(cfg: TrainConfig, store: ActivationStore, seq_len: int) -> dict[Site, torch.Tensor]:
     """The first block of training rows per site, BOS rows left out as in training."""
     first = store.block(0)
-    if cfg.objective != "local" and cfg.data.exclude_bos:  # the e2e store keeps BOS rows; the SAE never sees them
+    if cfg.end_to_end and cfg.data.exclude_bos:  # the e2e store keeps BOS rows; the SAE never sees them
         first = {s: r.view(-1, seq_len, r.shape[-1])[:, 1:].reshape(-1, r.shape[-1]) for s, r in first.items()}
     return first
 
@@ -422,13 +460,3 @@ def _quick_eval(sae: SparseDictionary, rows: dict[Site, torch.Tensor], site: Sit
     result = stats.result()
     result["mse"] /= s_out**2  # in the units of the raw activations, like the final evaluation
     return result
-
-
-def _check_run_config(run: Path, cfg: TrainConfig) -> None:
-    """A run folder holds one config: resuming with another one is an error, not a silent mix."""
-    path = run / "config.yaml"
-    if path.is_file():
-        old = TrainConfig.from_yaml(path)
-        if old.model_dump(exclude={"steps"}) != cfg.model_dump(exclude={"steps"}):
-            raise AnatomistError(f"{path}: this run folder was started with another config; use a new out_dir")
-    cfg.to_yaml(path)

@@ -106,11 +106,11 @@ MNIST_CONFIG: dict[str, Any] = {
 def mnist_step(run_dir: Path) -> dict[str, Any]:
     """Demo step: a small TopK SAE on the MNIST CNN's fc1 units, and its dashboard of top-activating digits."""
     out = Path(run_dir) / "sae_mnist"
-    cfg = TrainConfig.parse({**MNIST_CONFIG, "out_dir": str(out)}, source="mnist dashboard config")
+    cfg = TrainConfig.parse(MNIST_CONFIG, source="mnist dashboard config")
     cnn = load_model("mnist-cnn")
     # [5000, 1, 28, 28] in [0, 1], shuffled so the held-out last rows are all digits, not all nines
     images = load_images("mnist").shuffled(seed=0).images
-    sae, m = train_sae(cfg, cnn.model, images)
+    sae, m = train_sae(cfg, out, cnn.model, images)
     image_dashboard(sae, out / "dashboard", model=cnn.model, site=cfg.site, images=images,
                     meta={"model": "mnist-cnn", "images": "mnist (5,000 digits)"})
     return {"fvu": round(float(m["fvu"]), 4), "l0": round(float(m["l0"]), 2), "dashboard": str(out / "dashboard")}

@@ -51,7 +51,8 @@ def read_site(cfg: SiteReadConfig, ctx: Context) -> Outcome:
         "outlier_mean_abs": [round(v, 2) for v in top.values.tolist()], "plot": "residual_dims.png",
     }
     summary = (f"{cfg.model} {cfg.site} read over {numbers['tokens']:,} tokens: stopping after the site is "
-               f"{numbers['capture_speedup']}× faster than a full forward; outlier dimensions {numbers['outlier_dims']}")
+               f"{numbers['capture_speedup']}× faster than a full forward; "
+               f"outlier dimensions {numbers['outlier_dims']}")
     return Outcome(numbers, summary, models=[model_record(cfg.model, lm.model)],
                    data=[data_record(f"{cfg.corpus} (first {cfg.n_seqs} sequences)", tokens)],
                    access=["activations", "outputs"])
