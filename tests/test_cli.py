@@ -34,9 +34,9 @@ def test_bad_input_is_one_line_and_exit_2() -> None:
     assert len(lines) == 1 and "no-such-model-anywhere" in lines[0] and "smollm2" in lines[0]
 
 
-def test_demo_rejects_unknown_step(tmp_path: Path) -> None:
+def test_demo_rejects_unknown_part(tmp_path: Path) -> None:
     from anatomist.core import AnatomistError
-    from anatomist.demo import DemoConfig, run_demo
+    from anatomist.runs import parse_run_config
 
-    with pytest.raises(AnatomistError, match="unknown demo step"):
-        run_demo(tmp_path, DemoConfig(steps=["nope"]))
+    with pytest.raises(AnatomistError, match=r"unknown demo part\(s\) \['nope'\]; known: \['tms'"):
+        parse_run_config({"kind": "demo", "parts": ["nope"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import urllib.request
@@ -158,15 +159,17 @@ def test_sae_training_records_provenance(tmp_path: Path) -> None:
 
 
 def test_demo_ends_with_its_report(tmp_path: Path) -> None:
-    from anatomist.demo import DemoConfig, run_demo
-
-    result = run_demo(tmp_path, DemoConfig(steps=["tms"]))
-    index = Path(result["report"])
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--part", "tms", "--json"])
+    assert result.exit_code == 0, result.output
+    index = Path(json.loads(result.stdout)["report"])
     assert index == (tmp_path / "report" / "index.html").resolve() and index.is_file()
     html = index.read_text()
-    assert "tms_5_2.png" in html and "final_loss" in html and 'class="problems"' not in html
+    assert 'id="summary"' in html and "toy-train" in html and "angle gaps 72°" in html  # the parts table first
+    assert 'href="sections/tms.html"' in html and 'class="problems"' not in html
+    part = (index.parent / "sections" / "tms.html").read_text()
+    assert "tms_columns.png" in part and "final_loss" in part
     rec = read_provenance(tmp_path)
-    assert rec["access"] == ["weights"] and rec["config"]["steps"] == ["tms"]
+    assert rec["access"] == ["weights", "training_data"] and rec["config"]["parts"] == ["tms"]
 
 
 class _Tok:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from anatomist.cli.output import console, emit
+from anatomist.cli.output import console, emit, print_result
 from anatomist.cli.run import run_command
 from anatomist.cli.sae import sae_app
 from anatomist.cli.toy import toy_app
 from anatomist.core.errors import AnatomistError
+from anatomist.report.site import build_report
+from anatomist.runs import parse_run_config, run
 
 app = typer.Typer(help="Take trained neural networks apart into units a person can study.", no_args_is_help=True)
 app.command("run", add_help_option=False, context_settings={"allow_interspersed_args": True})(run_command)
@@ -44,13 +47,19 @@ def sites(
 
 @app.command()
 def demo(
-    out: Annotated[str, typer.Option(help="run folder to write")] = "runs/demo",
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable summary")] = False,
+    out: Annotated[Path, typer.Option(help="run folder to write")] = Path("runs/demo"),
+    parts: Annotated[list[str] | None, typer.Option("--part", help="run only these parts (repeatable)")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
-    """The main job on embedded defaults: a tour of every lens, ending in a run folder."""
-    from anatomist.demo import run_demo
-
-    emit(run_demo(out), as_json)
+    """The main job on embedded defaults: a tour of every lens (`anatomist run demo`), then its report."""
+    result = run(parse_run_config({"kind": "demo", **({"parts": parts} if parts else {})}), out, threads=threads)
+    index = build_report(out)
+    if as_json:
+        print(json.dumps({**result.to_json(), "report": str(index.resolve())}, default=str))
+        return
+    print_result(result, as_json=False)
+    console.print(f"report: {index.resolve()}", highlight=False, soft_wrap=True)
 
 
 def _mount() -> None:

@@ -40,7 +40,7 @@ from anatomist.core import (
     resolve_device,
     seed_everything,
 )
-from anatomist.data import load_corpus
+from anatomist.data import load_corpus, load_images
 from anatomist.data.store import ActivationStore, position_mask
 from anatomist.evaluate.dictionary import check_width, evaluate_dictionary
 from anatomist.evaluate.metrics import ReconstructionStats
@@ -80,6 +80,10 @@ class DataConfig(Config):
     inputs: str | None = Field(
         None, description="a safetensors file whose tensor 'inputs' (one row per sequence: token ids or model "
         "inputs) is used instead of the corpus: n_seqs + eval_seqs rows, the held-out ones last"
+    )
+    images: str | None = Field(
+        None, description="a packaged image set (mnist, digits) used instead of the corpus: all its images, "
+        "shuffled with seed 0 (the sets are sorted by class), the last eval_seqs held out"
     )
 
 
@@ -218,6 +222,8 @@ def load_data(cfg: TrainConfig) -> tuple[nn.Module, torch.Tensor]:
     loaded = load_model(cfg.model, device=cfg.device)
     if cfg.data.inputs is not None:
         return loaded.model, load_tensors(cfg.data.inputs, required=["inputs"])["inputs"]
+    if cfg.data.images is not None:
+        return loaded.model, load_images(cfg.data.images).shuffled(seed=0).images
     if loaded.tokenizer is None:
         raise AnatomistError(f"model '{cfg.model}' has no tokenizer; set data.inputs to a file of token ids")
     total = cfg.data.n_seqs + cfg.data.eval_seqs

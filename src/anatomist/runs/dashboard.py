@@ -1,4 +1,4 @@
-"""Run kind `dashboard`: the feature dashboard of a dictionary on a language model; and the demo's dashboard steps.
+"""Run kind `dashboard`: the feature dashboard of a dictionary on a language model or an image model.
 
 The dashboard is written into the run folder itself (dashboard.json and latents_NNN.json beside config.yaml,
 metrics.json and provenance.json), so `anatomist report` finds it and links its pages.
@@ -6,23 +6,20 @@ metrics.json and provenance.json), so `anatomist report` finds it and links its 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json
 from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus, load_images
 from anatomist.features.base import SparseDictionary
 from anatomist.features.formats import load_sae
-from anatomist.features.train import TrainConfig, train_sae
-from anatomist.nets.assets import load_model
+from anatomist.nets.assets import LoadedModel, load_model
 from anatomist.report.dashboard import INDEX
 from anatomist.report.sources import image_dashboard, lm_dashboard
-from anatomist.runs.base import Context, Outcome, RunConfig, register, run
+from anatomist.runs.base import Context, Outcome, RunConfig, register
 
 
 class DashboardConfig(RunConfig):
@@ -37,6 +34,8 @@ class DashboardConfig(RunConfig):
     seq_len: int = Field(128, gt=1, description="tokens per sequence (BOS included, left out of the rows)")
     block_seqs: int = Field(32, gt=0, description="sequences per harvested block; a training run's value reuses "
                                                   "its cached activations")
+    images: str | None = Field(None, description="image models: a packaged image set (mnist, digits) whose top "
+                                                 "images each latent shows, instead of corpus text")
 
 
 def model_and_site(cfg: DashboardConfig, sae: SparseDictionary) -> tuple[str, str]:
@@ -53,6 +52,8 @@ def dashboard(cfg: DashboardConfig, ctx: Context) -> Outcome:
     sae = load_sae(cfg.sae)
     model, site = model_and_site(cfg, sae)
     loaded = load_model(model)
+    if cfg.images is not None:
+        return _image_dashboard(cfg, ctx, sae, loaded, site)
     if loaded.tokenizer is None:
         raise AnatomistError(f"model '{model}' has no tokenizer: token dashboards need one")
     tokens = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, seq_len=cfg.seq_len, n_seqs=cfg.n_seqs)
@@ -71,46 +72,16 @@ def dashboard(cfg: DashboardConfig, ctx: Context) -> Outcome:
                    value=ctx.out)
 
 
-def dashboard_step(run_dir: Path) -> dict[str, Any]:
-    """Demo step: the dashboard of run_dir/sae_smollm2/sae (the `sae` step) over the tokens it was trained on."""
-    part = Path(run_dir) / "sae_smollm2"
-    if not (part / "sae").is_dir():
-        raise AnatomistError(f"{part / 'sae'}: missing; the dashboard step needs the demo's `sae` step first")
-    trained = read_yaml_mapping(part / "config.yaml")
-    data = trained["data"]
-    # tokens pack sequentially, so the first n_seqs are the SAE's training sequences (its held-out ones follow):
-    # the same tokens and blocks as its training, so the cached activations are reused
-    cfg = DashboardConfig(sae=str(part / "sae"), model=trained["model"], site=trained["site"], corpus=data["corpus"],
-                          n_seqs=data["n_seqs"], seq_len=data["seq_len"], block_seqs=data["block_seqs"])
-    result = run(cfg, part / "dashboard")
-    m = result.metrics
-    return {"latents": m["latents"], "tokens": m["tokens"], "never_fired": m["never_fired"],
-            "harvest_s": round(m["harvest_s"], 1), "pass_s": m["pass_s"], "write_s": round(m["write_s"], 1),
-            "dashboard": str(result.out)}
-
-
-MNIST_CONFIG: dict[str, Any] = {
-    "model": "mnist-cnn",
-    "site": "classifier.relu3",  # the 128 ReLU units after fc1
-    "data": {"cache": "auto", "eval_seqs": 500, "block_seqs": 500, "buffer_rows": 4500, "model_batch_size": 500},
-    "sae": {"arch": "topk", "d_in": 128, "d_sae": 256, "k": 8},
-    "steps": 300,
-    "batch_size": 256,
-    "lr": 3e-3,
-    "log_every": 50,
-    "eval_every": 150,
-    "checkpoint_every": 300,
-}
-
-
-def mnist_step(run_dir: Path) -> dict[str, Any]:
-    """Demo step: a small TopK SAE on the MNIST CNN's fc1 units, and its dashboard of top-activating digits."""
-    out = Path(run_dir) / "sae_mnist"
-    cfg = TrainConfig.parse(MNIST_CONFIG, source="mnist dashboard config")
-    cnn = load_model("mnist-cnn")
-    # [5000, 1, 28, 28] in [0, 1], shuffled so the held-out last rows are all digits, not all nines
-    images = load_images("mnist").shuffled(seed=0).images
-    sae, m = train_sae(cfg, out, cnn.model, images)
-    image_dashboard(sae, out / "dashboard", model=cnn.model, site=cfg.site, images=images,
-                    meta={"model": "mnist-cnn", "images": "mnist (5,000 digits)"})
-    return {"fvu": round(float(m["fvu"]), 4), "l0": round(float(m["l0"]), 2), "dashboard": str(out / "dashboard")}
+def _image_dashboard(cfg: DashboardConfig, ctx: Context, sae: SparseDictionary, loaded: LoadedModel,
+                     site: str) -> Outcome:
+    """Top-activating images per latent of a dictionary on an image model's [batch, d] site."""
+    images = load_images(cfg.images or "").images
+    image_dashboard(sae, ctx.out, model=loaded.model, site=site, images=images,
+                    meta={"model": loaded.name, "images": f"{cfg.images} ({len(images):,} images)"})
+    never = sum(1 for d in load_json(ctx.out / INDEX)["latents"]["density"] if not d)
+    summary = f"image dashboard of {sae.cfg.d_sae} latents on {loaded.name} {site} over {len(images):,} images"
+    return Outcome({"model": loaded.name, "site": site, "latents": sae.cfg.d_sae, "images": len(images),
+                    "never_fired": never}, summary + f": {never} never fired",
+                   models=[model_record(loaded.name, loaded.model), model_record(f"dictionary {cfg.sae}", sae)],
+                   data=[data_record(f"{cfg.images} images", images, n_examples=len(images))],
+                   access=["activations"], value=ctx.out)

@@ -14,7 +14,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
 from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus
@@ -22,7 +21,7 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import load_sae
 from anatomist.features.train import TrainConfig, load_data, split_held_out, train_sae, training_tokens
 from anatomist.nets.assets import load_model
-from anatomist.runs.base import CONFIG, Context, Outcome, RunConfig, register, run
+from anatomist.runs.base import Context, Outcome, RunConfig, register
 
 
 class SAETrainConfig(TrainConfig, RunConfig):
@@ -41,7 +40,10 @@ def _words(m: dict[str, Any]) -> str:
 
 
 def _data_records(cfg: TrainConfig, train: torch.Tensor, held_out: torch.Tensor) -> list[dict[str, Any]]:
-    """The data actually used: the inputs file when one is given, else the corpus."""
+    """The data actually used: the image set or inputs file when one is given, else the corpus."""
+    if cfg.data.images is not None:  # one example per image, not pixels counted as tokens
+        return [data_record(f"{cfg.data.images} images (train)", train, n_examples=len(train)),
+                data_record(f"{cfg.data.images} images (held out)", held_out, n_examples=len(held_out))]
     name = cfg.data.inputs if cfg.data.inputs is not None else cfg.data.corpus
     return [data_record(f"{name} (train)", train, n_tokens=training_tokens(cfg, train)),
             data_record(f"{name} (held out)", held_out, n_tokens=int(held_out.numel()))]
@@ -91,45 +93,3 @@ def evaluate(cfg: SAEEvalConfig, ctx: Context) -> Outcome:
                         n_tokens=int(ids.numel()))]
     return Outcome(metrics, summary, models=[model_record(cfg.model, loaded.model)], data=data,
                    access=["activations", "outputs"], value=metrics)
-
-
-# ---------------------------------------------------------------------------------------------
-# the demo's SAE step: a smaller cut of experiments/smollm2_resid_topk.yaml sized for the demo, ~20k training
-# tokens (harvested into the activation cache on the first run, read from disk afterwards), a few hundred steps,
-# CE measured on a few held-out sequences.
-
-DEMO_CONFIG: dict[str, Any] = {
-    "kind": "sae-train",
-    "model": "smollm2",
-    "site": "model.layers.6",
-    "data": {"corpus": "wiki", "seq_len": 128, "n_seqs": 160, "eval_seqs": 8, "block_seqs": 32, "cache": "auto"},
-    "sae": {"arch": "topk", "d_in": 576, "d_sae": 2048, "k": 32},
-    "steps": 250,
-    "batch_size": 1024,
-    "lr": 2e-3,
-    "warmup_steps": 25,
-    "decay_frac": 0.3,
-    "dead_tokens": 100_000,
-    "log_every": 25,
-    "eval_every": 125,
-    "checkpoint_every": 125,
-    "eval_ce_seqs": 4,
-}
-DEMO_KEYS = ("fvu", "l0", "cosine", "dead_fraction", "ce_clean", "ce_spliced", "ce_increase", "kl", "loss_recovered")
-
-
-def demo_step(run_dir: Path) -> dict[str, Any]:
-    """Train + evaluate the demo SAE in run_dir/sae_smollm2 (continuing a run of the same config); its numbers."""
-    cfg = SAETrainConfig.parse(DEMO_CONFIG, source="sae demo config")
-    out = Path(run_dir) / "sae_smollm2"
-    same = (out / CONFIG).is_file() and read_yaml_mapping(out / CONFIG) == cfg.model_dump(mode="json")
-    result = run(cfg, out, resume=same)
-    return {
-        "site": cfg.site,
-        "d_sae": cfg.sae.d_sae,
-        "k": getattr(cfg.sae, "k", None),
-        "train_tokens": int(cfg.data.n_seqs * (cfg.data.seq_len - 1)),
-        **{k: round(float(result.metrics[k]), 4) for k in DEMO_KEYS},
-        "seconds": round(result.seconds, 1),
-        "saved": str(out / "sae"),
-    }

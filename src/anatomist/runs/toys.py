@@ -41,7 +41,7 @@ def train(cfg: ToyTrainConfig, ctx: Context) -> Outcome:
         numbers |= geometry
         summary += f"; columns of W at angle gaps {_gaps_words(geometry['angle_gaps_deg'])}"
     return Outcome({**numbers, "loss_curve": curve}, summary, models=[model_record(cfg.toy, toy.model)],
-                   access=["training_data"], value=toy)
+                   access=["weights", "training_data"], value=toy)
 
 
 def tms_geometry(W: torch.Tensor, plot: Path, name: str) -> dict[str, Any]:
