@@ -34,10 +34,10 @@ STEPS: list[tuple[str, str]] = [
     ("dashboard", "anatomist.report.demo:dashboard_step"),
     ("mnist_sae", "anatomist.report.demo:mnist_step"),
     ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
-    ("routes", "anatomist.routes.demo:routes_step"),
+    ("routes", "anatomist.runs.routes:demo_step"),
     ("spd", "anatomist.mechanisms.demo:spd_step"),
-    ("regions", "anatomist.regions.demo:regions_step"),
-    ("dictionaries", "anatomist.dictionaries.demo:step"),
+    ("regions", "anatomist.runs.regions:demo_step"),
+    ("dictionaries", "anatomist.runs.dictionaries:demo_step"),
 ]
 
 

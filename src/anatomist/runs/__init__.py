@@ -4,7 +4,7 @@ Importing this package registers every kind. A new capability adds a module here
 and an `execute` function under `@register`, and a line below.
 """
 
-from anatomist.runs import toys
+from anatomist.runs import dictionaries, regions, routes, toys
 from anatomist.runs.base import (
     KINDS,
     Context,
@@ -28,6 +28,9 @@ __all__ = [
     "load_run_config",
     "parse_run_config",
     "register",
+    "dictionaries",
+    "regions",
+    "routes",
     "run",
     "toys",
 ]
