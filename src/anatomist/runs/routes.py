@@ -84,13 +84,19 @@ def headline(subject: Subject, results: dict[str, Any]) -> dict[str, Any]:
     return numbers
 
 
+def flat_top_paths(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The top paths as metrics rows: their [token, count] pairs as two lists (a table cell holds a flat list)."""
+    return [{**{k: v for k, v in r.items() if k != "tokens"}, "tokens": [t for t, _ in r["tokens"]],
+             "token_counts": [c for _, c in r["tokens"]]} for r in rows]
+
+
 def analyse_subject(cfg: RoutesConfig, subject: Subject, out: Path) -> Outcome:
     """`analyze` on a loaded subject; the plots go to `out`."""
     from anatomist.runs.routes_plots import plot_all  # matplotlib: only when a run draws
 
     results = analyze(subject.model, subject.ids, subject.tokenizer, cfg, label_ids=subject.label_ids)
     plot_all(results, out)
-    metrics = {**results, "headline": headline(subject, results)}
+    metrics = {**results, "top_paths": flat_top_paths(results["top_paths"]), "headline": headline(subject, results)}
     h = metrics["headline"]
     text = (f"{subject.name}: {h['n_paths']} expert paths over {h['tokens']} tokens; next expert from control "
             f"{h['probe_next_expert_control']:.2f} vs content {h['probe_next_expert_content']:.2f} (probe accuracy)")
