@@ -26,7 +26,6 @@ from anatomist.dictionaries import (
     decompose,
     description_length,
     match_latents,
-    plot_frontier,
     select_mdl,
     stage_dictionaries,
     stitch_path,
@@ -36,6 +35,7 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import load_sae, make_sae
 from anatomist.nets.assets import load_model
 from anatomist.runs.dictionaries import load_rows
+from anatomist.runs.dictionaries_plots import plot_frontier
 
 SEQ_LEN = 128  # the sweep's sequence length: cache row r is token 1 + r % 127 of training sequence r // 127
 

@@ -19,8 +19,9 @@ from anatomist.core.io import save_json
 from anatomist.core.threads import torch_threads
 from anatomist.data import load_images
 from anatomist.dictionaries.fit import fit_rows
-from anatomist.dictionaries.mdl import MDLConfig, description_length, plot_frontier, select_mdl
+from anatomist.dictionaries.mdl import MDLConfig, description_length, select_mdl
 from anatomist.features import SAEConfig, load_sae, save_sae
+from anatomist.runs.dictionaries_plots import plot_frontier
 
 
 def atoms_figure(saes: dict[str, Any], path: Path, per_row: int = 12) -> None:

@@ -13,8 +13,8 @@ from torch import nn
 from anatomist import AnatomistError, Site, capture, splice
 from anatomist.nets.toys.moe_lm import MoEBlock, MoELM, MoELMConfig
 from anatomist.routes import control_content, find_moe_layers, moe_layer, router_basis
-from anatomist.routes.control import split_coordinates
 from anatomist.routes.analysis import AnalyzeConfig, analyze, summary
+from anatomist.routes.control import split_coordinates
 from anatomist.routes.paths import Routing, collect_routing, group_scores, path_groups, path_stats, stability, top_paths
 from anatomist.routes.probes import probe_accuracy, probe_layer
 
@@ -221,8 +221,8 @@ class _Tokenizer:
 
 
 def test_analyze_and_the_routes_run_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from anatomist.runs import run
     from anatomist.runs import routes as routes_kind
+    from anatomist.runs import run
     from run_folder import check_run_folder
 
     model = _toy()

@@ -1,7 +1,7 @@
 """Run kinds `mdl`, `stitch` and `meta`: the three questions about trained dictionaries, and the demo's step.
 
 - `mdl`: description length in bits per input of each dictionary's code (and its parts); with several
-  dictionaries, the MDL choice among those meeting the FVU tolerance; `mdl_frontier.png`.
+  dictionaries, the MDL choice among those meeting the FVU tolerance and `mdl_frontier.png`.
 - `stitch`: SAE stitching, novel vs reconstruction latents of a larger dictionary relative to a smaller
   one and the MSE along the path; with a model, the CE increase at the path's landmarks.
 - `meta`: a meta-SAE on a dictionary's unit decoder rows (saved in `meta_sae/`): variance explained, and
@@ -30,7 +30,6 @@ from anatomist.dictionaries import (
     description_length,
     fit_rows,
     match_latents,
-    plot_frontier,
     select_mdl,
     stage_dictionaries,
     stitch_path,
@@ -40,6 +39,7 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import SAEConfig, SparseDictionary, load_sae, save_sae
 from anatomist.nets.assets import load_model
 from anatomist.runs.base import Context, Outcome, RunConfig, register
+from anatomist.runs.dictionaries_plots import plot_frontier
 
 
 class RowsInput(Config):
@@ -95,13 +95,13 @@ def mdl(cfg: MDLRunConfig, ctx: Context) -> Outcome:
     x, data = _rows(cfg)
     saes = {p: load_sae(p) for p in cfg.paths}
     results = [{"path": p, **description_length(sae, x, cfg)} for p, sae in saes.items()]
-    plot_frontier(results, [_label(p) for p in cfg.paths], str(ctx.out / "mdl_frontier.png"))
     models = [model_record(p, sae) for p, sae in saes.items()]
     if len(results) == 1:
         r = results[0]
         text = f"{_label(r['path'])}: {r['bits_per_input']:.1f} bits per input at FVU {r['fvu_quantised']:.3f}"
         return Outcome(r, text, models=models, data=[data], access=["weights", "activations"], value=r)
     choice = results[select_mdl(results)]
+    plot_frontier(results, [_label(p) for p in cfg.paths], str(ctx.out / "mdl_frontier.png"))
     metrics = {"mdl_choice": choice["path"], "results": results}
     text = (f"MDL choice of {len(results)}: {_label(choice['path'])}, {choice['bits_per_input']:.1f} bits per "
             f"input at FVU {choice['fvu_quantised']:.3f}")

@@ -31,10 +31,10 @@ class RoutesConfig(RunConfig, AnalyzeConfig):
     """MoE routing as control: expert paths, cross-layer stability, probes and monosemanticity on held-out text."""
 
     kind: Literal["routes"] = "routes"
-    model: str = Field(default="moe-lm", description="'moe-lm' (the tiny MoE LM toy) or a local Hugging Face MoE folder")
+    model: str = Field(default="moe-lm", description="'moe-lm' (the tiny MoE LM toy) or a local HF MoE folder")
     n_seqs: int = Field(default=256, ge=1, description="held-out wiki sequences to analyse")
     seq_len: int = Field(default=64, ge=2, description="tokens per sequence for a Hugging Face model (moe-lm: its own)")
-    toy_steps: int | None = Field(default=None, gt=0, description="moe-lm: its training steps (null: the toy's default)")
+    toy_steps: int | None = Field(default=None, gt=0, description="moe-lm: training steps (null: the toy's default)")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from anatomist.core.provenance import model_record
-from anatomist.nets.toys import TrainedToy, train_toy
+from anatomist.nets.toys import train_toy
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 
 
