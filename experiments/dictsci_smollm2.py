@@ -35,7 +35,7 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import load_sae, make_sae
 from anatomist.nets.assets import load_model
 from anatomist.runs.dictionaries import load_rows
-from anatomist.runs.dictionaries_plots import plot_frontier
+from anatomist.runs.dictionaries_plots import plot_frontier, plot_stitch_paths
 
 SEQ_LEN = 128  # the sweep's sequence length: cache row r is token 1 + r % 127 of training sequence r // 127
 
@@ -46,26 +46,6 @@ def context(tok: Any, ids: torch.Tensor, row: int, before: int = 12) -> str:
     s = ids[seq]
     left = tok.decode(s[max(1, pos - before) : pos].tolist())
     return f"{left}[[{tok.decode([int(s[pos])])}]]{tok.decode(s[pos + 1 : pos + 3].tolist())}".replace("\n", " ")
-
-
-def plot_paths(paths: dict[str, list[dict[str, Any]]], file: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.4, 3.4))
-    for name, path in paths.items():
-        ax.plot(range(len(path)), [p["fvu"] for p in path], marker=".", label=name)
-        n_novel = sum(p["stage"] in ("small", "insert novel") for p in path)
-        ax.axvline(n_novel - 1, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel("stitching step (novel latents inserted, then groups swapped)")
-    ax.set_ylabel("FVU")
-    ax.set_title("SmolLM2 layer 6: small SAE -> large SAE", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -152,7 +132,7 @@ def stitch_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out
         name = f"{small_name} -> {large_name}"
         out["stitch"][name], paths[name] = r, r["path"]
         print(name, json.dumps({k: v for k, v in r.items() if k != "path"}), flush=True)
-    plot_paths(paths, Path(spec["stitch_plot"]))
+    plot_stitch_paths(paths, Path(spec["stitch_plot"]), title="SmolLM2 layer 6: small SAE -> large SAE")
 
 
 def meta_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any], tok: Any,

@@ -54,7 +54,7 @@ def test_stitch_json(saes: tuple[Path, Path], tmp_path: Path) -> None:
     numbers, path = out["numbers"], out["tables"]["path"]
     assert numbers["n_novel"] == 16 and numbers["n_groups"] == 16
     assert path[str(len(path) - 1)]["mse"] == pytest.approx(numbers["mse_large"])
-    assert check_run_folder(tmp_path, "stitch").numbers["n_novel"] == 16
+    assert check_run_folder(tmp_path, "stitch").numbers["n_novel"] == 16 and (tmp_path / "stitch_path.png").is_file()
 
 
 def test_meta_json(saes: tuple[Path, Path], tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 - `mdl`: description length in bits per input of each dictionary's code (and its parts); with several
   dictionaries, the MDL choice among those meeting the FVU tolerance and `mdl_frontier.png`.
 - `stitch`: SAE stitching, novel vs reconstruction latents of a larger dictionary relative to a smaller
-  one and the MSE along the path; with a model, the CE increase at the path's landmarks.
+  one and the MSE along the path (`stitch_path.png`); with a model, the CE increase at the path's landmarks.
 - `meta`: a meta-SAE on a dictionary's unit decoder rows (saved in `meta_sae/`): variance explained, and
   how chosen latents decompose.
 Inputs are flattened images of a packaged set or the first rows of a one-site activation cache.
@@ -39,7 +39,7 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import SAEConfig, SparseDictionary, load_sae, save_sae
 from anatomist.nets.assets import load_model
 from anatomist.runs.base import Context, Outcome, RunConfig, register
-from anatomist.runs.dictionaries_plots import plot_frontier
+from anatomist.runs.dictionaries_plots import plot_frontier, plot_stitch_paths
 
 
 class RowsInput(Config):
@@ -146,6 +146,7 @@ def stitch(cfg: StitchRunConfig, ctx: Context) -> Outcome:
         result["ce_increase"] = landmark_ce(small, large, cfg.threshold, cfg.model, cfg.site, cfg.ce_seqs,
                                             cfg.skip_seqs)
         access.append("outputs")
+    plot_stitch_paths({f"{_label(cfg.small)} -> {_label(cfg.large)}": result["path"]}, ctx.out / "stitch_path.png")
     text = (f"{_label(cfg.large)} vs {_label(cfg.small)}: {result['n_novel']} novel latents "
             f"({result['novel_fraction']:.0%}), MSE {result['mse_small']:.4g} -> {result['mse_large']:.4g}")
     models = [model_record(cfg.small, small), model_record(cfg.large, large)]

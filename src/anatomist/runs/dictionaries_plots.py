@@ -1,8 +1,10 @@
-"""The plot of the `mdl` run kind (and the MDL experiments): bits per input against FVU over a sweep."""
+"""Plots of the dictionary run kinds and experiments: the MDL frontier (bits per input against FVU over a
+sweep) and stitching paths (FVU as novel latents are inserted, then groups swapped)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from anatomist.dictionaries.mdl import select_mdl
@@ -34,4 +36,25 @@ def plot_frontier(results: Sequence[dict[str, Any]], labels: Sequence[str], path
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_stitch_paths(paths: dict[str, list[dict[str, Any]]], file: str | Path, title: str = "") -> None:
+    """FVU along each stitching path (small -> small + novel latents -> large); dotted: the last insertion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.4))
+    for name, path in paths.items():
+        ax.plot(range(len(path)), [p["fvu"] for p in path], marker=".", label=name)
+        n_novel = sum(p["stage"] in ("small", "insert novel") for p in path)
+        ax.axvline(n_novel - 1, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("stitching step (novel latents inserted, then groups swapped)")
+    ax.set_ylabel("FVU")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(file, dpi=110)
     plt.close(fig)
