@@ -17,6 +17,7 @@ import yaml
 
 from anatomist.core import seed_everything
 from anatomist.core.io import load_json, save_json
+from anatomist.core.threads import torch_threads
 from anatomist.data import load_corpus
 from anatomist.dictionaries import (
     MDLConfig,
@@ -25,16 +26,16 @@ from anatomist.dictionaries import (
     decompose,
     description_length,
     match_latents,
-    plot_frontier,
     select_mdl,
     stage_dictionaries,
     stitch_path,
     train_meta_sae,
 )
-from anatomist.dictionaries.cli import load_rows
 from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import load_sae, make_sae
 from anatomist.nets.assets import load_model
+from anatomist.runs.dictionaries import load_rows
+from anatomist.runs.dictionaries_plots import plot_frontier, plot_stitch_paths
 
 SEQ_LEN = 128  # the sweep's sequence length: cache row r is token 1 + r % 127 of training sequence r // 127
 
@@ -47,43 +48,27 @@ def context(tok: Any, ids: torch.Tensor, row: int, before: int = 12) -> str:
     return f"{left}[[{tok.decode([int(s[pos])])}]]{tok.decode(s[pos + 1 : pos + 3].tolist())}".replace("\n", " ")
 
 
-def plot_paths(paths: dict[str, list[dict[str, Any]]], file: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.4, 3.4))
-    for name, path in paths.items():
-        ax.plot(range(len(path)), [p["fvu"] for p in path], marker=".", label=name)
-        n_novel = sum(p["stage"] in ("small", "insert novel") for p in path)
-        ax.axvline(n_novel - 1, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel("stitching step (novel latents inserted, then groups swapped)")
-    ax.set_ylabel("FVU")
-    ax.set_title("SmolLM2 layer 6: small SAE -> large SAE", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", type=Path)
     ap.add_argument("--parts", nargs="+", default=["mdl", "stitch", "meta"], help="which experiments to run")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    spec = yaml.safe_load(args.config.read_text())
+    with torch_threads(1):
+        run_parts(yaml.safe_load(args.config.read_text()), args.parts)
+
+
+def run_parts(spec: dict[str, Any], parts: list[str]) -> None:
+    """The experiments named in `parts`, each adding its results to <runs_dir>/dictsci.json."""
     runs = Path(spec["runs_dir"])
     x = load_rows(None, Path(spec["cache"]).expanduser(), spec["rows"])  # [rows, 576]
     seed_pairs = spec.get("seed_pairs", [])
     saes = {n: load_sae(runs / n / "sae") for n in {*spec["mdl_runs"], *sum(spec["stitch"]["pairs"] + seed_pairs, [])}}
     results_file = runs / "dictsci.json"
     out: dict[str, Any] = load_json(results_file) if results_file.is_file() else {}
-    if "mdl" in args.parts:
+    if "mdl" in parts:
         mdl_part(spec, saes, x, out)
         save_json(results_file, out)
-    if "seeds" in args.parts:
+    if "seeds" in parts:
         # control for stitching: two SAEs of one width and recipe, different seeds; what they share at the threshold
         # is what the recipe reproduces at all, the ceiling for latents shared across widths
         out["seeds"] = {f"{a} vs {b}": match_latents(saes[a], saes[b], spec["stitch"]["threshold"]).summary(
@@ -92,18 +77,18 @@ def main() -> None:
                               **{n: init_cosine(saes[n], runs / n) for n in sorted({*sum(seed_pairs, [])})}}
         print("seeds", json.dumps(out["seeds"]), json.dumps(out["init_cosine"]), flush=True)
         save_json(results_file, out)
-    if not {"stitch", "meta"} & set(args.parts):
+    if not {"stitch", "meta"} & set(parts):
         return
     loaded = load_model("smollm2")
     n_train = spec["train_seqs"]
     all_ids = load_corpus("wiki").tokenize(loaded.tokenizer, SEQ_LEN, n_train + spec["ce_seqs"])
-    if "stitch" in args.parts:
+    if "stitch" in parts:
         out["init_cosine"] = {**out.get("init_cosine", {}), **{
             n: init_cosine(saes[n], runs / n) for n in sorted({*sum(spec["stitch"]["pairs"], [])})}}
         print("mean cosine of decoder rows to their initial values", json.dumps(out["init_cosine"]), flush=True)
         stitch_part(spec, saes, x, out, loaded.model, all_ids[n_train:])
         save_json(results_file, out)
-    if "meta" in args.parts:
+    if "meta" in parts:
         meta_part(spec, saes, x, out, loaded.tokenizer, all_ids, runs)
         save_json(results_file, out)
 
@@ -147,7 +132,7 @@ def stitch_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out
         name = f"{small_name} -> {large_name}"
         out["stitch"][name], paths[name] = r, r["path"]
         print(name, json.dumps({k: v for k, v in r.items() if k != "path"}), flush=True)
-    plot_paths(paths, Path(spec["stitch_plot"]))
+    plot_stitch_paths(paths, Path(spec["stitch_plot"]), title="SmolLM2 layer 6: small SAE -> large SAE")
 
 
 def meta_part(spec: dict[str, Any], saes: dict[str, Any], x: torch.Tensor, out: dict[str, Any], tok: Any,

@@ -16,10 +16,12 @@ import torch
 import yaml
 
 from anatomist.core.io import save_json
+from anatomist.core.threads import torch_threads
 from anatomist.data import load_images
 from anatomist.dictionaries.fit import fit_rows
-from anatomist.dictionaries.mdl import MDLConfig, description_length, plot_frontier, select_mdl
+from anatomist.dictionaries.mdl import MDLConfig, description_length, select_mdl
 from anatomist.features import SAEConfig, load_sae, save_sae
+from anatomist.runs.dictionaries_plots import plot_frontier
 
 
 def atoms_figure(saes: dict[str, Any], path: Path, per_row: int = 12) -> None:
@@ -49,10 +51,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("config", type=Path)
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    spec = yaml.safe_load(args.config.read_text())
+    with torch_threads(1):
+        sweep(yaml.safe_load(args.config.read_text()), str(args.config))
+
+
+def sweep(spec: dict[str, Any], source: str) -> None:
+    """Train (or reuse) every SAE of the grid, price each code, write results.json and the pictures."""
     out = Path(spec["out_dir"])
-    mdl_cfg = MDLConfig.parse(spec["mdl"], source=f"{args.config}: mdl")
+    mdl_cfg = MDLConfig.parse(spec["mdl"], source=f"{source}: mdl")
     x = load_images("mnist").images.flatten(1)  # [5000, 784]
     names, results, saes = [], [], {}
     grid = [(w, k) for w in spec["widths"] for k in spec["ks"] if k <= w] + [tuple(r) for r in spec.get("extra", [])]

@@ -303,24 +303,39 @@ def test_cli_density_and_cluster_on_mnist_cnn(tmp_path: Path) -> None:
 
     from typer.testing import CliRunner
 
+    from anatomist.cli.regions import regions_app
     from anatomist.nets.assets import load_model
-    from anatomist.regions.cli import regions_app
-    from anatomist.regions.experiments import default_sites
+    from anatomist.runs.regions import default_sites
+    from run_folder import check_run_folder
 
     runner = CliRunner()
     assert default_sites(load_model("mnist-cnn")) == ("features.relu1", "features.relu2", "classifier.relu3")
     args = ["density", "mnist-cnn", "--sites", "classifier.relu3", "--pairs", "2", "--bins", "20", "--exact-pairs", "1"]
     got = runner.invoke(regions_app, [*args, "--out", str(tmp_path / "d"), "--json"])
     assert got.exit_code == 0, got.output
-    result = json.loads(got.stdout)
+    result = json.loads(got.stdout)["numbers"]
     assert result["sites"] == ["classifier.relu3"] and result["pairs_with_class_change"] == 2
     assert result["crossings_exact"] >= result["crossings_sampled"] > 0  # sampling can only miss crossings
-    assert (tmp_path / "d" / "density_examples.png").is_file() and (tmp_path / "d" / "results.json").is_file()
+    assert (tmp_path / "d" / "density_examples.png").is_file() and (tmp_path / "d" / "paths.json").is_file()
+    metrics = check_run_folder(tmp_path / "d", "regions-density")
+    assert metrics.numbers["crossings_exact"] == result["crossings_exact"]
+    assert set(metrics.tables["per_site"]) == {"classifier.relu3", "all sites"}
     got = runner.invoke(
         regions_app,
         ["cluster", "mnist-cnn", "--sites", "classifier.relu3", "--n", "60", "--k", "3", "--out", str(tmp_path / "c")],
     )
     assert got.exit_code == 0, got.output
     assert "classifier.relu3" in got.stdout and (tmp_path / "c" / "clusters.png").is_file()
+    rows = check_run_folder(tmp_path / "c", "regions-cluster").tables["rows"]
+    assert {r["representation"] for r in rows.values()} == {"code", "activation", "direction"}
     bad = runner.invoke(regions_app, ["cluster", "mnist-cnn", "--sites", "classifier.fc1", "--out", str(tmp_path)])
     assert isinstance(bad.exception, AnatomistError) and "is a Linear" in str(bad.exception)
+
+
+def test_regions_yaml_configs_parse_as_their_kinds() -> None:
+    from anatomist.runs import load_run_config
+
+    root = Path(__file__).parents[1] / "experiments"
+    assert load_run_config(str(root / "regions_smollm2_density.yaml")).kind == "regions-density"
+    cluster_cfg = load_run_config(str(root / "regions_smollm2_cluster.yaml"), ["k=5"])
+    assert cluster_cfg.kind == "regions-cluster" and cluster_cfg.k == 5  # type: ignore[attr-defined]

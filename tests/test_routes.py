@@ -13,8 +13,8 @@ from torch import nn
 from anatomist import AnatomistError, Site, capture, splice
 from anatomist.nets.toys.moe_lm import MoEBlock, MoELM, MoELMConfig
 from anatomist.routes import control_content, find_moe_layers, moe_layer, router_basis
+from anatomist.routes.analysis import AnalyzeConfig, analyze, summary
 from anatomist.routes.control import split_coordinates
-from anatomist.routes.experiment import AnalyzeConfig, analyze, summary
 from anatomist.routes.paths import Routing, collect_routing, group_scores, path_groups, path_stats, stability, top_paths
 from anatomist.routes.probes import probe_accuracy, probe_layer
 
@@ -220,19 +220,31 @@ class _Tokenizer:
         return ["<s>", ",", ".", "The", "7", " the", " of", " a"][i % 8] + ("" if i < 8 else "x" * (i // 8))
 
 
-def test_analyze_writes_results_and_plots(tmp_path: Path) -> None:
+def test_analyze_and_the_routes_run_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anatomist.runs import routes as routes_kind
+    from anatomist.runs import run
+    from run_folder import check_run_folder
+
     model = _toy()
     ids = torch.randint(1, 64, (24, 16), generator=torch.Generator().manual_seed(0))
     cfg = AnalyzeConfig(probe_tokens=300, max_clusters=16, n_position_buckets=5)
-    res = analyze(model, ids, _Tokenizer(), tmp_path, cfg)
+    res = analyze(model, ids, _Tokenizer(), cfg)
+    subject = routes_kind.Subject("toy", model, _Tokenizer(), ids, ids, {})
+    monkeypatch.setattr(routes_kind, "load_subject", lambda *args: subject)
+    run_cfg = routes_kind.RoutesConfig(model="toy", probe_tokens=300, max_clusters=16, n_position_buckets=5)
+    result = run(run_cfg, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {
-        "results.json",
+        "config.yaml",
+        "metrics.json",
         "provenance.json",
         "stability.png",
         "probes.png",
         "monosemanticity.png",
     }
-    assert json.loads((tmp_path / "results.json").read_text())["paths"] == res["paths"]
+    metrics = check_run_folder(tmp_path, "routes", run_cfg)
+    assert result.value["paths"] == res["paths"]  # the run kind is `analyze` on the subject, written down
+    assert metrics.numbers["paths.n_paths"] == res["paths"]["n_paths"]
+    assert metrics.numbers["headline.n_paths"] == res["paths"]["n_paths"]
     assert res["paths"]["n_tokens"] == ids.numel() and res["router_rank"] == [8, 8, 8]
     assert len(res["stability"]) == 2 and set(res["probes"]) == {lay.name for lay in find_moe_layers(model)}
     mono = res["monosemanticity"]
@@ -247,13 +259,13 @@ def test_analyze_writes_results_and_plots(tmp_path: Path) -> None:
     numbers = summary(res)
     assert numbers["n_paths"] == res["paths"]["n_paths"] and 0 <= numbers["probe_expert_control"] <= 1
     with pytest.raises(AnatomistError, match="shape of ids"):
-        analyze(model, ids, _Tokenizer(), tmp_path, cfg, label_ids=ids[:2])
+        analyze(model, ids, _Tokenizer(), cfg, label_ids=ids[:2])
 
 
 def test_cli_layers_on_a_saved_hf_model(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from anatomist.routes.cli import routes_app
+    from anatomist.cli.routes import routes_app
 
     _hf("olmoe").save_pretrained(tmp_path / "olmoe")
     result = CliRunner().invoke(routes_app, ["layers", str(tmp_path / "olmoe"), "--json"])

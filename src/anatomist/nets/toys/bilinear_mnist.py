@@ -26,6 +26,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from anatomist.core.errors import AnatomistError
+from anatomist.core.packages import mnist_5k
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.ground_truth import GroundTruth
 
@@ -62,13 +63,11 @@ _SPLIT_SEED = 0  # the held-out split is the same for every training seed
 @cache
 def _split(test_per_class: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Stratified split of the 5,000 packaged digits: (train x, train y, test x, test y), x flat [N, 784]."""
-    from anatomist.data import load_images
-
-    digits = load_images("mnist")
-    x, y = digits.images.flatten(1), digits.labels
+    images, labels = mnist_5k()  # the digits of load_images("mnist")
+    x, y = torch.from_numpy(images.copy()).flatten(1), torch.from_numpy(labels.copy())
     g = torch.Generator().manual_seed(_SPLIT_SEED)
     train, test = [], []
-    for c in range(digits.n_classes):
+    for c in range(10):
         idx = (y == c).nonzero().squeeze(1)
         if len(idx) <= test_per_class:
             raise AnatomistError(f"class {c} has {len(idx)} images; cannot hold out {test_per_class}")

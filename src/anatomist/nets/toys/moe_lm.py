@@ -32,8 +32,11 @@ from torch import Tensor, nn
 
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_tensors, save_tensors
+from anatomist.core.packages import wiki_articles
 from anatomist.core.paths import cache_dir
 from anatomist.core.progress import progress
+from anatomist.core.text import pack_rows
+from anatomist.nets.assets import load_model
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.ground_truth import GroundTruth
 
@@ -225,8 +228,6 @@ def remap(smol_ids: Tensor, vocab: Tensor) -> Tensor:
 
 @functools.cache
 def smollm2_tokenizer() -> Any:
-    from anatomist.nets.assets import load_model
-
     return load_model("smollm2").tokenizer
 
 
@@ -235,9 +236,7 @@ def wiki_rows(seq_len: int) -> Tensor:
     path = cache_dir("corpora") / f"wiki-smollm2-{seq_len}.safetensors"
     if path.is_file():
         return load_tensors(path, required=["ids"])["ids"]
-    from anatomist.data import load_corpus
-
-    rows = load_corpus("wiki").tokenize(smollm2_tokenizer(), seq_len=seq_len)
+    rows = pack_rows(wiki_articles()[1], smollm2_tokenizer(), seq_len, name="wiki")  # = load_corpus("wiki").tokenize
     save_tensors(path, {"ids": rows})
     return rows
 

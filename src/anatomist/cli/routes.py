@@ -1,4 +1,4 @@
-"""`anatomist routes ...`: MoE routing as control."""
+"""`anatomist routes layers|analyze`: a model's MoE layers, and a short alias of `anatomist run routes`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
+from anatomist.cli.run import invoke
 from anatomist.core.errors import AnatomistError
+from anatomist.routes.control import find_moe_layers, router_basis
+from anatomist.runs.routes import load_moe_model
 
 routes_app = typer.Typer(
     help="MoE routing as control: control/content split, expert paths, probes.", no_args_is_help=True
@@ -32,9 +35,6 @@ def layers(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """List a model's MoE layers: block, router, experts, top-k and the router's rank."""
-    from anatomist.routes.control import find_moe_layers, router_basis
-    from anatomist.routes.experiment import load_moe_model
-
     rows = [
         {
             "block": lay.name,
@@ -56,29 +56,15 @@ def layers(
 
 @routes_app.command()
 def analyze(
-    model: ModelArg = "moe-lm",
-    out: Annotated[Path, typer.Option(help="output folder (results.json and plots)")] = Path("runs/routes"),
-    n_seqs: Annotated[int, typer.Option(help="held-out wiki sequences to analyse")] = 256,
+    model: Annotated[str | None, typer.Argument(help="'moe-lm' (default) or a local Hugging Face MoE folder")] = None,
+    out: Annotated[Path, typer.Option(help="run folder (metrics.json and plots)")] = Path("runs/routes"),
+    n_seqs: Annotated[int | None, typer.Option(help="held-out wiki sequences to analyse (default 256)")] = None,
     band: Annotated[
         str | None, typer.Option(help="MoE layer indices of the band, e.g. '0,1,2,3' (default: all)")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML of AnalyzeConfig fields (flags override it)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object (the headline numbers)")] = False,
+    config: Annotated[Path | None, typer.Option(help="run config YAML (kind: routes; flags override it)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Paths, cross-layer stability, probes and monosemanticity of paths vs experts on held-out wiki text."""
-    from anatomist.routes.experiment import AnalyzeConfig, analyze, load_subject, summary
-
-    cfg = AnalyzeConfig.from_yaml(config) if config else AnalyzeConfig()
-    if band is not None:
-        cfg = cfg.replace(band=_band(band))
-    subject = load_subject(model, n_seqs)
-    results = analyze(subject.model, subject.ids, subject.tokenizer, out, cfg, label_ids=subject.label_ids)
-    numbers = {"model": model, "tokens": int(subject.ids.numel()), **summary(results), "out": str(out)}
-    for key in ("test_loss", "unigram_loss"):
-        if key in subject.info:
-            numbers[key] = subject.info[key]
-    if as_json:
-        print(json.dumps(numbers))
-        return
-    for k, v in numbers.items():
-        print(f"{k:40s} {v:.4g}" if isinstance(v, float) else f"{k:40s} {v}")
+    extra = {"model": model, "n_seqs": n_seqs, "band": _band(band)}
+    invoke(str(config) if config else "routes", [], out, as_json=as_json, extra=extra)

@@ -1,4 +1,4 @@
-"""The routing-as-control experiment: one call runs every measure of the lens on held-out text.
+"""The routing-as-control analysis: one call runs every measure of the lens on held-out text.
 
 `analyze(model, ids, tokenizer, ...)` reads the routers of a band of MoE layers and reports
 1. path statistics and the most used paths with their tokens;
@@ -9,13 +9,11 @@
    single-layer expert, by path, and by k-means clusters of control / content / full hidden
    states at the same number of groups as there are paths, each next to its chance level;
 5. for the most frequent tokens, how many paths each one takes (one token, several functions).
-It writes `results.json` and a few plots into `out_dir`.
+It returns a nested dict; the `routes` run kind (`anatomist.runs.routes`) writes it and the plots.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,9 +24,8 @@ from torch import nn
 
 from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
-from anatomist.core.io import save_json
 from anatomist.data.token_labels import LABELS, token_labels
-from anatomist.routes.control import find_moe_layers, router_basis, split_coordinates
+from anatomist.routes.control import router_basis, split_coordinates
 from anatomist.routes.paths import Routing, collect_routing, group_scores, path_groups, path_stats, stability, top_paths
 from anatomist.routes.probes import FEATURES, probe_layer
 
@@ -117,11 +114,10 @@ def analyze(
     model: nn.Module,
     ids: torch.Tensor,
     tokenizer: Any,
-    out_dir: str | Path,
     config: AnalyzeConfig | None = None,
     label_ids: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Run the whole routes analysis on token ids [n_seqs, seq_len]; write results.json and plots to out_dir.
+    """The whole routes analysis on token ids [n_seqs, seq_len]: a nested dict of numbers and tables.
 
     `label_ids` are the ids the tokenizer reads, when the model's own ids differ from them (the
     tiny MoE LM uses a reduced vocabulary); by default `ids`.
@@ -154,22 +150,7 @@ def analyze(
         },
         "monosemanticity": monosemanticity(routing, labels, cfg.max_clusters, cfg.seed),
     }
-    out = Path(out_dir)
-    save_json(out / "results.json", results)
-    _record(out, model, ids, cfg)
-    from anatomist.routes.plots import plot_all  # matplotlib only when writing plots
-
-    plot_all(results, out)
     return results
-
-
-def _record(out: Path, model: nn.Module, ids: torch.Tensor, cfg: AnalyzeConfig) -> None:
-    """provenance.json: routing reads hidden states and router logits (activations) and the router matrices."""
-    from anatomist.core.provenance import data_record, model_record, write_provenance
-
-    name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
-    write_provenance(out, models=[model_record(name, model)], data=[data_record("token ids", ids,
-                     n_tokens=ids.numel())], config=cfg, seed=cfg.seed, access=["activations", "weights"])
 
 
 def _strings(tokenizer: Any, flat_ids: np.ndarray) -> list[str]:
@@ -201,50 +182,3 @@ def summary(results: dict[str, Any]) -> dict[str, float]:
         for g in ("path", "kmeans_control", "kmeans_content", "kmeans_full"):
             out[f"mono_{lab}_{g}"] = mono[g][lab]["mi_lift_frac"]
     return out
-
-
-@dataclass
-class Subject:
-    """A model to analyse with its tokenizer and held-out token ids."""
-
-    name: str
-    model: nn.Module
-    tokenizer: Any
-    ids: torch.Tensor  # [n_seqs, seq_len] what the model reads
-    label_ids: torch.Tensor  # [n_seqs, seq_len] the same tokens as the tokenizer's ids
-    info: dict[str, Any]
-
-
-def load_moe_model(name: str) -> nn.Module:
-    """'moe-lm' (the tiny MoE LM toy, trained first if not cached) or a model `load_model` knows."""
-    if name == "moe-lm":
-        from anatomist.nets.toys import load_toy
-
-        return load_toy("moe-lm").model
-    from anatomist.nets.assets import load_model
-
-    model = load_model(name).model
-    find_moe_layers(model)  # a clear error for a model without MoE layers
-    return model
-
-
-def load_subject(name: str, n_seqs: int, seq_len: int = 64) -> Subject:
-    """A model with held-out text: 'moe-lm' on its held-out wiki rows (trained first if not cached),
-    or any model `load_model` knows (e.g. a local Hugging Face MoE folder) on wiki rows."""
-    if name == "moe-lm":
-        from anatomist.nets.toys import load_toy
-        from anatomist.nets.toys.moe_lm import MoELMConfig, held_out
-
-        toy = load_toy("moe-lm")
-        assert isinstance(toy.config, MoELMConfig)
-        ids, label_ids, tokenizer = held_out(toy.config, n_seqs)
-        return Subject(name, toy.model, tokenizer, ids, label_ids, {"final_loss": toy.final_loss, **toy.metrics})
-    from anatomist.data import load_corpus
-    from anatomist.nets.assets import load_model
-
-    lm = load_model(name)
-    find_moe_layers(lm.model)  # a clear error before tokenising anything
-    if lm.tokenizer is None:
-        raise AnatomistError(f"model '{name}' has no tokenizer: the routes analysis needs one for token labels")
-    rows = load_corpus("wiki").tokenize(lm.tokenizer, seq_len=seq_len, n_seqs=n_seqs)
-    return Subject(name, lm.model, lm.tokenizer, rows, rows, {})

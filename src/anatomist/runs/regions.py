@@ -1,41 +1,51 @@
-"""The polytope lens on real models: boundary density around class changes, and region clustering.
+"""Run kinds `regions-density` and `regions-cluster`: the polytope lens on real models.
 
-`density_experiment`: straight paths between pairs of inputs of different classes (MNIST digits,
+`regions-density`: straight paths between pairs of inputs of different classes (MNIST digits,
 or, for a language model, the input embeddings of two wiki rows whose next-token predictions
 differ). Along each path: code changes per bin at every site and the model's prediction. The
 paper's claim is that boundary density peaks where the prediction changes; we compare the density
 in a window around the change with the density elsewhere, and, as controls, around the path's
 middle and on paths between two inputs of the same class.
 
-`cluster_experiment`: k-medoids clusters of inputs (images, or tokens of the wiki corpus) by code
+`regions-cluster`: k-medoids clusters of inputs (images, or tokens of the wiki corpus) by code
 (Hamming on hard codes, L1 on soft codes), raw activation (Euclidean, the activation module's
 output) and direction (cosine), at equal k, scored against labels (digit classes; token labels).
+
+Each writes its plots (and, for density, `paths.json`: every path's counts) into the run folder; the
+numbers go to metrics.json through `run(config, out)`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import save_json
 from anatomist.core.progress import progress
-from anatomist.core.provenance import data_record, model_record, write_provenance
+from anatomist.core.provenance import data_record, model_record
+from anatomist.data import load_corpus, load_images
+from anatomist.data.token_labels import token_labels
+from anatomist.nets.assets import LoadedModel, load_model
 from anatomist.nets.sites import Site, capture, splice
 from anatomist.regions.cluster import Metric, cluster, score_clusters
-from anatomist.regions.codes import CodeSite, code_sites, encode, nearby_activations, preactivations
+from anatomist.regions.codes import CodeSite, SplineCodes, code_sites, encode, nearby_activations, preactivations
 from anatomist.regions.paths import PathProbe, search_crossings
+from anatomist.runs.base import Context, Outcome, RunConfig, register
+from anatomist.runs.regions_plots import plot_clusters, plot_density
+
+# the polytope lens reads activations (their signs) and the predicted class (outputs)
+ACCESS = ("activations", "outputs")
 
 
-class DensityConfig(Config):
-    """Boundary density along paths between inputs of different classes."""
+class DensityConfig(RunConfig):
+    """Boundary density along paths between inputs of different classes (polytope lens)."""
 
+    kind: Literal["regions-density"] = "regions-density"
     model: str = Field(
         default="mnist-cnn", description="packaged model or local folder (image classifier or causal LM)"
     )
@@ -57,9 +67,10 @@ class DensityConfig(Config):
     seed: int = Field(default=0, description="seed for choosing pairs")
 
 
-class ClusterConfig(Config):
-    """Clustering inputs by spline codes vs activations vs directions, scored against labels."""
+class ClusterConfig(RunConfig):
+    """Clustering inputs by spline codes vs activations vs directions, scored against labels (polytope lens)."""
 
+    kind: Literal["regions-cluster"] = "regions-cluster"
     model: str = Field(
         default="mnist-cnn", description="packaged model or local folder (image classifier or causal LM)"
     )
@@ -93,19 +104,11 @@ def default_sites(loaded: Any) -> tuple[str, ...]:
     return tuple(picks)
 
 
-def _load(name: str) -> Any:
-    from anatomist.nets.assets import load_model
-
+def _load(name: str) -> LoadedModel:
     loaded = load_model(name)
     if loaded.kind == "encoder":
         raise AnatomistError(f"model '{name}' is an encoder: the regions experiments need a classifier or a causal LM")
     return loaded
-
-
-def _record(out: Path, loaded: Any, cfg: Any, data: dict[str, Any]) -> None:
-    """provenance.json: the polytope lens reads activations (their signs) and the predicted class (outputs)."""
-    write_provenance(out, models=[model_record(loaded.name, loaded.model)], data=[data], config=cfg, seed=cfg.seed,
-                     access=["activations", "outputs"])
 
 
 # --- density -------------------------------------------------------------------------------------
@@ -138,8 +141,6 @@ def _endpoints(loaded: Any, cfg: DensityConfig, rng: np.random.Generator) -> tup
     """Path ends (one input each, or (embedding, ids) for LMs) with their predicted classes."""
     model = loaded.model
     if loaded.kind == "image-classifier":
-        from anatomist.data import load_images
-
         imgs = load_images(cfg.images)
         # a random pool big enough to find the pairs in, so few images are run through the model
         pool = np.sort(rng.choice(len(imgs), min(len(imgs), 10 * (cfg.pairs + cfg.same_class_pairs) + 100), False))
@@ -147,8 +148,6 @@ def _endpoints(loaded: Any, cfg: DensityConfig, rng: np.random.Generator) -> tup
         with torch.no_grad():
             pred = torch.cat([model(x[i : i + 500]).argmax(-1) for i in range(0, len(x), 500)])
         return list(zip(x, [None] * len(x), strict=True)), pred.numpy(), None
-    from anatomist.data import load_corpus
-
     n_rows = 4 * (cfg.pairs + cfg.same_class_pairs)
     ids = load_corpus("wiki").tokenize(loaded.tokenizer, cfg.seq_len, n_rows)
     emb = Site(next(n for n, m in model.named_modules() if m is model.get_input_embeddings()), "output")
@@ -181,8 +180,9 @@ def _window_ratio(profile: np.ndarray, centres: list[float], window: float) -> f
     return float(inside / outside) if outside > 0 else float("inf")
 
 
-def density_experiment(cfg: DensityConfig, out: str | Path | None = None) -> dict[str, Any]:
-    """Boundary density along paths (see the module docstring); plots and results.json go to `out`."""
+@register(DensityConfig)
+def density(cfg: DensityConfig, ctx: Context) -> Outcome:
+    """Boundary density along paths (see the module docstring); paths.json and plots go to the run folder."""
     loaded = _load(cfg.model)
     sites = code_sites(loaded.model, cfg.sites or default_sites(loaded))
     rng = np.random.default_rng(cfg.seed)
@@ -215,20 +215,26 @@ def density_experiment(cfg: DensityConfig, out: str | Path | None = None) -> dic
             exact = search_crossings(PathProbe(loaded.model, sites, a, b, at, inputs), cfg.bins)
             rec["exact"] = {"per_site": exact.per_site(), "unresolved": exact.unresolved, "evals": exact.n_evals}
         records.append(rec)
-    summary = summarise_density(records, [c.module for c in sites], cfg.window)
-    result = {"config": cfg.model_dump(mode="json"), "sites": [c.module for c in sites], **summary}
-    if out is not None:
-        from anatomist.regions.plots import plot_density
+    names = [c.module for c in sites]
+    result = {"sites": names, **summarise_density(records, names, cfg.window)}
+    save_json(ctx.out / "paths.json", records)
+    result["plots"] = plot_density(records, names, ctx.out)
+    ends_t = torch.stack([e[0].reshape(-1) for e in ends])  # the path end points: what was run
+    data = data_record(_data_name(loaded, cfg.images), ends_t, n_examples=len(ends))
+    return Outcome(result, _density_summary(cfg, result), models=[model_record(loaded.name, loaded.model)],
+                   data=[data], access=ACCESS, value=result)
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        save_json(out / "paths.json", records)
-        result["plots"] = plot_density(records, [c.module for c in sites], out)
-        save_json(out / "results.json", result)
-        data = cfg.images if loaded.kind == "image-classifier" else "wiki"
-        ends_t = torch.stack([e[0].reshape(-1) for e in ends])  # the path end points: what was run
-        _record(out, loaded, cfg, data_record(data, ends_t, n_examples=len(ends)))
-    return result
+
+def _data_name(loaded: LoadedModel, images: str) -> str:
+    return images if loaded.kind == "image-classifier" else "wiki"
+
+
+def _density_summary(cfg: DensityConfig, result: dict[str, Any]) -> str:
+    last = result["sites"][-1]
+    s = result["per_site"][last]
+    return (f"{cfg.model}: boundary density near a class change {s['ratio_at_change']:.2f}x elsewhere at {last} "
+            f"(same-class control {s['ratio_same_class_matched']:.2f}x) over {result['pairs_with_class_change']} "
+            "paths")
 
 
 def _profiles(record: dict[str, Any], sites: list[str]) -> dict[str, np.ndarray]:
@@ -301,8 +307,6 @@ def _harvest(
     model: torch.nn.Module, batches: list[Any], sites: list[CodeSite], soft: bool
 ) -> tuple[Any, list[np.ndarray]]:
     """Codes and post-activation values (float32 [n, units] per site) for a list of batches."""
-    from anatomist.regions.codes import SplineCodes
-
     parts, acts = [], []
     for batch in progress(batches, total=len(batches), desc="harvest"):
         z = preactivations(model, batch, sites)
@@ -318,24 +322,20 @@ def _cluster_data(loaded: Any, cfg: ClusterConfig) -> tuple[list[Any], dict[str,
     """Batches of inputs and the labels of their rows."""
     rng = np.random.default_rng(cfg.seed)
     if loaded.kind == "image-classifier":
-        from anatomist.data import load_images
-
         imgs = load_images(cfg.images)
         if cfg.n > len(imgs):
             raise AnatomistError(f"n = {cfg.n} but image set '{cfg.images}' has {len(imgs)} images")
         pick = np.sort(rng.choice(len(imgs), cfg.n, replace=False))
         x = imgs.images[torch.from_numpy(pick)]
         return [x[i : i + 250] for i in range(0, cfg.n, 250)], {"digit": imgs.labels[pick].numpy()}
-    from anatomist.data import load_corpus
-    from anatomist.data.token_labels import token_labels
-
     n_seqs = -(-cfg.n // cfg.seq_len)
     ids = load_corpus("wiki").tokenize(loaded.tokenizer, cfg.seq_len, n_seqs)
     labels = token_labels(ids, loaded.tokenizer, top_tokens=cfg.top_tokens)
     return [ids[i : i + 8] for i in range(0, n_seqs, 8)], {name: lab.values for name, lab in labels.items()}
 
 
-def cluster_experiment(cfg: ClusterConfig, out: str | Path | None = None) -> dict[str, Any]:
+@register(ClusterConfig)
+def cluster_inputs(cfg: ClusterConfig, ctx: Context) -> Outcome:
     """Purity and NMI of code / activation / direction clusters at each site and all sites together."""
     loaded = _load(cfg.model)
     sites = code_sites(loaded.model, cfg.sites or default_sites(loaded))
@@ -358,21 +358,18 @@ def cluster_experiment(cfg: ClusterConfig, out: str | Path | None = None) -> dic
                 mean = {key: float(np.mean([sc[key] for sc in scores])) for key in scores[0]}
                 spread = {"nmi_sd": float(np.std([sc["nmi"] for sc in scores])), "runs": cfg.runs}
                 rows.append({"site": name, "representation": rep, "metric": metric, "label": label, **mean, **spread})
-    result = {
-        "config": cfg.model_dump(mode="json"),
-        "sites": [c.module for c in sites],
-        "n": len(codes),
-        "code_bytes": codes.nbytes,
-        "rows": rows,
-    }
-    if out is not None:
-        from anatomist.regions.plots import plot_clusters
+    result = {"sites": [c.module for c in sites], "n": len(codes), "code_bytes": codes.nbytes, "rows": rows}
+    result["plots"] = plot_clusters(rows, ctx.out)
+    inputs = torch.cat([b if isinstance(b, torch.Tensor) else b["input_ids"] for b in batches])
+    data = data_record(_data_name(loaded, cfg.images), inputs, n_examples=cfg.n)
+    return Outcome(result, _cluster_summary(cfg, result), models=[model_record(loaded.name, loaded.model)],
+                   data=[data], access=ACCESS, value=result)
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        result["plots"] = plot_clusters(rows, out)
-        save_json(out / "results.json", result)
-        data = cfg.images if loaded.kind == "image-classifier" else "wiki"
-        inputs = torch.cat([b if isinstance(b, torch.Tensor) else b["input_ids"] for b in batches])
-        _record(out, loaded, cfg, data_record(data, inputs, n_examples=cfg.n))
-    return result
+
+def _cluster_summary(cfg: ClusterConfig, result: dict[str, Any]) -> str:
+    site = result["sites"][-1]
+    mine = [r for r in result["rows"] if r["site"] == site]
+    label = mine[0]["label"]
+    nmi = {r["representation"]: r["nmi"] for r in mine if r["label"] == label}
+    return (f"{cfg.model}: NMI with {label} at {site}: " + ", ".join(f"{k} {v:.2f}" for k, v in nmi.items())
+            + f" (k {cfg.k}, {result['n']} rows)")

@@ -1,4 +1,4 @@
-"""Plots of the polytope-lens experiments: density along paths, and cluster scores. Small PNGs."""
+"""Plots of the polytope-lens run kinds (regions-density, regions-cluster): density along paths, cluster scores."""
 
 from __future__ import annotations
 

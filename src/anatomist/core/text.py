@@ -1,0 +1,53 @@
+"""Texts packed into fixed-length rows of token ids, the shape every language-model run reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from anatomist.core.errors import AnatomistError
+
+# texts are tokenised this many at a time, so a request for a few rows reads only a few texts
+_CHUNK = 64
+
+
+def _token_ids(texts: Sequence[str], tokenizer: Any) -> Iterator[list[int]]:
+    for start in range(0, len(texts), _CHUNK):
+        # verbose=False: texts longer than the model's context are fine here, we cut them into rows
+        batch = tokenizer(list(texts[start : start + _CHUNK]), add_special_tokens=False, verbose=False)
+        yield from batch["input_ids"]
+
+
+def pack_rows(texts: Sequence[str], tokenizer: Any, seq_len: int, n_seqs: int | None = None, add_bos: bool = True,
+              name: str = "corpus") -> torch.Tensor:
+    """Pack `texts`, each followed by EOS, into rows of `seq_len` token ids: LongTensor [n, seq_len].
+
+    With `add_bos` (and a tokenizer that has a BOS token) every row starts with BOS, then `seq_len - 1`
+    tokens of the stream; texts run on across row ends. Stops once `n_seqs` rows are made (None: every
+    text); the last, partial row is dropped. A tokenizer without an EOS token separates texts by its SEP
+    token, if any. `tokenizer` is any Hugging Face tokenizer (called on a list of strings, returning
+    "input_ids"); `name` names the texts in errors.
+    """
+    bos = tokenizer.bos_token_id if add_bos else None
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(tokenizer, "sep_token_id", None)
+    body = seq_len - (bos is not None)
+    if body < 1:
+        raise AnatomistError(f"seq_len {seq_len} is too short: rows need at least one token after BOS")
+    if n_seqs is not None and n_seqs < 1:
+        raise AnatomistError(f"n_seqs must be at least 1, got {n_seqs}")
+    rows: list[list[int]] = []
+    stream: list[int] = []
+    for ids in _token_ids(texts, tokenizer):
+        stream.extend(ids)
+        if sep is not None:
+            stream.append(sep)
+        while len(stream) >= body and (n_seqs is None or len(rows) < n_seqs):
+            rows.append(([bos] if bos is not None else []) + stream[:body])
+            del stream[:body]
+        if n_seqs is not None and len(rows) >= n_seqs:
+            break
+    if n_seqs is not None and len(rows) < n_seqs:
+        raise AnatomistError(f"corpus '{name}' holds only {len(rows)} rows of {seq_len} tokens; {n_seqs} asked for")
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), seq_len)

@@ -1,0 +1,60 @@
+"""Plots of the dictionary run kinds and experiments: the MDL frontier (bits per input against FVU over a
+sweep) and stitching paths (FVU as novel latents are inserted, then groups swapped)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from anatomist.dictionaries.mdl import select_mdl
+
+
+def plot_frontier(results: Sequence[dict[str, Any]], labels: Sequence[str], path: str, title: str = "") -> None:
+    """Bits per input against FVU for every dictionary of a sweep; the tolerance and the MDL choice marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    widths = sorted({int(r["d_sae"]) for r in results})
+    cmap = plt.get_cmap("viridis", max(2, len(widths)))
+    for r, label in zip(results, labels, strict=True):
+        c = cmap(widths.index(int(r["d_sae"])))
+        ax.scatter(r["fvu_quantised"], r["bits_per_input"], color=c, marker="o" if r["meets_tolerance"] else "x")
+        ax.annotate(label, (r["fvu_quantised"], r["bits_per_input"]), fontsize=6, xytext=(3, 2),
+                    textcoords="offset points")
+    best = results[select_mdl(results)]
+    ax.scatter(best["fvu_quantised"], best["bits_per_input"], s=160, facecolors="none", edgecolors="red",
+               label="MDL choice")
+    ax.axvline(results[0]["fvu_tolerance"], color="grey", ls="--", lw=0.8, label="FVU tolerance")
+    ax.set_yscale("log")
+    ax.set_xlabel("FVU of the quantised code")
+    ax.set_ylabel("bits per input")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_stitch_paths(paths: dict[str, list[dict[str, Any]]], file: str | Path, title: str = "") -> None:
+    """FVU along each stitching path (small -> small + novel latents -> large); dotted: the last insertion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.4))
+    for name, path in paths.items():
+        ax.plot(range(len(path)), [p["fvu"] for p in path], marker=".", label=name)
+        n_novel = sum(p["stage"] in ("small", "insert novel") for p in path)
+        ax.axvline(n_novel - 1, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("stitching step (novel latents inserted, then groups swapped)")
+    ax.set_ylabel("FVU")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(file, dpi=110)
+    plt.close(fig)
