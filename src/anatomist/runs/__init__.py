@@ -1,0 +1,33 @@
+"""The application layer: run kinds over the library lenses, one `run(config, out)`, the demo.
+
+Importing this package registers every kind. A new capability adds a module here with a config class
+and an `execute` function under `@register`, and a line below.
+"""
+
+from anatomist.runs import toys
+from anatomist.runs.base import (
+    KINDS,
+    Context,
+    Outcome,
+    RunConfig,
+    RunResult,
+    get_kind,
+    load_run_config,
+    parse_run_config,
+    register,
+    run,
+)
+
+__all__ = [
+    "KINDS",
+    "Context",
+    "Outcome",
+    "RunConfig",
+    "RunResult",
+    "get_kind",
+    "load_run_config",
+    "parse_run_config",
+    "register",
+    "run",
+    "toys",
+]

@@ -1,0 +1,214 @@
+"""The run contract: a config with a `kind` goes in, a folder comes out.
+
+Every run folder holds `config.yaml` (the full resolved config, re-runnable as is), `metrics.json`
+(one schema, `anatomist.core.metrics`), `provenance.json` (written here and nowhere else),
+`checkpoints/` for kinds that train, and the kind's own plots and artefacts.
+
+A kind is a config class (a `RunConfig` whose `kind` field is a one-value Literal) and a function
+`execute(config, ctx) -> Outcome`, registered with `@register(ConfigClass)`. `run(config, out)` is the
+one way to start any of them: the CLI, the demo and the experiments all go through it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+
+from anatomist.core.config import Config, read_yaml_mapping
+from anatomist.core.errors import AnatomistError, nearest
+from anatomist.core.io import atomic_write_text
+from anatomist.core.metrics import Metrics, write_metrics
+from anatomist.core.provenance import collect_parts, write_provenance
+from anatomist.core.threads import torch_threads
+
+CONFIG = "config.yaml"
+
+
+class RunConfig(Config):
+    """Base of every run kind's config; subclasses set `kind: Literal["name"] = "name"`."""
+
+    kind: str
+    # keys a resumed run may change (e.g. how often it logs); every other difference is refused
+    resumable_changes: ClassVar[frozenset[str]] = frozenset()
+
+
+@dataclass
+class Context:
+    """Where a kind writes, and whether it continues from the checkpoints already there."""
+
+    out: Path
+    resume: bool = False
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+
+@dataclass
+class Outcome:
+    """What a kind's `execute` returns: its numbers (nested dict), what it read, and a one-line summary."""
+
+    metrics: Mapping[str, Any]
+    summary: str = ""
+    models: list[dict[str, Any]] = field(default_factory=list)
+    data: list[dict[str, Any]] = field(default_factory=list)
+    access: Iterable[str] = ()
+    value: Any = None  # the kind's main product for library callers (a dictionary, a decomposition, ...)
+
+
+@dataclass
+class RunResult:
+    kind: str
+    out: Path
+    config: RunConfig
+    metrics: Metrics
+    summary: str
+    seconds: float
+    value: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "out": str(self.out), "summary": self.summary, "seconds": round(self.seconds, 2),
+                **self.metrics.to_json(self.kind, self.summary)}
+
+
+C = TypeVar("C", bound=RunConfig)
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    config: type[RunConfig]
+    execute: Callable[[Any, Context], Outcome]
+    trains: bool  # writes checkpoints and honours --resume
+
+    @property
+    def help(self) -> str:
+        return (self.config.__doc__ or "").strip().splitlines()[0] if self.config.__doc__ else ""
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def kind_name(config_cls: type[RunConfig]) -> str:
+    default = config_cls.model_fields["kind"].default
+    if not isinstance(default, str):
+        raise TypeError(f"{config_cls.__name__}.kind needs a Literal default naming the kind")
+    return default
+
+
+def register(config_cls: type[C], *, trains: bool = False) -> Callable[[Callable[[C, Context], Outcome]], Any]:
+    """Decorator: `@register(SPDToyConfig, trains=True)` over `def execute(cfg, ctx) -> Outcome`."""
+
+    def add(execute: Callable[[C, Context], Outcome]) -> Callable[[C, Context], Outcome]:
+        name = kind_name(config_cls)
+        if name in KINDS:
+            raise TypeError(f"run kind '{name}' registered twice")
+        KINDS[name] = Kind(name, config_cls, execute, trains)
+        return execute
+
+    return add
+
+
+def get_kind(name: str) -> Kind:
+    if name not in KINDS:
+        hint = nearest(name, KINDS, n=3)
+        raise AnatomistError(f"unknown run kind '{name}'" + (f" (did you mean {hint}?)" if hint else "")
+                             + f"; known: {', '.join(sorted(KINDS))}")
+    return KINDS[name]
+
+
+def parse_run_config(data: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """The config of the kind named by data["kind"] (the discriminator), validated with errors naming keys."""
+    if "kind" not in data:
+        raise AnatomistError(f"{source}: key 'kind' missing; known kinds: {', '.join(sorted(KINDS))}")
+    kind = get_kind(str(data["kind"]))
+    return kind.config.parse(dict(data), source=source)
+
+
+def apply_overrides(data: dict[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """`--set a.b=value` on a config mapping; values are read as YAML (numbers, lists, null, ...)."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy of plain values
+    for item in assignments:
+        path, sep, raw = item.partition("=")
+        if not sep or not path:
+            raise AnatomistError(f"--set {item!r}: expected key.path=value")
+        *parents, leaf = path.split(".")
+        node = data
+        for p in parents:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise AnatomistError(f"--set {item!r}: '{p}' is a {type(child).__name__}, not a section")
+            node = child
+        node[leaf] = _parse_value(raw)
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    """JSON first (so 1e-3 is a number, which YAML 1.1 would read as text), then YAML (lists, null, words)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return yaml.safe_load(raw) if raw else ""
+
+
+def load_run_config(target: str, assignments: Iterable[str] = ()) -> RunConfig:
+    """A config from a YAML path or a kind name (its defaults), with `--set` overrides laid over it."""
+    if target in KINDS:
+        data: dict[str, Any] = {"kind": target}
+        source = f"kind {target}"
+    else:
+        if not Path(target).exists() and not target.endswith((".yaml", ".yml")):
+            get_kind(target)  # a mistyped kind name: say so, with the nearest kinds
+        data, source = read_yaml_mapping(target), target
+    return parse_run_config(apply_overrides(data, assignments), source=source)
+
+
+def _config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _check_resume(config: RunConfig, out: Path) -> None:
+    path = out / CONFIG
+    if not path.is_file():
+        raise AnatomistError(f"{out}: nothing to resume (no {CONFIG}); run without --resume to start it")
+    before = read_yaml_mapping(path)
+    now = config.model_dump(mode="json")
+    differ = [k for k in _config_differences(before, now) if k.split(".")[0] not in config.resumable_changes]
+    if differ:
+        raise AnatomistError(f"{path}: --resume with a config that differs in {', '.join(differ)}; "
+                             "resume with the run's own config or start a new run in another folder")
+
+
+def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: int = 0) -> RunResult:
+    """Run any kind into folder `out` and write its config.yaml, metrics.json and provenance.json."""
+    kind = get_kind(config.kind)
+    out = Path(out)
+    if resume and not kind.trains:
+        raise AnatomistError(f"run kind '{kind.name}' does not train, so it has nothing to resume")
+    if resume:
+        _check_resume(config, out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    start = time.perf_counter()
+    with torch_threads(threads):
+        outcome = kind.execute(config, Context(out, resume))
+    seconds = time.perf_counter() - start
+    metrics = Metrics.from_nested(outcome.metrics)
+    write_metrics(out, kind.name, metrics, outcome.summary)
+    write_provenance(out, models=outcome.models, data=outcome.data, config=config,
+                     seed=getattr(config, "seed", None), access=outcome.access, parts=collect_parts(out))
+    return RunResult(kind.name, out, config, metrics, outcome.summary, seconds, outcome.value)
