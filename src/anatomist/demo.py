@@ -33,9 +33,9 @@ STEPS: list[tuple[str, str]] = [
     ("sae", "anatomist.features.demo:sae_step"),
     ("dashboard", "anatomist.report.demo:dashboard_step"),
     ("mnist_sae", "anatomist.report.demo:mnist_step"),
-    ("bilinear", "anatomist.mechanisms.bilinear_demo:step"),
+    ("bilinear", "anatomist.runs.bilinear:step"),
     ("routes", "anatomist.routes.demo:routes_step"),
-    ("spd", "anatomist.mechanisms.demo:spd_step"),
+    ("spd", "anatomist.runs.mechanisms:spd_step"),
     ("regions", "anatomist.regions.demo:regions_step"),
     ("dictionaries", "anatomist.dictionaries.demo:step"),
 ]

@@ -54,10 +54,9 @@ def demo(
 
 def _mount() -> None:
     """The short commands (aliases of `anatomist run KIND`) and the report commands."""
+    from anatomist.cli.mechanisms import apd_app, bilinear_app, l3d_app, spd_app
     from anatomist.dictionaries import cli as dictionaries_cli
     from anatomist.features.cli import sae_app
-    from anatomist.mechanisms.bilinear_cli import bilinear_app
-    from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
     from anatomist.regions.cli import regions_app
     from anatomist.report.cli import dashboard, report, serve
     from anatomist.routes.cli import routes_app

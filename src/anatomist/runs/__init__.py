@@ -4,7 +4,7 @@ Importing this package registers every kind. A new capability adds a module here
 and an `execute` function under `@register`, and a line below.
 """
 
-from anatomist.runs import toys
+from anatomist.runs import bilinear, lm_mlp, mechanisms, toys
 from anatomist.runs.base import (
     KINDS,
     Context,
@@ -29,5 +29,8 @@ __all__ = [
     "parse_run_config",
     "register",
     "run",
+    "bilinear",
+    "lm_mlp",
+    "mechanisms",
     "toys",
 ]
