@@ -72,7 +72,9 @@ def run_mnist(cfg: BilinearRunConfig, ctx: Context) -> Outcome:
         "test_accuracy": model_acc,
         "truncated_accuracy": acc,
         "top4_eigenvalue_share": round(float(share.mean()), 4),
-        "eigenvalues_top4": [[round(v, 3) for v in row] for row in values[:, :4].tolist()],
+        # a table: row = digit, columns = its 4 largest eigenvalues by |λ|
+        "eigenvalues_top4": {str(c): {f"λ{i + 1}": round(v, 3) for i, v in enumerate(row)}
+                             for c, row in enumerate(values[:, :4].tolist())},
         "plots": ["eigenvectors.png", "truncation.png"],
     }
     summary = (f"bilinear MNIST: held-out accuracy {model_acc:.4f} on {len(y)} digits; keeping 1/4/16 "
