@@ -25,10 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def _fitters(toy_name: str) -> dict[str, tuple[int, Any]]:
     """method -> (batch size, fit(steps) function) with the method's experiment config for this toy."""
     from anatomist.mechanisms import apd, l3d, spd
-    from anatomist.mechanisms.apd_l3d_toys import APDExperiment, L3DExperiment
-    from anatomist.mechanisms.spd_toys import SPDExperiment
-    from anatomist.mechanisms.toyrun import default_targets, toy_batches
     from anatomist.nets.toys import load_toy
+    from anatomist.runs.mechanisms import APDExperiment, L3DExperiment, SPDExperiment
+    from anatomist.runs.toy_scoring import default_targets, toy_batches
 
     stem = toy_name.replace("-", "_")
     toy = load_toy(toy_name)
