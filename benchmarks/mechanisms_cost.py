@@ -27,17 +27,18 @@ def _fitters(toy_name: str) -> dict[str, tuple[int, Any]]:
     from anatomist.mechanisms import apd, l3d, spd
     from anatomist.nets.toys import load_toy
     from anatomist.runs.mechanisms import APDExperiment, L3DExperiment, SPDExperiment
-    from anatomist.runs.toy_scoring import default_targets, toy_batches
+    from anatomist.runs.toy_scoring import ToyExperiment, default_targets, toy_batches
 
     stem = toy_name.replace("-", "_")
     toy = load_toy(toy_name)
     targets = default_targets(toy)
     out: dict[str, tuple[int, Any]] = {}
-    for method, exp_cls, module in [
+    methods: list[tuple[str, type[ToyExperiment], Any]] = [
         ("spd", SPDExperiment, spd),
         ("apd", APDExperiment, apd),
         ("l3d", L3DExperiment, l3d),
-    ]:
+    ]
+    for method, exp_cls, module in methods:
         path = ROOT / "experiments" / f"{method}_{stem}.yaml"
         if not path.is_file():
             continue
