@@ -108,20 +108,21 @@ def decompose_toy(exp: ToyExperiment, method: str, cfg: FitConfig, ctx: Context,
     after = toy_report(toy, names, *scored(dec))
     plots = write_toy_plots(ctx.out, toy, names, *scored(dec))
     last = dec.history[-1] if dec.history else {}
+    is_spd = method == "spd"  # the keys each runner reported before the run kinds, kept so old results compare
     metrics: dict[str, Any] = {
-        **({"method": method} if method != "spd" else {}),
+        **({} if is_spd else {"method": method}),
         "toy": exp.toy,
         "seed": cfg.seed,
         "toy_seed": exp.toy_seed,
         "steps": cfg.steps,
         "seconds": round(seconds, 1),
-        **({"steps_per_s": round(cfg.steps / seconds, 1)} if method != "spd" else {}),
+        **({} if is_spd else {"steps_per_s": round(cfg.steps / seconds, 1)}),
         **{k: after[k] for k in HEADLINE if k in after},
         **{f"init_{k}": before[k] for k in HEADLINE if k in before},
-        **({"ci_l0": after["ci_l0_total"]} if method == "spd" else {}),
+        **({"ci_l0": after["ci_l0_total"]} if is_spd else {}),
         **{f"final_{k}": v for k, v in last.items() if k not in ("step", "time_s")},
         "layers": {n: after[n] for n in names if n in after},
-        **({"init_layers": {n: before[n] for n in names if n in before}} if method == "spd" else {}),
+        **({"init_layers": {n: before[n] for n in names if n in before}} if is_spd else {}),
         "plots": plots,
         "out": str(ctx.out),
     }
