@@ -22,10 +22,9 @@ import torch
 from common import main, parser, say
 
 from anatomist.mechanisms import apd, l3d, spd
-from anatomist.mechanisms.apd_l3d_toys import APDExperiment, L3DExperiment
-from anatomist.mechanisms.spd_toys import SPDExperiment
-from anatomist.mechanisms.toyrun import default_targets, toy_batches
 from anatomist.nets.toys import load_toy
+from anatomist.runs.mechanisms import APDExperiment, L3DExperiment, SPDExperiment
+from anatomist.runs.toy_scoring import ToyExperiment, default_targets, toy_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,11 +35,12 @@ def _fitters(toy_name: str) -> dict[str, tuple[int, Any]]:
     toy = load_toy(toy_name)
     targets = default_targets(toy)
     out: dict[str, tuple[int, Any]] = {}
-    for method, exp_cls, module in [
+    methods: list[tuple[str, type[ToyExperiment], Any]] = [
         ("spd", SPDExperiment, spd),
         ("apd", APDExperiment, apd),
         ("l3d", L3DExperiment, l3d),
-    ]:
+    ]
+    for method, exp_cls, module in methods:
         path = ROOT / "experiments" / f"{method}_{stem}.yaml"
         if not path.is_file():
             continue

@@ -52,7 +52,7 @@ TOY_EXPERIMENT = {"tms-5-2": "spd_tms_5_2.yaml", "tms-40-10": "spd_tms_40_10.yam
 
 def _scorer(toy: Any) -> Callable[[torch.Tensor], dict[str, float]]:
     from anatomist.evaluate.recovery import match
-    from anatomist.mechanisms.toyrun import rows_match
+    from anatomist.runs.toy_scoring import rows_match
 
     truth = toy.ground_truth.components["linear1"]
     W = toy.model.W.detach()
@@ -92,9 +92,9 @@ class Recorder:
 
 def _worker_anatomist(args: argparse.Namespace) -> dict[str, Any]:
     from anatomist.mechanisms import spd
-    from anatomist.mechanisms.spd_toys import SPDExperiment
-    from anatomist.mechanisms.toyrun import default_targets, toy_batches
     from anatomist.nets.toys import load_toy
+    from anatomist.runs.mechanisms import SPDExperiment
+    from anatomist.runs.toy_scoring import default_targets, toy_batches
 
     exp = SPDExperiment.from_yaml(ROOT / "experiments" / TOY_EXPERIMENT[args.toy])
     cfg = exp.spd.replace(steps=args.steps, log_every=args.eval_every, checkpoint_every=0, seed=args.seed)
@@ -122,8 +122,8 @@ def _worker_reference(args: argparse.Namespace) -> dict[str, Any]:
     from spd.data_utils import DatasetGeneratedDataLoader, SparseFeatureDataset
     from spd.experiments.tms.models import TMSModel, TMSModelConfig
 
-    from anatomist.mechanisms.spd_toys import SPDExperiment
     from anatomist.nets.toys import load_toy
+    from anatomist.runs.mechanisms import SPDExperiment
 
     exp = SPDExperiment.from_yaml(ROOT / "experiments" / TOY_EXPERIMENT[args.toy])
     cfg = exp.spd

@@ -11,9 +11,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from anatomist import AnatomistError
+from anatomist.cli.mechanisms import bilinear_app
 from anatomist.mechanisms import bilinear
 from anatomist.mechanisms.bilinear import BilinearLayer, BilinearMLP
-from anatomist.mechanisms.bilinear_cli import bilinear_app
 from anatomist.nets.toys import toy_config
 from anatomist.nets.toys import train as train_module
 
@@ -114,8 +114,8 @@ def test_mnist_experiment_and_cli(tmp_cache: Path, tmp_path: Path, monkeypatch: 
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
-    m = json.loads(result.output)
-    acc = m["truncated_accuracy"]
+    m = json.loads(result.output)["numbers"]
+    acc = {k.removeprefix("truncated_accuracy."): v for k, v in m.items() if k.startswith("truncated_accuracy.")}
     assert m["test_digits"] == 1000 and m["test_accuracy"] > 0.8
     assert acc["all"] == pytest.approx(m["test_accuracy"], abs=1e-6)  # all eigenvectors: the model itself
     assert acc["32"] > acc["1"]

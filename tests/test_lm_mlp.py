@@ -7,7 +7,7 @@ import torch
 
 from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms import spd
-from anatomist.mechanisms.lm_mlp import TARGETS, MLPToLogits, cache_resid_mid, resolve_layer
+from anatomist.runs.lm_mlp import TARGETS, MLPToLogits, cache_resid_mid, resolve_layer
 
 
 def tiny_llama() -> torch.nn.Module:

@@ -13,10 +13,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from anatomist.cli.mechanisms import apd_app, l3d_app, spd_app
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json
-from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
-from anatomist.mechanisms.spd_toys import score_spd_checkpoint
+from anatomist.runs.mechanisms import score_spd_checkpoint
 from conftest import pentagon_tms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,29 +45,33 @@ def run_json(*args: str) -> dict[str, Any]:
 @pytest.mark.usefixtures("pentagon_in_cache")
 def test_spd_score_of_the_last_checkpoint_is_the_runs_own_report(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    final = run_json("spd", "run", "--toy", "tms-5-2", "--steps", "30", "--out", str(run), "--json")
-    assert final == json.loads(json.dumps(load_json(run / "metrics.json")))
+    printed = run_json("spd", "run", "--toy", "tms-5-2", "--steps", "30", "--out", str(run), "--json")
+    written = load_json(run / "metrics.json")
+    assert {k: printed[k] for k in written} == json.loads(json.dumps(written))
+    final, layers = printed["numbers"], printed["tables"]["layers"]
     score = run_json("spd", "score", str(run), "--json")
     assert score["step"] == 30
     for key in ("mmcs", "min_cosine", "ml2r", "mmcs_rows", "ci_l0"):
         assert score[key] == final[key], key
-    assert score["layers"]["linear1"] == final["layers"]["linear1"]
+    assert score["layers"]["linear1"] == layers["linear1"]
     assert score["mmcs"] != final["init_mmcs"]  # 30 steps moved it: the checkpoint, not the start, was scored
 
     missing = runner.invoke(app, ["spd", "score", str(run), "--step", "7"])
     assert "no checkpoint of step 7 (there are: 30)" in str(missing.exception)
-    with pytest.raises(AnatomistError, match="experiment.yaml"):
+    with pytest.raises(AnatomistError, match="no checkpoint"):
         score_spd_checkpoint(tmp_path / "nothing")
 
 
 @pytest.mark.usefixtures("pentagon_in_cache")
 def test_apd_and_l3d_runs_write_what_they_print(tmp_path: Path) -> None:
-    a = run_json("apd", "run", "--toy", "tms-5-2", "--steps", "5", "--out", str(tmp_path / "apd"), "--json")
-    assert a["method"] == "apd" and a == load_json(tmp_path / "apd" / "metrics.json")
+    printed = run_json("apd", "run", "--toy", "tms-5-2", "--steps", "5", "--out", str(tmp_path / "apd"), "--json")
+    written = load_json(tmp_path / "apd" / "metrics.json")
+    a = printed["numbers"]
+    assert a["method"] == "apd" and {k: printed[k] for k in written} == written
     assert {"mmcs", "ml2r", "init_mmcs", "mmcs_rows"} <= set(a)
-    l = run_json("l3d", "run", "--toy", "tms-5-2", "--steps", "5", "--out", str(tmp_path / "l3d"), "--json")
+    l = run_json("l3d", "run", "--toy", "tms-5-2", "--steps", "5", "--out", str(tmp_path / "l3d"), "--json")["numbers"]
     assert l["method"] == "l3d" and "ml2r" not in l and "mmcs" in l  # unit-norm subnetworks: no size to compare
-    # the experiment a run wrote is a valid config for the next run
-    written = str(tmp_path / "apd" / "experiment.yaml")
-    again = run_json("apd", "run", "--config", written, "--out", str(tmp_path / "b"), "--json")
-    assert again["steps"] == 5
+    # the config a run wrote is a valid config for the next run
+    config = str(tmp_path / "apd" / "config.yaml")
+    again = run_json("apd", "run", "--config", config, "--out", str(tmp_path / "b"), "--json")
+    assert again["numbers"]["steps"] == 5

@@ -7,7 +7,7 @@ import torch
 
 from anatomist.core.errors import AnatomistError
 from anatomist.evaluate.recovery import alive, ci_l0, cosine_matrix, identity_pattern_error, match, ml2r, mmcs
-from anatomist.mechanisms.toyrun import per_feature_components
+from anatomist.runs.toy_scoring import per_feature_components
 
 
 def test_match_permuted_scaled_with_extras() -> None:
@@ -51,8 +51,8 @@ def test_l0_alive_identity_pattern() -> None:
 
 
 def test_toy_report_counts_the_identity_pieces_of_tms_id() -> None:
-    from anatomist.mechanisms.toyrun import toy_report
     from anatomist.nets.toys import TrainedToy, toy_config
+    from anatomist.runs.toy_scoring import toy_report
 
     cfg = toy_config("tms-5-2-id")
     toy = TrainedToy(cfg.build(), cfg, final_loss=0.0)

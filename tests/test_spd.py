@@ -187,7 +187,7 @@ def test_tms_5_2_recovery_short() -> None:
 
 
 def test_paper_rows_score_ignores_leakage_the_flattened_score_sees() -> None:
-    from anatomist.mechanisms.toyrun import rows_match
+    from anatomist.runs.toy_scoring import rows_match
 
     model, cfg = pentagon_tms()
     truth = cfg.ground_truth(model).components["linear1"]  # [5, 2, 5]: W[:, f] e_fᵀ

@@ -65,11 +65,10 @@ def demo(
 def _mount() -> None:
     """The short commands (aliases of `anatomist run KIND`) and the report commands."""
     from anatomist.cli import dictionaries as dictionaries_cli
+    from anatomist.cli.mechanisms import apd_app, bilinear_app, l3d_app, spd_app
     from anatomist.cli.regions import regions_app
     from anatomist.cli.report import dashboard, report, serve
     from anatomist.cli.routes import routes_app
-    from anatomist.mechanisms.bilinear_cli import bilinear_app
-    from anatomist.mechanisms.cli import apd_app, l3d_app, spd_app
 
     for sub, name in [(toy_app, "toy"), (sae_app, "sae"), (spd_app, "spd"), (apd_app, "apd"), (l3d_app, "l3d"),
                       (bilinear_app, "bilinear"), (regions_app, "regions"), (routes_app, "routes")]:

@@ -30,21 +30,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
-from anatomist.mechanisms.components import Decomposition, model_output
-from anatomist.mechanisms.training import fit, warmup_lr
-from anatomist.nets.sites import run_model
+from anatomist.mechanisms.components import Decomposition, find_targets, model_output
+from anatomist.mechanisms.training import FitConfig, fit
+from anatomist.nets.sites import Site, SiteFn, run_and_capture, splice
 
 
-class APDConfig(Config):
-    """APD hyperparameters; the defaults are the paper's TMS 5-2 setting."""
+class APDConfig(
+    FitConfig,
+    defaults={"steps": 20_000, "batch_size": 2048, "lr": 3e-2, "lr_schedule": "constant", "lr_warmup": 0.05},
+):
+    """APD hyperparameters; the defaults are the paper's TMS 5-2 setting (schedule fields: `FitConfig`)."""
 
     C: int = Field(default=5, description="Components; each spans every target layer.", gt=0)
     rank: int | None = Field(
@@ -62,19 +64,6 @@ class APDConfig(Config):
     topk_recon_coeff: float = Field(default=1.0, description="Weight of the top-k reconstruction MSE.", ge=0)
     schatten_coeff: float = Field(default=0.7, description="Weight of the Schatten-p simplicity loss.", ge=0)
     schatten_p: float = Field(default=1.0, description="p of the Schatten norm (p < 2 pushes towards low rank).", gt=0)
-    steps: int = Field(default=20_000, description="Optimizer steps.", gt=0)
-    batch_size: int = Field(default=2048, description="Inputs per step when APD draws toy data itself (the CLI).", gt=0)
-    lr: float = Field(default=3e-2, description="Peak AdamW learning rate (weight decay 0).", gt=0)
-    lr_schedule: Literal["constant", "cosine"] = Field(default="constant", description="Learning-rate schedule.")
-    lr_warmup: float = Field(default=0.05, description="Fraction of steps of linear warm-up from 0.", ge=0, lt=1)
-    seed: int = Field(default=0, description="Seeds the components' initialisation.")
-    log_every: int = Field(default=100, description="Steps between recorded loss values.", gt=0)
-    checkpoint_every: int = Field(
-        default=0, description="Steps between checkpoints in the run folder (0: only at the end).", ge=0
-    )
-
-    def lr_at(self, step: int) -> float:
-        return warmup_lr(step, self.steps, self.lr, self.lr_warmup, self.lr_schedule, cosine="half")
 
 
 class APDDecomposition(Decomposition):
@@ -89,11 +78,8 @@ class APDDecomposition(Decomposition):
         generator: torch.Generator | None = None,
     ):
         if rank is None:
-            from anatomist.mechanisms.components import find_targets
-
             rank = max(min(t.d_in, t.d_out) for t in find_targets(model, targets))
-        super().__init__(model, targets, C * rank, generator)
-        self.n_components, self.rank = C, rank
+        super().__init__(model, targets, C, generator, rank=rank)
         self.history: list[dict[str, float]] = []
 
     def expand(self, mask: Tensor) -> Tensor:
@@ -103,7 +89,7 @@ class APDDecomposition(Decomposition):
     def matrices(self, name: str) -> Tensor:
         """Each component's piece of a target, `[C, d_out, d_in]` in `nn.Linear` layout (y = W x)."""
         pieces = super().matrices(name)  # [C·r, d_out, d_in]
-        return pieces.view(self.n_components, self.rank, *pieces.shape[1:]).sum(1)
+        return pieces.view(self.C, self.rank, *pieces.shape[1:]).sum(1)
 
     def run_with_components(self, inputs: Any, mask: Tensor | None) -> Tensor:
         """The model's output with only the masked-in components ([..., C], 1 = keep) on every target."""
@@ -112,11 +98,11 @@ class APDDecomposition(Decomposition):
 
     def schatten(self, p: float) -> Tensor:
         """[C]: Σ_l Σ_m (‖A_c,l[:, m]‖² ‖B_c,l[m, :]‖²)^{p/2} over each stored weight (ties counted once)."""
-        total = torch.zeros(self.n_components, device=self.V[next(iter(self.V.keys()))].device)
+        total = torch.zeros(self.C, device=self.V[next(iter(self.V.keys()))].device)
         for t in self.owners():
             V, U = self.factors(t.name)  # [d_in, C·r], [C·r, d_out]
             s = V.square().sum(0) * U.square().sum(1)  # [C·r]
-            total = total + (s + 1e-16).pow(p / 2).view(self.n_components, self.rank).sum(1)
+            total = total + (s + 1e-16).pow(p / 2).view(self.C, self.rank).sum(1)
         return total
 
     @torch.no_grad()
@@ -131,29 +117,20 @@ def _run_capturing(dec: Decomposition, inputs: Any) -> tuple[Tensor, dict[str, T
     The gradient of the output with respect to a target's added zero is its gradient with respect
     to that target's output, through every later layer (later targets included).
     """
-    pres: dict[str, Tensor] = {}
     zeros: dict[str, Tensor] = {}
-    handles = []
 
-    def hook(module: nn.Module, args: tuple[Any, ...], out: Tensor, name: str) -> Tensor:
-        pres[name] = args[0].detach()
-        zeros[name] = torch.zeros_like(out, requires_grad=True)
-        return out + zeros[name]
+    def add_zero(name: str) -> SiteFn:
+        def add(out: Tensor) -> Tensor:
+            zeros[name] = torch.zeros_like(out, requires_grad=True)
+            return out + zeros[name]
 
-    try:
-        for name in dec.targets:
-            handles.append(
-                dec.module(name).register_forward_hook(lambda m, a, o, _n=name: hook(m, a, o, _n))  # type: ignore[misc]
-            )
-        with torch.enable_grad():
-            out = model_output(run_model(dec.model, inputs))
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in dec.targets if n not in zeros]
-    if missing:
-        raise AnatomistError(f"target layers {missing} were not called by the model's forward on these inputs")
-    return out, pres, zeros
+        return add
+
+    inputs_at = {name: Site(dec.target(name).name, "input") for name in dec.targets}
+    outputs: dict[Site | str, SiteFn] = {Site(dec.target(name).name, "output"): add_zero(name) for name in dec.targets}
+    with splice(dec.model, outputs), torch.enable_grad():
+        out, seen = run_and_capture(dec.model, inputs, list(inputs_at.values()))
+    return model_output(out), {name: seen[site].detach() for name, site in inputs_at.items()}, zeros
 
 
 def gradient_attributions(dec: APDDecomposition, inputs: Any) -> tuple[Tensor, Tensor]:
@@ -165,7 +142,7 @@ def gradient_attributions(dec: APDDecomposition, inputs: Any) -> tuple[Tensor, T
     eye = torch.eye(d_y, dtype=out.dtype, device=out.device).view(d_y, *([1] * len(lead)), d_y).expand(d_y, *out.shape)
     jac = torch.autograd.grad(out, [posts[n] for n in names], grad_outputs=eye, is_grads_batched=True)
     with torch.no_grad():
-        total = torch.zeros(d_y, *lead, dec.n_components, dtype=out.dtype, device=out.device)
+        total = torch.zeros(d_y, *lead, dec.C, dtype=out.dtype, device=out.device)
         for name, j in zip(names, jac, strict=True):
             if j.shape[1:-1] != lead:
                 raise AnatomistError(
@@ -175,7 +152,7 @@ def gradient_attributions(dec: APDDecomposition, inputs: Any) -> tuple[Tensor, T
             _, U = dec.factors(name)  # [C·r, d_out]
             inner = dec.inner(name, pres[name])  # [..., C·r]: x_l V
             per_piece = (j @ U.T) * inner  # [d_y, ..., C·r]: ∂y_o/∂post · (x_l u_j v_jᵀ)
-            total += per_piece.view(*per_piece.shape[:-1], dec.n_components, dec.rank).sum(-1)
+            total += per_piece.view(*per_piece.shape[:-1], dec.C, dec.rank).sum(-1)
         return out.detach(), total.square().sum(0)
 
 
@@ -199,7 +176,7 @@ def apd_losses(dec: APDDecomposition, inputs: Any, cfg: APDConfig) -> tuple[Tens
     terms: dict[str, Tensor] = {"faithfulness": dec.faithfulness_loss()}
     terms["topk_recon"] = (dec.run_with_components(inputs, mask) - target_out).square().mean()
     # Schatten norms of the components each input uses, averaged over inputs, per parameter
-    usage = mask.reshape(-1, dec.n_components).mean(0)  # [C]
+    usage = mask.reshape(-1, dec.C).mean(0)  # [C]
     terms["schatten"] = (usage * dec.schatten(cfg.schatten_p)).sum() / dec.n_target_params()
     total = (
         cfg.faithfulness_coeff * terms["faithfulness"]
@@ -242,11 +219,8 @@ def decompose(
         data,
         lambda step, batch: apd_losses(dec, batch, cfg),
         opt,
-        cfg.steps,
-        cfg.lr_at,
+        cfg,
         method="APD",
-        log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every,
         run_dir=run_dir,
         resume=resume,
         generators=generators,

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from anatomist.core.errors import AnatomistError
-from anatomist.nets.toys.bilinear_mnist import BilinearLayer, BilinearMLP
+from anatomist.nets.bilinear import BilinearLayer, BilinearMLP
 
 __all__ = [
     "BilinearLayer",

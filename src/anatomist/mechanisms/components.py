@@ -21,13 +21,13 @@ gradient through either lands on the same parameters. Ties are found from tensor
 configuration is needed.
 
 The user's model is never edited: masked forwards swap the target modules' `forward` for the
-duration of a `with` block and restore it on exit, also on error.
+duration of a `with` block (`nets.sites.replace_forward`) and restore it on exit, also on error.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from anatomist.core.errors import AnatomistError, nearest
-from anatomist.nets.sites import run_model
+from anatomist.nets.sites import Site, replace_forward, run_and_capture, run_model
 
 Kind = Literal["linear", "embedding", "conv1d"]
 
@@ -186,21 +186,25 @@ class Decomposition(nn.Module):
         C: int,
         generator: torch.Generator | None = None,
         init: str = "random",
+        rank: int = 1,
     ):
         super().__init__()
         if C < 1:
-            raise AnatomistError(f"C (subcomponents per layer) must be positive, got {C}")
+            raise AnatomistError(f"C (components per layer) must be positive, got {C}")
         object.__setattr__(self, "model", model)  # not a submodule: its weights are the target, not ours
-        self.C = C
+        # C components per layer, each `rank` rank-one subcomponents (SPD: rank 1; APD: component c is
+        # subcomponents c·rank … c·rank + rank − 1), so C means the number of components in every method
+        self.C, self.rank = C, rank
+        self.n_subcomponents = C * rank
         self.targets: dict[str, Target] = {t.name: t for t in find_targets(model, targets)}
         self._modules_by_name = {t: model.get_submodule(t) for t in self.targets}
         self.V = nn.ParameterDict()
         self.U = nn.ParameterDict()
         for t in self.targets.values():
             if t.owner == t.name:
-                w = self.target_weight(t.name)
-                self.V[_key(t.name)] = nn.Parameter(torch.empty(t.d_in, C, dtype=w.dtype, device=w.device))
-                self.U[_key(t.name)] = nn.Parameter(torch.empty(C, t.d_out, dtype=w.dtype, device=w.device))
+                w, k = self.target_weight(t.name), self.n_subcomponents
+                self.V[_key(t.name)] = nn.Parameter(torch.empty(t.d_in, k, dtype=w.dtype, device=w.device))
+                self.U[_key(t.name)] = nn.Parameter(torch.empty(k, t.d_out, dtype=w.dtype, device=w.device))
         self.reset_parameters(generator, init)
 
     @torch.no_grad()
@@ -225,7 +229,7 @@ class Decomposition(nn.Module):
             U.mul_(overlap[:, None])
             if init == "svd":
                 u, sv, vh = torch.linalg.svd(W, full_matrices=False)
-                k = min(self.C, int((sv > sv[0] * 1e-6).sum()))
+                k = min(self.n_subcomponents, int((sv > sv[0] * 1e-6).sum()))
                 U[k:] *= 1e-3  # beyond the rank: tiny random pieces, free to grow
                 V[:, :k] = vh[:k].T
                 U[:k] = (u[:, :k] * sv[:k]).T
@@ -290,9 +294,9 @@ class Decomposition(nn.Module):
         _, U = self.factors(name)
         acts = self.inner(name, x)  # [..., C]
         if mask is not None:
-            if mask.shape[-1] != self.C or mask.ndim > acts.ndim:
+            if mask.shape[-1] != self.n_subcomponents or mask.ndim > acts.ndim:
                 raise AnatomistError(
-                    f"mask for '{name}' has shape {list(mask.shape)}; expected [..., {self.C}] "
+                    f"mask for '{name}' has shape {list(mask.shape)}; expected [..., {self.n_subcomponents}] "
                     f"matching the inner activations {list(acts.shape)}"
                 )
             acts = acts * mask
@@ -309,25 +313,17 @@ class Decomposition(nn.Module):
 
         A mask is `[..., C]` (broadcast against the inner activations, e.g. `[batch, C]` or
         `[batch, seq, C]`); `None` means all subcomponents unmasked. Targets not named keep their
-        original weight. Yields the model; restores every patched `forward` on exit, also on error.
+        original weight. Yields the model; `nets.sites.replace_forward` restores every forward on exit.
         """
-        patched: list[tuple[nn.Module, Any]] = []
-        try:
-            for name, mask in masks.items():
-                module = self.module(name)
-                patched.append((module, module.__dict__.get("forward")))
+        forwards = {self.target(name).name: self._masked_forward(name, mask) for name, mask in masks.items()}
+        with replace_forward(self.model, forwards) as model:
+            yield model
 
-                def forward(x: Tensor, *_: Any, _name: str = name, _mask: Tensor | None = mask, **__: Any) -> Tensor:
-                    return self.layer_forward(_name, x, _mask)
+    def _masked_forward(self, name: str, mask: Tensor | None) -> Callable[..., Tensor]:
+        def forward(x: Tensor, *_: Any, **__: Any) -> Tensor:
+            return self.layer_forward(name, x, mask)
 
-                module.forward = forward  # type: ignore[method-assign]
-            yield self.model
-        finally:
-            for module, previous in reversed(patched):
-                if previous is None:
-                    module.__dict__.pop("forward", None)
-                else:
-                    module.forward = previous  # type: ignore[method-assign]
+        return forward
 
     def run_with_masks(self, inputs: Any, masks: Mapping[str, Tensor | None]) -> Tensor:
         """The model's output tensor on `inputs` with the given targets masked (see `masked`)."""
@@ -337,23 +333,9 @@ class Decomposition(nn.Module):
     def run_capturing_inputs(self, inputs: Any, names: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The unchanged model's output and the input of each target layer (its last call), in one forward."""
         names = list(self.targets) if names is None else list(names)
-        seen: dict[str, Tensor] = {}
-        handles = []
-        try:
-            for name in names:
-
-                def hook(_m: nn.Module, args: tuple[Any, ...], _name: str = name) -> None:
-                    seen[_name] = args[0]
-
-                handles.append(self.module(name).register_forward_pre_hook(hook))
-            out = model_output(run_model(self.model, inputs))
-        finally:
-            for h in handles:
-                h.remove()
-        missing = [n for n in names if n not in seen]
-        if missing:
-            raise AnatomistError(f"target layers {missing} were not called by the model's forward on these inputs")
-        return out, seen
+        sites = {name: Site(self.target(name).name, "input") for name in names}
+        out, seen = run_and_capture(self.model, inputs, list(sites.values()))
+        return model_output(out), {name: seen[site] for name, site in sites.items()}
 
     def faithfulness_loss(self) -> Tensor:
         """‖W − Σ_c U_c V_cᵀ‖² summed over the stored weights, divided by their number of entries."""

@@ -36,14 +36,13 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms.components import Target, find_targets, layer_weight, model_output
-from anatomist.mechanisms.training import fit, warmup_lr
+from anatomist.mechanisms.training import FitConfig, fit
 
 
-class L3DConfig(Config):
-    """Hyperparameters of an L3D run (defaults: the TMS 5-2 setting)."""
+class L3DConfig(FitConfig, defaults={"steps": 4000, "batch_size": 512, "lr": 1e-2, "lr_schedule": "cosine"}):
+    """Hyperparameters of an L3D run (defaults: the TMS 5-2 setting; schedule fields: `FitConfig`)."""
 
     n_subnetworks: int = Field(default=5, description="Number of subnetworks (parameter directions) to learn.", gt=0)
     rank: int = Field(default=1, description="Rank of each subnetwork in every target weight matrix.", gt=0)
@@ -59,19 +58,6 @@ class L3DConfig(Config):
     reference: Literal["batch_mean", "shuffled"] = Field(
         default="batch_mean", description="Reference output: the batch's mean output, or another sample's output."
     )
-    steps: int = Field(default=4000, description="Optimizer steps.", gt=0)
-    batch_size: int = Field(default=512, description="Samples (gradients) per step.", gt=0)
-    lr: float = Field(default=1e-2, description="Peak Adam learning rate.", gt=0)
-    lr_schedule: Literal["constant", "cosine"] = Field(default="cosine", description="Learning-rate schedule.")
-    lr_warmup: float = Field(default=0.0, description="Fraction of steps of linear warm-up.", ge=0, lt=1)
-    seed: int = Field(default=0, description="Seeds the initialisation (and the 'shuffled' reference).")
-    log_every: int = Field(default=100, description="Steps between recorded loss values.", gt=0)
-    checkpoint_every: int = Field(
-        default=0, description="Steps between checkpoints in the run folder (0: only at the end).", ge=0
-    )
-
-    def lr_at(self, step: int) -> float:
-        return warmup_lr(step, self.steps, self.lr, self.lr_warmup, self.lr_schedule, cosine="half")
 
 
 # --- per-sample gradients ------------------------------------------------------------------------
@@ -319,11 +305,8 @@ def decompose(
         data,
         lambda step, batch: l3d_loss(dec, _input_tensor(batch), ref_gen),
         opt,
-        cfg.steps,
-        cfg.lr_at,
+        cfg,
         method="L3D",
-        log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every,
         run_dir=run_dir,
         resume=resume,
         generators={"reference": ref_gen, **(generators or {})},

@@ -24,39 +24,28 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json, load_tensors, save_json, save_tensors
 from anatomist.mechanisms.components import Decomposition
-from anatomist.mechanisms.training import fit, warmup_lr
+from anatomist.mechanisms.training import FitConfig, fit
 
 
-class SPDConfig(Config):
-    """SPD hyperparameters; the defaults are the paper's TMS 5-2 setting."""
+class SPDConfig(FitConfig, defaults={"steps": 40_000, "batch_size": 4096, "lr": 1e-3, "lr_schedule": "cosine"}):
+    """SPD hyperparameters; the defaults are the paper's TMS 5-2 setting (schedule fields: `FitConfig`)."""
+
+    cosine: ClassVar[Literal["half", "quarter"]] = "quarter"  # the goodfire reference's lr·cos(π/2 · t/T)
 
     C: int = Field(default=20, description="Rank-one subcomponents per target layer.", gt=0)
     d_gate: int = Field(
         default=16, description="Hidden width of each causal-importance MLP (0: a scalar affine gate).", ge=0
     )
-    steps: int = Field(default=40_000, description="Optimizer steps.", gt=0)
-    batch_size: int = Field(
-        default=4096,
-        description="Inputs per step when SPD draws toy data itself (the CLI); `decompose` takes "
-        "batches as the data iterable yields them.",
-        gt=0,
-    )
-    lr: float = Field(default=1e-3, description="Peak AdamW learning rate (weight decay 0).", gt=0)
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        default="cosine", description="'cosine': lr·cos(π/2 · t/T) after warm-up, from lr down to 0."
-    )
-    lr_warmup: float = Field(default=0.0, description="Fraction of steps of linear warm-up from 0.", ge=0, lt=1)
     faithfulness_coeff: float = Field(default=1.0, description="Weight of ‖W − ΣUVᵀ‖²/N_params.", ge=0)
     stochastic_recon_coeff: float = Field(
         default=1.0, description="Weight of the output loss with stochastic masks on all targets at once.", ge=0
@@ -82,14 +71,6 @@ class SPDConfig(Config):
         description="Start of the factors: 'random' (the paper's) or 'svd' (the weight's top singular pieces; "
         "not in the paper, a faster start on real models).",
     )
-    seed: int = Field(default=0, description="Seeds the factors, the CI MLPs and the stochastic masks.")
-    log_every: int = Field(default=100, description="Steps between recorded loss values.", gt=0)
-    checkpoint_every: int = Field(
-        default=0, description="Steps between checkpoints in the run folder (0: only at the end).", ge=0
-    )
-
-    def lr_at(self, step: int) -> float:
-        return warmup_lr(step, self.steps, self.lr, self.lr_warmup, self.lr_schedule, cosine="quarter")
 
     def pnorm_at(self, step: int) -> float:
         if self.pnorm_final is None:
@@ -345,11 +326,8 @@ def decompose(
         data,
         lambda step, batch: spd_losses(dec, batch, step, mask_gen),
         opt,
-        cfg.steps,
-        cfg.lr_at,
+        cfg,
         method="SPD",
-        log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every,
         run_dir=run_dir,
         resume=resume,
         generators={"masks": mask_gen, **(generators or {})},

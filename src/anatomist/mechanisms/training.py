@@ -14,12 +14,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
+from pydantic.fields import FieldInfo
 from torch import Tensor, nn
 
 from anatomist.core.checkpoint import Checkpointer
+from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
 from anatomist.core.progress import progress
 
@@ -59,6 +62,47 @@ def warmup_lr(step: int, steps: int, lr: float, warmup: float, schedule: str, co
     return lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / span))
 
 
+class FitConfig(Config):
+    """The schedule every decomposition method shares: steps, batch, learning rate, seed, logging, checkpoints.
+
+    A method's config subclasses it and sets its own defaults in the class line, e.g.
+    `class APDConfig(FitConfig, defaults={"steps": 20_000})`, so the fields are declared once, here.
+    """
+
+    # the cosine after warm-up: "half" decays to 0 (APD, L3D), "quarter" is the goodfire SPD reference's
+    cosine: ClassVar[Literal["half", "quarter"]] = "half"
+
+    steps: int = Field(default=1000, description="Optimizer steps.", gt=0)
+    batch_size: int = Field(
+        default=1024, description="Inputs per step when the run draws toy data itself; `decompose` takes "
+        "batches as the data iterable yields them.", gt=0
+    )
+    lr: float = Field(default=1e-3, description="Peak learning rate (Adam/AdamW, weight decay 0).", gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="cosine", description="After warm-up: 'constant', or cosine decay to 0 (SPD: lr·cos(π/2 · t/T))."
+    )
+    lr_warmup: float = Field(default=0.0, description="Fraction of steps of linear warm-up from 0.", ge=0, lt=1)
+    seed: int = Field(default=0, description="Seeds the initialisation and the method's own random draws.")
+    log_every: int = Field(default=100, description="Steps between recorded loss values.", gt=0)
+    checkpoint_every: int = Field(
+        default=0, description="Steps between checkpoints in the run folder (0: only at the end).", ge=0
+    )
+
+    def __init_subclass__(cls, defaults: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)  # `defaults` is applied once pydantic has built the fields
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, defaults: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, value in (defaults or {}).items():
+            cls.model_fields[name] = FieldInfo.merge_field_infos(cls.model_fields[name], default=value)
+        if defaults:
+            cls.model_rebuild(force=True)
+
+    def lr_at(self, step: int) -> float:
+        return warmup_lr(step, self.steps, self.lr, self.lr_warmup, self.lr_schedule, cosine=self.cosine)
+
+
 def cycle(data: Iterable[Any]) -> Iterator[Any]:
     """Batches forever: an iterator is used as is; a re-iterable (list, DataLoader) restarts when it ends."""
     while True:
@@ -78,18 +122,15 @@ def fit(
     data: Iterable[Any],
     loss: LossFn,
     optimizer: torch.optim.Optimizer,
-    steps: int,
-    lr_at: Callable[[int], float],
+    config: FitConfig,
     *,
     method: str,
-    log_every: int = 100,
-    checkpoint_every: int = 0,
     run_dir: str | Path | None = None,
     resume: bool = False,
     generators: dict[str, torch.Generator] | None = None,
     callback: Callable[[int, Any, dict[str, float]], bool | None] | None = None,
 ) -> Any:
-    """Optimise `dec` (an nn.Module with a `history` list) for `steps` steps; returns it.
+    """Optimise `dec` (an nn.Module with a `history` list) for `config.steps` steps; returns it.
 
     `callback(step, dec, row)` runs after each logged step; returning True ends training there
     (after a final checkpoint), e.g. once a known answer has been recovered.
@@ -97,6 +138,7 @@ def fit(
     `generators` are saved with each checkpoint and restored on resume (the method's mask
     sampler, the caller's data generator), so a resumed run continues bit-for-bit.
     """
+    steps, log_every, checkpoint_every = config.steps, config.log_every, config.checkpoint_every
     ckpt = Checkpointer(run_dir) if run_dir is not None else None
     start = 0
     if resume and ckpt is not None and ckpt.latest() is not None:
@@ -109,7 +151,7 @@ def fit(
         running: dict[str, float] = {}
         for step in progress(range(start, steps), total=steps - start, desc=method):
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = config.lr_at(step)
             total, terms = loss(step, next(batches))
             if not torch.isfinite(total):
                 bad = [k for k, v in terms.items() if not torch.isfinite(v)]

@@ -5,10 +5,13 @@ and an `execute` function under `@register`, and a line below.
 """
 
 from anatomist.runs import (  # noqa: F401  (each module registers its kinds on import)
+    bilinear,
     dashboard,
     demo,
     dictionaries,
     features,
+    lm_mlp,
+    mechanisms,
     regions,
     routes,
     sites,

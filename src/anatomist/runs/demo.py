@@ -68,6 +68,12 @@ PARTS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "mnist_sae": lambda out: SAE_MNIST,
     "mnist_dashboard": lambda out: {"kind": "dashboard", "sae": str(out / "mnist_sae" / "sae"),
                                     "model": "mnist-cnn", "site": "classifier.relu3", "images": "mnist"},
+    "bilinear": lambda out: {"kind": "bilinear"},
+    # a short SPD schedule with a larger learning rate than the paper's 40k steps at 1e-3, about ten CPU seconds,
+    # enough to single out every feature (the paper-length run is experiments/spd_tms_5_2.yaml)
+    "spd": lambda out: {"kind": "spd-toy", "toy": "tms-5-2", "spd": {"steps": 600, "batch_size": 256, "lr": 2e-2,
+                                                                   "importance_minimality_coeff": 1e-2,
+                                                                   "log_every": 100}},
     # the tiny MoE LM trained for 200 steps (the toy's default is 800: the demo stays near a minute), cached
     "routes": lambda out: {"kind": "routes", "toy_steps": 200, "n_seqs": 64, "probe_tokens": 2000,
                            "max_clusters": 128},

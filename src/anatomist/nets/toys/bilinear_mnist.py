@@ -1,15 +1,4 @@
-"""Bilinear layers, g(x) = (Wx) ⊙ (Vx), and a bilinear MLP classifier for MNIST digits.
-
-A bilinear layer is a gated linear unit without the gate's nonlinearity. Everything it computes
-is a quadratic form of its input, which is what lets `anatomist.mechanisms.bilinear` read a
-trained one from its weights alone.
-
-Module layout:
-
-    BilinearLayer   w  nn.Linear(d_in, d_hidden)   weight W [d_hidden, d_in], bias b_W (optional)
-                    v  nn.Linear(d_in, d_hidden)   weight V [d_hidden, d_in], bias b_V (optional)
-    BilinearMLP     bilinear  BilinearLayer(d_in, d_hidden)
-                    head      nn.Linear(d_hidden, d_out)     the linear read-out (logits)
+"""A bilinear MLP classifier for MNIST digits (the layers: `anatomist.nets.bilinear`).
 
 The toy `bilinear-mnist` (`BilinearMNISTConfig`) is a BilinearMLP on the 5,000 packaged MNIST
 digits; it has no planted ground truth, its mechanisms are what the bilinear lens reads off it.
@@ -27,33 +16,9 @@ from torch import Tensor, nn
 
 from anatomist.core.errors import AnatomistError
 from anatomist.core.packages import mnist_5k
+from anatomist.nets.bilinear import BilinearMLP
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.ground_truth import GroundTruth
-
-
-class BilinearLayer(nn.Module):
-    """g(x) = w(x) ⊙ v(x): two linear maps multiplied elementwise, no activation function."""
-
-    def __init__(self, d_in: int, d_hidden: int, bias: bool = False):
-        super().__init__()
-        self.w = nn.Linear(d_in, d_hidden, bias=bias)
-        self.v = nn.Linear(d_in, d_hidden, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w(x) * self.v(x)
-
-
-class BilinearMLP(nn.Module):
-    """head(g(x)): one bilinear layer and a linear read-out, e.g. a classifier's logits."""
-
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, bias: bool = False):
-        super().__init__()
-        self.bilinear = BilinearLayer(d_in, d_hidden, bias=bias)
-        self.head = nn.Linear(d_hidden, d_out, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.bilinear(x.flatten(1)))
-
 
 # --- the MNIST toy -------------------------------------------------------------------------------
 

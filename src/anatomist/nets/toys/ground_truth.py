@@ -13,6 +13,13 @@ Every toy hands back one `GroundTruth`. The conventions, shared by all toys:
 * `feature_directions` is `[n_features, d]`: feature i's direction in the space where features
   live in superposition (TMS: column i of W in the hidden space; residual MLP: row i of W_E).
 * `label_fn` maps a batch of inputs to the labels the model was trained on.
+
+What a parameter decomposition of the toy is scored on is data here too, so a scorer needs no
+branch per toy: `targets` (the layers the papers decompose), `per_feature` (layers where each
+feature should switch on its own subcomponent), `owned_per_feature` (layers where the number of
+features owning exactly one subcomponent is reported), `feature_rows` (a layer whose true weight's
+column f is feature f's piece, for the SPD paper's row scores) and `identity` (layers whose true
+map is the identity, scored by how many pieces it becomes and how well they sum to I).
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ class GroundTruth:
     label_fn: Callable[[Tensor], Tensor]
     description: str = ""
     extra: dict[str, Tensor] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    per_feature: list[str] = field(default_factory=list)
+    owned_per_feature: list[str] = field(default_factory=list)
+    feature_rows: str | None = None
+    identity: list[str] = field(default_factory=list)
 
     @property
     def n_features(self) -> int:

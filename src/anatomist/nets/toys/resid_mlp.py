@@ -140,6 +140,10 @@ class ResidMLPConfig(ToyConfig):
                 f"{self.n_features} features embedded along the rows of W_E"
             ),
             extra={"W_E": W_E, "W_U": W_E.T.clone()},
+            targets=["layers.*.mlp_in", "layers.*.mlp_out"],
+            # the SPD paper's finding: each feature owns one mlp_in subcomponent
+            per_feature=[f"layers.{i}.mlp_in" for i in range(len(model.layers))],
+            owned_per_feature=[f"layers.{i}.mlp_in" for i in range(len(model.layers))],
         )
 
 

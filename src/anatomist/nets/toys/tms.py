@@ -128,6 +128,7 @@ class TMSConfig(ToyConfig):
             "linear2": eye_n[:, :, None] * W.T[:, None, :],  # [n, n, m]: c-th slice is e_c W[:, c]ᵀ
         }
         n_components = {"linear1": n, "linear2": n}
+        identity = []
         if model.hidden is not None:
             eye_m = torch.eye(m, dtype=W.dtype, device=W.device)
             weights["hidden"] = model.hidden.weight.detach().clone()
@@ -135,6 +136,7 @@ class TMSConfig(ToyConfig):
             # equally well, so score a decomposition of it by count and sum, not by direction.
             components["hidden"] = eye_m[:, :, None] * eye_m[:, None, :]
             n_components["hidden"] = m
+            identity.append("hidden")
         return GroundTruth(
             feature_directions=W.T.clone(),
             weights=weights,
@@ -146,4 +148,8 @@ class TMSConfig(ToyConfig):
                 "a rank-one piece of linear1 and of linear2"
                 + (f"; the hidden identity is {m} rank-one pieces" if model.hidden is not None else "")
             ),
+            targets=["linear1", "linear2", *identity],
+            per_feature=["linear1", "linear2"],
+            feature_rows="linear1",  # W: column f is what feature f writes (the SPD paper's TMS scores)
+            identity=identity,
         )

@@ -1,4 +1,4 @@
-"""SPD on one MLP of a real language model (SmolLM2-135M), cheap enough for a CPU.
+"""Run kind `spd-lm-mlp`: SPD on one MLP of a real language model (SmolLM2-135M), cheap enough for a CPU.
 
 The design choice that makes it cheap: decompose the MLP of a decoder layer through a *truncated
 model* that starts at that MLP. For each token we cache, once, the residual stream just before
@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
-from anatomist.core.io import save_json
+from anatomist.core.provenance import data_record, model_record
+from anatomist.data import load_corpus
 from anatomist.evaluate.recovery import alive, ci_l0
 from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
+from anatomist.nets.assets import load_model
 from anatomist.nets.sites import Site, capture
+from anatomist.runs.base import Context, Outcome, RunConfig, register
 
 TARGETS = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
@@ -55,9 +56,10 @@ class MLPToLogits(nn.Module):
         return self.lm_head(self.norm(resid_mid + self.mlp(self.post_attention_layernorm(resid_mid))))
 
 
-class LMMLPConfig(Config):
-    """Which MLP, how many tokens, and the SPD settings for it."""
+class LMMLPConfig(RunConfig):
+    """SPD on one MLP of a language model (SmolLM2) with the KL objective: which MLP, how many tokens, SPD settings."""
 
+    kind: Literal["spd-lm-mlp"] = "spd-lm-mlp"
     model: str = Field(default="smollm2", description="Packaged model name or local HF folder.")
     layer: int = Field(default=-1, description="Decoder layer whose MLP is decomposed (-1: the last, exact).")
     n_tokens: int = Field(default=4096, description="Wiki tokens cached for training.", gt=0)
@@ -98,14 +100,9 @@ def cache_resid_mid(lm: Any, layer: int, tokens: Tensor, batch: int = 8) -> Tens
     return torch.cat(parts).flatten(0, 1)
 
 
-def run_lm_mlp(config: LMMLPConfig, out: str | Path) -> dict[str, Any]:
+@register(LMMLPConfig, trains=True)
+def run_lm_mlp(config: LMMLPConfig, ctx: Context) -> Outcome:
     """Cache activations, fit SPD to the MLP's three projections, and report alive components and KLs."""
-    from anatomist.data import load_corpus
-    from anatomist.nets.assets import load_model
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config.to_yaml(out / "config.yaml")
     lm = load_model(config.model)
     hf: Any = lm.model
     n_layers = len(hf.model.layers)
@@ -122,20 +119,10 @@ def run_lm_mlp(config: LMMLPConfig, out: str | Path) -> dict[str, Any]:
     g = torch.Generator().manual_seed(cfg.seed + 2)
     batches = (train[torch.randint(len(train), (cfg.batch_size,), generator=g)] for _ in itertools.count())
     start = time.perf_counter()
-    dec = spd.decompose(head, batches, TARGETS, cfg, run_dir=out, generators={"data": g})
+    dec = spd.decompose(head, batches, TARGETS, cfg, run_dir=ctx.out, resume=ctx.resume, generators={"data": g})
     t_fit = time.perf_counter() - start
-    dec.save(out)
-
-    with torch.no_grad():
-        target = head(held_out)
-        ci = dec.importances(held_out)
-        kl = {
-            "kl_ci_masked": dec.run_with_masks(held_out, ci),
-            "kl_unmasked": dec.run_with_masks(held_out, dict.fromkeys(ci)),
-            "kl_stochastic": dec.run_with_masks(held_out, spd.stochastic_masks(ci, torch.Generator().manual_seed(0))),
-            "kl_mlp_ablated": dec.run_with_masks(held_out, {n: torch.zeros_like(c) for n, c in ci.items()}),
-        }
-        kls = {k: float(spd.output_loss(v, target, "kl")) for k, v in kl.items()}
+    dec.save(ctx.out)
+    kls, ci = held_out_kls(dec, head, held_out)
     metrics: dict[str, Any] = {
         "model": config.model,
         "layer": layer,
@@ -150,7 +137,26 @@ def run_lm_mlp(config: LMMLPConfig, out: str | Path) -> dict[str, Any]:
         "alive": {n: int(alive(c).sum()) for n, c in ci.items()},
         "ci_l0": {n: ci_l0(c) for n, c in ci.items()},
         "final_faithfulness": dec.history[-1]["faithfulness"],
-        "out": str(out),
+        "out": str(ctx.out),
     }
-    save_json(out / "metrics.json", metrics)
-    return metrics
+    summary = (f"SPD on {config.model} layer {layer} MLP: {sum(metrics['alive'].values())} alive subcomponents of "
+               f"{3 * cfg.C}, KL {kls['kl_ci_masked']:.3g} with CI masks (MLP ablated: {kls['kl_mlp_ablated']:.3g})")
+    data = [data_record("wiki (cached resid_mid)", tokens, n_tokens=int(tokens.numel()))]
+    return Outcome(metrics, summary, models=[model_record(config.model, hf)], data=data,
+                   access=["outputs", "activations", "weights", "gradients"], value=dec)
+
+
+@torch.no_grad()
+def held_out_kls(
+    dec: spd.SPDDecomposition, head: nn.Module, held_out: Tensor
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """KL of the model's next-token distribution under CI masks, no masks, stochastic masks, and the MLP ablated."""
+    target = head(held_out)
+    ci = dec.importances(held_out)
+    kl = {
+        "kl_ci_masked": dec.run_with_masks(held_out, ci),
+        "kl_unmasked": dec.run_with_masks(held_out, dict.fromkeys(ci)),
+        "kl_stochastic": dec.run_with_masks(held_out, spd.stochastic_masks(ci, torch.Generator().manual_seed(0))),
+        "kl_mlp_ablated": dec.run_with_masks(held_out, {n: torch.zeros_like(c) for n, c in ci.items()}),
+    }
+    return {k: float(spd.output_loss(v, target, "kl")) for k, v in kl.items()}, ci

@@ -1,17 +1,22 @@
-"""Run a parameter decomposition on a toy with known mechanisms and score it (shared by SPD, APD, L3D).
+"""Score a parameter decomposition of a toy with known mechanisms (shared by the SPD, APD, L3D kinds).
 
 A method plugs in two functions of the fitted object: `matrices(target) -> [C, d_out, d_in]`
 and `importances(x) -> {target: [batch, C]}` (SPD: causal importances; APD: attributions;
 L3D: coefficients). `toy_report` turns them into the numbers the papers report:
 
 * per ground-truth layer: MMCS, ML2R and the worst feature's best cosine (flattened matrices);
-  for TMS also the SPD paper's own scores (`rows_match`: each feature's row of each subcomponent
-  against that feature's column of W), which a random start already puts ≈ 0.99;
-* per target: CI L0 and alive subcomponents on a batch of the toy's data, and the identity-pattern
-  error of the importances on one-hot inputs of magnitude 0.75;
-* TMS +ID: how many subcomponents the hidden identity ends up as (alive ones, and of those the ones with
-  ≥ 10 % of the largest one's norm), and how far their sum is from I;
-* residual MLP: how many features own exactly one `mlp_in` subcomponent (the paper: all 100).
+  where the toy names a `feature_rows` layer (TMS: linear1) also the SPD paper's own scores
+  (`rows_match`: each feature's row of each subcomponent against that feature's column of the
+  layer's weight), which a random start already puts ≈ 0.99;
+* per target: CI L0 and alive subcomponents on a batch of the toy's data, and on the toy's
+  `per_feature` layers the identity-pattern error of the importances on one-hot inputs of magnitude 0.75;
+* `identity` layers (TMS +ID's hidden): how many subcomponents the identity ends up as (alive ones, and
+  of those the ones with ≥ 10 % of the largest one's norm), and how far their sum is from I;
+* `owned_per_feature` layers (residual MLP's mlp_in): how many features own exactly one subcomponent
+  (the paper: all 100).
+
+What to score on which layer is the toy's ground truth (`nets.toys.ground_truth.GroundTruth`), not
+a branch per toy here.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from anatomist.core.config import Config
+from anatomist.core.provenance import data_record, model_record
 from anatomist.evaluate.recovery import alive, ci_l0, cosine_matrix, identity_pattern_error, match
+from anatomist.runs.base import RunConfig
 
 Matrices = Callable[[str], Tensor]
 Importances = Callable[[Tensor], dict[str, Tensor]]
@@ -38,8 +44,8 @@ EVAL_SAMPLES = 4096
 LARGE_FRACTION = 0.1
 
 
-class ToyExperiment(Config):
-    """Which toy and which of its layers a reproduction decomposes; each method adds its own config field."""
+class ToyExperiment(RunConfig):
+    """Which toy and which of its layers a reproduction decomposes; each method's kind adds its config field."""
 
     toy: str = Field(default="tms-5-2", description="Toy name (see `anatomist toy list`).")
     toy_seed: int = Field(default=0, description="Seed of the trained toy (a cached toy is reused).")
@@ -49,10 +55,8 @@ class ToyExperiment(Config):
 
 
 def default_targets(toy: Any) -> list[str]:
-    """The layers the papers decompose: TMS linear1/linear2 (+ the hidden identity), residual MLP in/out."""
-    if toy.config.kind == "tms":
-        return ["linear1", "linear2"] + (["hidden"] if toy.config.identity_hidden else [])
-    return ["layers.*.mlp_in", "layers.*.mlp_out"]
+    """The layers the papers decompose (the toy's ground truth names them)."""
+    return list(toy.ground_truth.targets)
 
 
 def toy_batches(toy: Any, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -96,8 +100,8 @@ def toy_report(toy: Any, targets: list[str], matrices: Matrices, importances: Im
         report["mmcs"] = min(report[n]["mmcs"] for n in scored)
         report["min_cosine"] = min(report[n]["min_cosine"] for n in scored)
         report["ml2r"] = sum(report[n]["ml2r"] for n in scored) / len(scored)
-    if toy.config.kind == "tms":
-        report.update(rows_match(matrices("linear1"), toy.model.W.detach()))
+    if gt.feature_rows in targets:
+        report.update(rows_match(matrices(gt.feature_rows), gt.weights[gt.feature_rows]))
 
     g = torch.Generator(toy.device).manual_seed(12345)
     x = toy.sample_batch(EVAL_SAMPLES, g)[0]
@@ -107,29 +111,33 @@ def toy_report(toy: Any, targets: list[str], matrices: Matrices, importances: Im
         row = report.setdefault(name, {})
         row["ci_l0"] = ci_l0(ci)
         row["alive"] = int(alive(torch.cat([ci, ci_onehot[name]])).sum())
-        per_feature_layer = name in scored or name.endswith("mlp_in")  # one subcomponent per feature expected
-        if per_feature_layer and ci.shape[-1] >= gt.n_features:
+        if name in gt.per_feature and ci.shape[-1] >= gt.n_features:  # one subcomponent per feature expected
             pattern = identity_pattern_error(ci_onehot[name])
             row["identity_error"] = pattern["error"]
             row["identity_n_distinct"] = int(pattern["n_distinct"])
     report["ci_l0_total"] = sum(ci_l0(ci) for ci in ci_data.values())
-
-    if "hidden" in targets:  # TMS +ID: the identity should be d_hidden pieces, all in this layer
-        live = alive(torch.cat([ci_data["hidden"], ci_onehot["hidden"]]))
-        eye = torch.eye(toy.config.d_hidden, device=toy.device)
-        hidden = matrices("hidden")
-        norms = hidden.flatten(1).norm(dim=1)
-        # alive by CI but with ~no weight (a leftover that cannot change the output): counted apart
-        large = live & (norms >= LARGE_FRACTION * norms[live].max()) if live.any() else live
-        report["hidden"]["n_components"] = int(live.sum())
-        report["hidden"]["n_large"] = int(large.sum())
-        report["hidden"]["expected"] = toy.config.d_hidden
-        report["hidden"]["sum_error"] = float((hidden[live].sum(0) - eye).norm() / eye.norm())
-        report["hidden"]["sum_error_large"] = float((hidden[large].sum(0) - eye).norm() / eye.norm())
-    if toy.config.kind == "resid_mlp":
-        for name in [n for n in ci_onehot if n.endswith("mlp_in")]:
-            report[name]["per_feature_components"] = per_feature_components(ci_onehot[name])
+    for name in [n for n in gt.identity if n in targets]:  # the identity should be n pieces, all in this layer
+        report[name].update(identity_report(toy, name, matrices(name), ci_data[name], ci_onehot[name]))
+    for name in [n for n in gt.owned_per_feature if n in ci_onehot]:
+        report[name]["per_feature_components"] = per_feature_components(ci_onehot[name])
     return report
+
+
+def identity_report(toy: Any, name: str, pieces: Tensor, ci_data: Tensor, ci_onehot: Tensor) -> dict[str, Any]:
+    """How many live subcomponents an identity layer became (all, and large ones) and how far their sum is from I."""
+    n = toy.ground_truth.n_components[name]
+    live = alive(torch.cat([ci_data, ci_onehot]))
+    eye = torch.eye(n, device=toy.device)
+    norms = pieces.flatten(1).norm(dim=1)
+    # alive by CI but with ~no weight (a leftover that cannot change the output): counted apart
+    large = live & (norms >= LARGE_FRACTION * norms[live].max()) if live.any() else live
+    return {
+        "n_components": int(live.sum()),
+        "n_large": int(large.sum()),
+        "expected": n,
+        "sum_error": float((pieces[live].sum(0) - eye).norm() / eye.norm()),
+        "sum_error_large": float((pieces[large].sum(0) - eye).norm() / eye.norm()),
+    }
 
 
 def per_feature_components(ci_onehot: Tensor, threshold: float = 0.1) -> int:
@@ -143,9 +151,9 @@ def per_feature_components(ci_onehot: Tensor, threshold: float = 0.1) -> int:
 
 def write_toy_plots(out: Path, toy: Any, targets: list[str], matrices: Matrices, importances: Importances) -> list[str]:
     """CI heatmap on one-hot inputs, cosine matrix against the ground truth, component norms; returns file names."""
-    from anatomist.report.plots.ci_heatmap import plot_ci_heatmap
-    from anatomist.report.plots.component_norms import plot_component_norms
-    from anatomist.report.plots.cosine_matrix import plot_cosine_matrix
+    from anatomist.runs.plots.ci_heatmap import plot_ci_heatmap  # matplotlib: imported only to plot
+    from anatomist.runs.plots.component_norms import plot_component_norms
+    from anatomist.runs.plots.cosine_matrix import plot_cosine_matrix
 
     with torch.no_grad():
         ci = importances(one_hot_inputs(toy))
@@ -162,11 +170,7 @@ def write_toy_plots(out: Path, toy: Any, targets: list[str], matrices: Matrices,
     return files
 
 
-def record_toy_run(out: Path, name: str, toy: Any, config: Any, seed: int, steps: int, batch_size: int,
-                   access: list[str]) -> None:
-    """provenance.json of a decomposition of a toy: the toy's weights and its synthetic data distribution."""
-    from anatomist.core.provenance import data_record, model_record, write_provenance
-
+def toy_records(name: str, toy: Any, steps: int, batch_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What a decomposition of a toy read, for provenance.json: the toy's weights and its synthetic data."""
     data = data_record(f"{name} data distribution (synthetic, drawn fresh each step)", n_examples=steps * batch_size)
-    write_provenance(out, models=[model_record(name, toy.model)], data=[data],
-                     config=config, seed=seed, access=access)
+    return [model_record(name, toy.model)], [data]
