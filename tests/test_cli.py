@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from anatomist.cli import _mount, app
+from anatomist.cli import app
 
-_mount()
 runner = CliRunner()
 
 

@@ -9,11 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from anatomist.cli import _mount, app
+from anatomist.cli import app
 from anatomist.features import SAEConfig, load_sae, make_sae, save_sae
 from run_folder import check_run_folder
-
-_mount()
 
 
 @pytest.fixture(scope="module")

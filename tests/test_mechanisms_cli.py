@@ -21,7 +21,7 @@ from conftest import pentagon_tms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
-app = typer.Typer()  # mounted as `anatomist._mount` mounts them
+app = typer.Typer()  # mounted as `anatomist.cli` mounts them
 for sub, name in ((spd_app, "spd"), (apd_app, "apd"), (l3d_app, "l3d")):
     app.add_typer(sub, name=name)
 

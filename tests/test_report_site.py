@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import report_fixtures as fx
-from anatomist.cli import _mount, app
+from anatomist.cli import app
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json
 from anatomist.core.provenance import read_provenance, weights_hash, write_provenance
@@ -96,7 +96,6 @@ def test_overview_summary_table_across_parts(tmp_path: Path) -> None:
 
 def test_report_cli_and_serve(tmp_path: Path) -> None:
     run = fx.run_folder(tmp_path)
-    _mount()
     res = CliRunner().invoke(app, ["report", str(run), "--json"])
     assert res.exit_code == 0, res.output
     index = Path(load_json_text(res.output)["index"])
@@ -240,7 +239,6 @@ def test_dashboard_kind_writes_a_run_folder_the_report_links(tmp_path: Path, tmp
     assert read_provenance(out)["access"] == ["activations", "weights"]
     html = build_report(tmp_path / "run").read_text()
     assert 'href="features/dashboard/index.html">dashboard</a>' in html and "<td>dashboard</td>" in html
-    _mount()  # the short command takes the same path: `anatomist dashboard SAE_DIR` = `anatomist run dashboard`
     res = CliRunner().invoke(app, ["dashboard", str(tmp_path / "run" / "sae"), "--n-seqs", "6", "--seq-len", "9",
                                    "--out", str(tmp_path / "cli"), "--json"])
     assert res.exit_code == 0, res.output

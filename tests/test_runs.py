@@ -11,7 +11,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from anatomist.cli import _mount, app
+from anatomist.cli import app
 from anatomist.core.errors import AnatomistError
 from anatomist.core.metrics import Metrics, read_metrics
 from anatomist.core.provenance import read_provenance
@@ -20,8 +20,6 @@ from anatomist.nets.assets import LoadedModel
 from anatomist.nets.toys import TrainedToy
 from anatomist.runs import KINDS, load_run_config, parse_run_config, run
 from anatomist.runs.base import apply_overrides
-
-_mount()
 
 
 def test_metrics_layout_flattens_numbers_and_finds_tables() -> None:

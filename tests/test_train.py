@@ -266,7 +266,7 @@ main()
 def test_anatomist_run_sigkilled_then_resumed_gives_identical_weights(tmp_path: Path, tiny_run: Path) -> None:
     from typer.testing import CliRunner
 
-    from anatomist.cli import _mount, app
+    from anatomist.cli import app
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
            "OMP_NUM_THREADS": str(torch.get_num_threads()), "ANATOMIST_PROGRESS": "0"}
@@ -275,7 +275,6 @@ def test_anatomist_run_sigkilled_then_resumed_gives_identical_weights(tmp_path: 
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert Checkpointer(tmp_path / "b").latest() == 4 and not (tmp_path / "b" / "metrics.json").exists()
     shutil.copytree(tmp_path / "b", tmp_path / "a")
-    _mount()
     res = CliRunner().invoke(app, ["run", str(tiny_run), "--out", str(tmp_path / "b"), "--resume", "--json"])
     assert res.exit_code == 0, res.output
     assert '"event": "resume", "step": 4' in (tmp_path / "b" / "metrics.jsonl").read_text()
@@ -322,9 +321,8 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smollm2: Any) -> Path:
 def test_cli_train_then_eval_json(tmp_path: Path, tiny_folder: Path) -> None:
     from typer.testing import CliRunner
 
-    from anatomist.cli import _mount, app
+    from anatomist.cli import app
 
-    _mount()
     runner = CliRunner()
     cfg = {"kind": "sae-train", "model": str(tiny_folder), "site": "model.layers.0", "steps": 4, "batch_size": 64,
            "sae": {"arch": "relu", "d_in": 16, "d_sae": 32},

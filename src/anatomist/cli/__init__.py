@@ -10,16 +10,32 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from anatomist.cli import dictionaries
+from anatomist.cli.mechanisms import apd_app, bilinear_app, l3d_app, spd_app
 from anatomist.cli.output import console, emit, print_result
+from anatomist.cli.regions import regions_app
+from anatomist.cli.report import dashboard, report, serve
+from anatomist.cli.routes import routes_app
 from anatomist.cli.run import run_command
 from anatomist.cli.sae import sae_app
 from anatomist.cli.toy import toy_app
 from anatomist.core.errors import AnatomistError
+from anatomist.nets.assets import load_model
+from anatomist.nets.sites import list_sites
 from anatomist.report.site import build_report
 from anatomist.runs import parse_run_config, run
 
 app = typer.Typer(help="Take trained neural networks apart into units a person can study.", no_args_is_help=True)
 app.command("run", add_help_option=False, context_settings={"allow_interspersed_args": True})(run_command)
+
+# the short commands: each an alias of `anatomist run KIND` (or a reader of run folders), beside its kind
+for sub, name in [(toy_app, "toy"), (sae_app, "sae"), (spd_app, "spd"), (apd_app, "apd"), (l3d_app, "l3d"),
+                  (bilinear_app, "bilinear"), (regions_app, "regions"), (routes_app, "routes")]:
+    app.add_typer(sub, name=name)
+for command in (report, serve, dashboard):
+    app.command()(command)
+for name in dictionaries.DICTIONARY_COMMANDS:  # one command each: `anatomist mdl PATH...`
+    app.command(name)(getattr(dictionaries, name))
 
 __all__ = ["app", "emit", "main"]
 
@@ -31,9 +47,6 @@ def sites(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List a model's sites with the shapes they take on a sample input."""
-    from anatomist.nets.assets import load_model
-    from anatomist.nets.sites import list_sites
-
     loaded = load_model(model)
     infos = [s for s in list_sites(loaded.model, loaded.sample_input()) if filter in s.module]
     if as_json:
@@ -62,25 +75,7 @@ def demo(
     console.print(f"report: {index.resolve()}", highlight=False, soft_wrap=True)
 
 
-def _mount() -> None:
-    """The short commands (aliases of `anatomist run KIND`) and the report commands."""
-    from anatomist.cli import dictionaries as dictionaries_cli
-    from anatomist.cli.mechanisms import apd_app, bilinear_app, l3d_app, spd_app
-    from anatomist.cli.regions import regions_app
-    from anatomist.cli.report import dashboard, report, serve
-    from anatomist.cli.routes import routes_app
-
-    for sub, name in [(toy_app, "toy"), (sae_app, "sae"), (spd_app, "spd"), (apd_app, "apd"), (l3d_app, "l3d"),
-                      (bilinear_app, "bilinear"), (regions_app, "regions"), (routes_app, "routes")]:
-        app.add_typer(sub, name=name)
-    for command in (report, serve, dashboard):
-        app.command()(command)
-    for name in dictionaries_cli.DICTIONARY_COMMANDS:  # one command each: `anatomist mdl PATH...`
-        app.command(name)(getattr(dictionaries_cli, name))
-
-
 def main() -> None:
-    _mount()
     try:
         app()
     except AnatomistError as e:

@@ -1,7 +1,7 @@
 """`anatomist mdl|stitch|meta ...`: short aliases of `anatomist run mdl|stitch|meta`.
 
 Each is one command with positional dictionary folders (`anatomist mdl PATH...`), so they are plain
-functions that `anatomist.cli._mount` registers on the top-level app rather than sub-apps.
+functions that `anatomist.cli` registers on the top-level app rather than sub-apps.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typer
 
 from anatomist.cli.run import invoke
 
-DICTIONARY_COMMANDS: list[str] = ["mdl", "stitch", "meta"]  # registered by anatomist.cli._mount
+DICTIONARY_COMMANDS: list[str] = ["mdl", "stitch", "meta"]  # registered by anatomist.cli
 
 ImagesOpt = Annotated[str | None, typer.Option(help="inputs: a packaged image set, flattened (mnist, digits)")]
 ActsOpt = Annotated[Path | None, typer.Option(help="inputs: an activation cache folder (ActivationStore)")]
