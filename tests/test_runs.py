@@ -130,3 +130,22 @@ def test_site_read_stops_early_and_writes_its_plot(tmp_path: Path, smollm2: Load
                  tmp_path)
     assert result.metrics["tokens"] == 32 and result.metrics["d_model"] == 576
     assert (tmp_path / "residual_dims.png").is_file()
+
+
+def test_sweep_runs_each_variant_as_its_own_run_and_tables_them(tmp_path: Path) -> None:
+    sweep = parse_run_config({"kind": "sweep", "base": {"kind": "toy-train", "toy": "tms-5-2", "steps": 5},
+                              "runs": {"short": {}, "longer": {"steps": 10}, "other_seed": {"seed": 1}},
+                              "columns": ["steps", "final_loss"], "only": ["longer", "short"]})
+    result = run(sweep, tmp_path)
+    rows = result.metrics.tables["runs"]
+    assert list(rows) == ["short", "longer"]  # the sweep's order, `only` filters
+    assert rows["short"]["steps"] == 5 and rows["longer"]["steps"] == 10 and rows["longer"]["kind"] == "toy-train"
+    assert read_metrics(tmp_path / "longer")[2].numbers["final_loss"] == rows["longer"]["final_loss"]
+    assert not (tmp_path / "other_seed").exists()
+
+
+def test_sweep_names_the_run_whose_config_is_wrong() -> None:
+    with pytest.raises(AnatomistError, match="sweep run 'bad'.*stpes"):
+        parse_run_config({"kind": "sweep", "base": {"kind": "toy-train"}, "runs": {"ok": {}, "bad": {"stpes": 3}}})
+    with pytest.raises(AnatomistError, match=r"unknown run name\(s\) \['nope'\]"):
+        parse_run_config({"kind": "sweep", "base": {"kind": "toy-train"}, "runs": {"ok": {}}, "only": ["nope"]})

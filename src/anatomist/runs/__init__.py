@@ -15,6 +15,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     regions,
     routes,
     sites,
+    sweep,
     toys,
 )
 from anatomist.runs.base import (

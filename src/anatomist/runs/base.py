@@ -11,6 +11,7 @@ one way to start any of them: the CLI, the demo and the experiments all go throu
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -142,7 +143,7 @@ def run_config_union() -> TypeAdapter[Any]:
 
 def apply_overrides(data: dict[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
     """`--set a.b=value` on a config mapping; values are read as YAML (numbers, lists, null, ...)."""
-    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy of plain values
+    data = copy.deepcopy(data)
     for item in assignments:
         path, sep, raw = item.partition("=")
         if not sep or not path:
@@ -200,6 +201,15 @@ def _check_resume(config: RunConfig, out: Path) -> None:
     if differ:
         raise AnatomistError(f"{path}: --resume with a config that differs in {', '.join(differ)}; "
                              "resume with the run's own config or start a new run in another folder")
+
+
+def run_or_continue(config: RunConfig, out: Path, threads: int = 0) -> RunResult:
+    """A run in folder `out`; a training run whose folder already holds this exact config continues it.
+
+    For runs made of runs (the demo, sweeps): stopping and starting the whole again redoes nothing finished.
+    """
+    same = (out / CONFIG).is_file() and read_yaml_mapping(out / CONFIG) == config.model_dump(mode="json")
+    return run(config, out, resume=same and get_kind(config.kind).trains, threads=threads)
 
 
 def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: int = 0) -> RunResult:

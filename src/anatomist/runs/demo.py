@@ -24,10 +24,9 @@ from anatomist.runs.base import (
     Outcome,
     RunConfig,
     RunResult,
-    get_kind,
     parse_run_config,
     register,
-    run,
+    run_or_continue,
 )
 
 # The measures a reader compares across lenses: a part's row in the demo's table carries those it has.
@@ -107,10 +106,8 @@ def part_config(name: str, out: Path) -> RunConfig:
 
 def run_part(name: str, out: Path) -> RunResult:
     """One part into out/name; a training part whose folder holds a run of the same config continues it."""
-    config, folder = part_config(name, out), out / name
-    same = (folder / CONFIG).is_file() and read_yaml_mapping(folder / CONFIG) == config.model_dump(mode="json")
-    threads = 1 if config.kind in ONE_THREAD_KINDS else 0
-    return run(config, folder, resume=same and get_kind(config.kind).trains, threads=threads)
+    config = part_config(name, out)
+    return run_or_continue(config, out / name, threads=1 if config.kind in ONE_THREAD_KINDS else 0)
 
 
 def part_row(result: RunResult) -> dict[str, Any]:
