@@ -6,6 +6,7 @@ computes, so this checks that the shipped experiments still mean something to to
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,19 @@ def test_every_experiment_yaml_is_a_valid_run_config(path: Path) -> None:
     assert config.kind in KINDS
 
 
+def smoke_overrides(path: Path) -> list[str]:
+    """The kind's overrides; a sweep runs its first variant with the overrides of the kind it sweeps."""
+    data = read_yaml_mapping(path)
+    if data["kind"] != "sweep":
+        return list(KINDS[data["kind"]].config.smoke)
+    swept = KINDS[data["base"]["kind"]].config.smoke
+    return [f"overrides={json.dumps(list(swept))}", f"only={json.dumps([next(iter(data['runs']))])}"]
+
+
 @pytest.mark.parametrize("path", _smallest_per_kind(), ids=lambda p: p.name)
 def test_each_kinds_smallest_experiment_runs_and_writes_the_three_files(path: Path, tmp_path: Path) -> None:
     kind = str(read_yaml_mapping(path)["kind"])
-    config = load_run_config(str(path), KINDS[kind].config.smoke)
+    config = load_run_config(str(path), smoke_overrides(path))
     run(config, tmp_path, threads=1)
     got_kind, _, metrics = read_metrics(tmp_path)
     assert got_kind == kind and metrics.numbers

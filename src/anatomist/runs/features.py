@@ -28,6 +28,9 @@ class SAETrainConfig(TrainConfig, RunConfig):
     """Train a sparse dictionary (SAE or transcoder) on a model's site; the folder's sae/ loads with load_sae."""
 
     kind: Literal["sae-train"] = "sae-train"
+    smoke: ClassVar[tuple[str, ...]] = ("steps=3", "data.n_seqs=4", "data.eval_seqs=2", "data.block_seqs=2",
+                                        "data.cache=null", "batch_size=64", "log_every=1", "eval_every=2",
+                                        "checkpoint_every=2", "eval_ce_seqs=1")
     resumable_changes: ClassVar[frozenset[str]] = frozenset({"steps"})  # a resumed run may train for longer
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -60,6 +60,7 @@ class LMMLPConfig(RunConfig):
     """SPD on one MLP of a language model (SmolLM2) with the KL objective: which MLP, how many tokens, SPD settings."""
 
     kind: Literal["spd-lm-mlp"] = "spd-lm-mlp"
+    smoke: ClassVar[tuple[str, ...]] = ("n_tokens=64", "n_eval_tokens=32", "spd.steps=2", "spd.C=8", "spd.batch_size=8")
     model: str = Field(default="smollm2", description="Packaged model name or local HF folder.")
     layer: int = Field(default=-1, description="Decoder layer whose MLP is decomposed (-1: the last, exact).")
     n_tokens: int = Field(default=4096, description="Wiki tokens cached for training.", gt=0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -55,6 +55,7 @@ class SPDExperiment(ToyExperiment):
     """SPD on a toy: which toy, which of its layers, which hyperparameters (experiments/spd_*.yaml)."""
 
     kind: Literal["spd-toy"] = "spd-toy"
+    smoke: ClassVar[tuple[str, ...]] = ("spd.steps=4",)
     spd: SPDConfig = Field(default_factory=SPDConfig, description="SPD hyperparameters.")
 
 
@@ -62,6 +63,7 @@ class APDExperiment(ToyExperiment):
     """APD on a toy: which toy, which of its layers, which hyperparameters (experiments/apd_*.yaml)."""
 
     kind: Literal["apd-toy"] = "apd-toy"
+    smoke: ClassVar[tuple[str, ...]] = ("apd.steps=4",)
     apd: APDConfig = Field(default_factory=APDConfig, description="APD hyperparameters.")
 
 
@@ -69,6 +71,7 @@ class L3DExperiment(ToyExperiment):
     """L3D on a toy: which toy, which of its layers, which hyperparameters (experiments/l3d_*.yaml)."""
 
     kind: Literal["l3d-toy"] = "l3d-toy"
+    smoke: ClassVar[tuple[str, ...]] = ("l3d.steps=4",)
     l3d: L3DConfig = Field(default_factory=L3DConfig, description="L3D hyperparameters.")
 
 

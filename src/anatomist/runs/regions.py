@@ -18,7 +18,7 @@ numbers go to metrics.json through `run(config, out)`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ class DensityConfig(RunConfig):
     """Boundary density along paths between inputs of different classes (polytope lens)."""
 
     kind: Literal["regions-density"] = "regions-density"
+    smoke: ClassVar[tuple[str, ...]] = ("pairs=2", "same_class_pairs=1", "bins=10")
     model: str = Field(
         default="mnist-cnn", description="packaged model or local folder (image classifier or causal LM)"
     )
@@ -71,6 +72,7 @@ class ClusterConfig(RunConfig):
     """Clustering inputs by spline codes vs activations vs directions, scored against labels (polytope lens)."""
 
     kind: Literal["regions-cluster"] = "regions-cluster"
+    smoke: ClassVar[tuple[str, ...]] = ("n=48", "k=3", "fit_on=48", "runs=1", "seq_len=16", "top_tokens=3")
     model: str = Field(
         default="mnist-cnn", description="packaged model or local folder (image classifier or causal LM)"
     )
