@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from anatomist.core import seed_everything
 from anatomist.core.errors import AnatomistError
@@ -60,7 +60,8 @@ class MDLGridConfig(RunConfig):
     seed: int = Field(0, description="seed of every SAE")
     mdl: MDLConfig = Field(MDLConfig.parse({}), description="how each code is priced")
 
-    smoke: ClassVar[tuple[str, ...]] = ("steps=5", "widths=[16,64]", "ks=[4]", "extra=[]")
+    # a 5-step SAE reconstructs with FVU near 1: the smoke tolerance lets one be chosen
+    smoke: ClassVar[tuple[str, ...]] = ("steps=5", "widths=[16]", "ks=[4]", "extra=[]", "mdl.fvu_tolerance=2")
 
     def grid(self) -> list[tuple[int, int]]:
         return [(w, k) for w in self.widths for k in self.ks if k <= w] + list(self.extra)
@@ -171,8 +172,15 @@ class DictsciConfig(RunConfig):
         default_factory=list, description="seeds part: SAEs of one width and recipe, different seeds")
     parts: list[Part] = Field(["mdl", "stitch", "meta"], min_length=1, description="the analyses to run")
 
-    # smoke: nothing to shrink without changing the result; a test needs a sweep's SAEs and cache (see tests)
+    # no smoke overrides: a run needs a sweep's SAEs and activation cache, which overrides cannot create
+    # (tests/fake_sweep.py builds a tiny one)
     smoke: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _meta_given(self) -> DictsciConfig:
+        if "meta" in self.parts and self.meta is None:
+            raise ValueError("the meta part needs a 'meta' section (base, d_meta, ...)")
+        return self
 
 
 def context(tok: Any, ids: torch.Tensor, row: int, seq_len: int, before: int = 12) -> str:
@@ -287,9 +295,7 @@ def _needed(cfg: DictsciConfig) -> list[str]:
     names = {*cfg.mdl_runs} if "mdl" in cfg.parts else set()
     names |= set(_pair_names(cfg.seed_pairs)) if "seeds" in cfg.parts else set()
     names |= set(_pair_names(cfg.stitch.pairs)) if "stitch" in cfg.parts else set()
-    if "meta" in cfg.parts:
-        if cfg.meta is None:
-            raise AnatomistError("dictsci: the meta part needs a 'meta' section (base, d_meta, ...)")
+    if "meta" in cfg.parts and cfg.meta is not None:
         names.add(cfg.meta.base)
     return sorted(names)
 
