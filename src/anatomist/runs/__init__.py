@@ -9,6 +9,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     dashboard,
     demo,
     dictionaries,
+    dictionaries_experiments,
     features,
     lm_mlp,
     mechanisms,

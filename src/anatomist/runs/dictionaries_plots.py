@@ -1,5 +1,6 @@
 """Plots of the dictionary run kinds and experiments: the MDL frontier (bits per input against FVU over a
-sweep) and stitching paths (FVU as novel latents are inserted, then groups swapped)."""
+sweep), stitching paths (FVU as novel latents are inserted, then groups swapped) and decoder rows drawn
+as images (atoms)."""
 
 from __future__ import annotations
 
@@ -57,4 +58,29 @@ def plot_stitch_paths(paths: dict[str, list[dict[str, Any]]], file: str | Path, 
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(file, dpi=110)
+    plt.close(fig)
+
+
+def plot_atoms(saes: dict[str, tuple[Any, Any]], path: str | Path, shape: tuple[int, int], per_row: int = 12) -> None:
+    """Decoder rows as images of `shape`, one row of panels per SAE: its `per_row` most used latents.
+
+    `saes` maps a title to (SAE, firing rate [F] on the images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(saes), per_row, figsize=(per_row * 0.75, len(saes) * 0.95), squeeze=False)
+    for r, (title, (sae, rate)) in enumerate(saes.items()):
+        order = rate.argsort(descending=True)[:per_row]
+        for c in range(per_row):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(order):
+                atom = sae.W_dec[order[c]].detach().reshape(shape)
+                lim = float(atom.abs().max())
+                ax.imshow(atom, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[r, 0].set_title(title, fontsize=7, loc="left")
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
