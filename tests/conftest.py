@@ -74,3 +74,15 @@ def pentagon_tms() -> tuple[nn.Module, Any]:
         model.linear1.weight.copy_(torch.stack([angles.cos(), angles.sin()]))
         model.b_final.fill_(-0.1)
     return model, cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory, smollm2: LoadedModel) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer, saved as a local Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("tiny-hf")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(smollm2.tokenizer))
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    smollm2.tokenizer.save_pretrained(folder)
+    return folder

@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from anatomist.core.errors import AnatomistError
 from anatomist.features import load_sae
@@ -35,18 +32,6 @@ def test_mdl_grid_writes_its_saes_plots_and_choice(tmp_path: Path) -> None:
     assert "(MDL)" in (tmp_path / "results.md").read_text()
     again = run(cfg, tmp_path, resume=True)  # resuming reads the trained SAEs back: the same numbers
     assert again.metrics.tables == result.metrics.tables
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory: pytest.TempPathFactory, smollm2: Any) -> Path:
-    """A tiny random Llama with SmolLM2's tokenizer, saved as a local Hugging Face folder."""
-    folder = tmp_path_factory.mktemp("tiny-hf")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(smollm2.tokenizer))
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    smollm2.tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_dictsci_runs_every_part_on_a_tiny_sweep(tmp_path: Path, tiny_lm: Path) -> None:
