@@ -304,27 +304,13 @@ def test_experiment_yaml_loads_as_a_sae_train_run() -> None:
             assert parse_run_config({"kind": "sae-train", **spec["base"], **overrides}).kind == "sae-train"
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory, smollm2: Any) -> Path:
-    """A tiny random Llama with SmolLM2's tokenizer, saved as a local Hugging Face folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-hf")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=len(smollm2.tokenizer))
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    smollm2.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_cli_train_then_eval_json(tmp_path: Path, tiny_folder: Path) -> None:
+def test_cli_train_then_eval_json(tmp_path: Path, tiny_lm: Path) -> None:
     from typer.testing import CliRunner
 
     from anatomist.cli import app
 
     runner = CliRunner()
-    cfg = {"kind": "sae-train", "model": str(tiny_folder), "site": "model.layers.0", "steps": 4, "batch_size": 64,
+    cfg = {"kind": "sae-train", "model": str(tiny_lm), "site": "model.layers.0", "steps": 4, "batch_size": 64,
            "sae": {"arch": "relu", "d_in": 16, "d_sae": 32},
            "data": {"seq_len": 16, "n_seqs": 8, "eval_seqs": 2, "cache": None, "block_seqs": 4}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
@@ -332,7 +318,7 @@ def test_cli_train_then_eval_json(tmp_path: Path, tiny_folder: Path) -> None:
     assert res.exit_code == 0, res.output
     trained = json.loads(res.stdout)["numbers"]
     assert trained["n_predictions"] == 2 * 14 and 0 <= trained["fvu"] < 10
-    args = ["sae", "eval", str(tmp_path / "run" / "sae"), "--model", str(tiny_folder), "--n-seqs", "2",
+    args = ["sae", "eval", str(tmp_path / "run" / "sae"), "--model", str(tiny_lm), "--n-seqs", "2",
             "--seq-len", "16", "--skip-seqs", "8", "--out", str(tmp_path / "eval"), "--json"]
     res = runner.invoke(app, [*args, "--site", "model.layers.0"])
     assert res.exit_code == 0, res.output

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anatomist.runs.base import RunResult
 
-console = Console()
+# off a terminal (a log, a pipe) rich would wrap tables at 80 columns; a log line may be long
+console = Console() if sys.stdout.isatty() else Console(width=160)
+LONG_TEXT = 40  # table columns of longer strings (a part's summary) are left out: they are printed as lines
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list):
@@ -38,15 +44,16 @@ def print_result(result: RunResult, as_json: bool, max_rows: int = 12) -> None:
         print(json.dumps(result.to_json(), default=str))
         return
     if result.summary:
-        console.print(f"[bold]{result.summary}[/bold]", highlight=False, soft_wrap=True)
+        console.print(result.summary, style="bold", markup=False, highlight=False, soft_wrap=True)
     numbers = Table(show_header=False, box=None)
     for k, v in result.metrics.numbers.items():
-        numbers.add_row(k, _fmt(v))
+        numbers.add_row(escape(k), escape(_fmt(v)))
     console.print(numbers)
     for name, rows in result.metrics.tables.items():
-        columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+        columns = [c for c in dict.fromkeys(c for row in rows.values() for c in row)
+                   if not any(isinstance(row.get(c), str) and len(row[c]) > LONG_TEXT for row in rows.values())]
         table = Table(name, *columns, title=name if len(rows) <= max_rows else f"{name} (first {max_rows})")
         for r, row in list(rows.items())[:max_rows]:
-            table.add_row(r, *(_fmt(row.get(c, "")) for c in columns))
+            table.add_row(escape(r), *(escape(_fmt(row.get(c, ""))) for c in columns))
         console.print(table)
     console.print(f"run folder: {result.out}", highlight=False, soft_wrap=True)

@@ -77,7 +77,8 @@ class RunResult:
     value: Any = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "out": str(self.out), "summary": self.summary, "seconds": round(self.seconds, 2),
+        """{out, seconds} and the metrics.json content: format, kind, summary, numbers, tables."""
+        return {"out": str(self.out), "seconds": round(self.seconds, 2),
                 **self.metrics.to_json(self.kind, self.summary)}
 
 
