@@ -14,7 +14,7 @@ each class keeps only its top-n eigenvectors (by |λ|). It writes to the run fol
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -25,6 +25,7 @@ from anatomist.nets.bilinear import BilinearMLP
 from anatomist.nets.toys import load_toy, toy_config
 from anatomist.nets.toys.bilinear_mnist import BilinearMNISTConfig
 from anatomist.runs.base import Context, Outcome, RunConfig, register
+from anatomist.runs.plots import pyplot
 
 TOPS: list[int | None] = [1, 2, 4, 8, 16, 32, None]
 
@@ -84,18 +85,10 @@ def run_mnist(cfg: BilinearRunConfig, ctx: Context) -> Outcome:
                    access=["weights", "outputs", "training_data"], value=dec)
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
 
 def _plot_eigenvectors(dec: MLPDecomposition, x: torch.Tensor, y: torch.Tensor, path: Path, n_show: int) -> None:
     """One mosaic: row c holds digit c's top eigenvectors, each scaled to [-1, 1] (red +, blue −)."""
-    plt = _plt()
+    plt = pyplot()
     n_cls, side, gap = dec.q.shape[0], 28, 4
     mosaic = torch.full((n_cls * (side + gap), n_show * (side + gap)), float("nan"))
     for c in range(n_cls):
@@ -121,7 +114,7 @@ def _plot_eigenvectors(dec: MLPDecomposition, x: torch.Tensor, y: torch.Tensor, 
 
 
 def _plot_truncation(acc: dict[str, float], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     ks = [k for k in acc if k != "all"]
     fig, ax = plt.subplots(figsize=(4, 2.8))
     ax.plot([int(k) for k in ks], [acc[k] for k in ks], marker="o", label="top-n eigenvectors per class")

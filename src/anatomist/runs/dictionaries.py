@@ -39,7 +39,7 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import SAEConfig, SparseDictionary, load_sae, save_sae
 from anatomist.nets.assets import load_model
 from anatomist.runs.base import Context, Outcome, RunConfig, register
-from anatomist.runs.dictionaries_plots import plot_frontier, plot_stitch_paths
+from anatomist.runs.plots.dictionaries import plot_frontier, plot_stitch_paths
 
 
 class RowsInput(Config):

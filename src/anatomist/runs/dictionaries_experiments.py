@@ -41,7 +41,7 @@ from anatomist.features import SAEConfig, SparseDictionary, load_sae, make_sae, 
 from anatomist.nets.assets import load_model
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 from anatomist.runs.dictionaries import load_rows
-from anatomist.runs.dictionaries_plots import plot_atoms, plot_frontier, plot_stitch_paths
+from anatomist.runs.plots.dictionaries import plot_atoms, plot_frontier, plot_stitch_paths
 
 # --- mdl-grid -----------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from anatomist.regions.cluster import Metric, cluster, score_clusters
 from anatomist.regions.codes import CodeSite, SplineCodes, code_sites, encode, nearby_activations, preactivations
 from anatomist.regions.paths import PathProbe, search_crossings
 from anatomist.runs.base import Context, Outcome, RunConfig, register
-from anatomist.runs.regions_plots import plot_clusters, plot_density
+from anatomist.runs.plots.regions import plot_clusters, plot_density
 
 # the polytope lens reads activations (their signs) and the predicted class (outputs)
 ACCESS = ("activations", "outputs")

@@ -25,6 +25,7 @@ from anatomist.nets.toys.moe_lm import MoELMConfig, held_out
 from anatomist.routes.analysis import AnalyzeConfig, analyze, summary
 from anatomist.routes.control import find_moe_layers
 from anatomist.runs.base import Context, Outcome, RunConfig, register
+from anatomist.runs.plots.routes import plot_all
 
 
 class RoutesConfig(RunConfig, AnalyzeConfig):
@@ -92,8 +93,6 @@ def flat_top_paths(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def analyse_subject(cfg: RoutesConfig, subject: Subject, out: Path) -> Outcome:
     """`analyze` on a loaded subject; the plots go to `out`."""
-    from anatomist.runs.routes_plots import plot_all  # matplotlib: only when a run draws
-
     results = analyze(subject.model, subject.ids, subject.tokenizer, cfg, label_ids=subject.label_ids)
     plot_all(results, out)
     metrics = {**results, "top_paths": flat_top_paths(results["top_paths"]), "headline": headline(subject, results)}

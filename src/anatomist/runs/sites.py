@@ -12,7 +12,7 @@ from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus
 from anatomist.nets import Site, capture, load_model
 from anatomist.runs.base import Context, Outcome, RunConfig, register
-from anatomist.runs.plotting import pyplot
+from anatomist.runs.plots import pyplot
 
 
 class SiteReadConfig(RunConfig):

@@ -32,6 +32,9 @@ from torch import Tensor
 from anatomist.core.provenance import data_record, model_record
 from anatomist.evaluate.recovery import alive, ci_l0, cosine_matrix, identity_pattern_error, match
 from anatomist.runs.base import RunConfig
+from anatomist.runs.plots.ci_heatmap import plot_ci_heatmap
+from anatomist.runs.plots.component_norms import plot_component_norms
+from anatomist.runs.plots.cosine_matrix import plot_cosine_matrix
 
 Matrices = Callable[[str], Tensor]
 Importances = Callable[[Tensor], dict[str, Tensor]]
@@ -151,9 +154,6 @@ def per_feature_components(ci_onehot: Tensor, threshold: float = 0.1) -> int:
 
 def write_toy_plots(out: Path, toy: Any, targets: list[str], matrices: Matrices, importances: Importances) -> list[str]:
     """CI heatmap on one-hot inputs, cosine matrix against the ground truth, component norms; returns file names."""
-    from anatomist.runs.plots.ci_heatmap import plot_ci_heatmap  # matplotlib: imported only to plot
-    from anatomist.runs.plots.component_norms import plot_component_norms
-    from anatomist.runs.plots.cosine_matrix import plot_cosine_matrix
 
     with torch.no_grad():
         ci = importances(one_hot_inputs(toy))

@@ -12,7 +12,7 @@ from pydantic import Field
 from anatomist.core.provenance import model_record
 from anatomist.nets.toys import TMS, load_toy, train_toy
 from anatomist.runs.base import Context, Outcome, RunConfig, register
-from anatomist.runs.plotting import pyplot
+from anatomist.runs.plots import pyplot
 
 
 class ToyTrainConfig(RunConfig):

@@ -1,1 +1,19 @@
-"""Plots of run results (matplotlib is imported by each module, so import them only when plotting)."""
+"""Plots of run results, one module per family of kinds.
+
+matplotlib is heavy and only drawing needs it, so it is imported on the first `pyplot()` call rather than
+when these modules load; runners import the plot functions at the top like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot with a file-only backend (never a window)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
+from anatomist.runs.plots import pyplot
 
 
 def plot_ci_heatmap(importances: dict[str, Tensor], path: str | Path, only_alive: bool = True) -> Path:
     """One panel per target of `[n_features, C]` importances; columns never above 0.1 are dropped if `only_alive`."""
+    plt = pyplot()
     names = list(importances)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.0), squeeze=False)
     for i, (ax, name) in enumerate(zip(axes[0], names, strict=True)):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
+from anatomist.runs.plots import pyplot
 
 
 def plot_component_norms(norms: dict[str, Tensor], path: str | Path) -> Path:
     """`norms[target]` is `[C]` (e.g. `matrices(target).flatten(1).norm(dim=1)`)."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3))
     for name, n in norms.items():
         values = n.detach().float().cpu().sort(descending=True).values.clamp_min(1e-8)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from torch import Tensor  # noqa: E402
+from anatomist.runs.plots import pyplot
 
 
 def plot_cosine_matrix(cosines: Tensor, path: str | Path, title: str = "", max_cols: int = 60) -> Path:
     """`cosines` is `[n_true, n_found]` (e.g. `recovery.cosine_matrix`); keeps the best-matching columns if wide."""
+    plt = pyplot()
     cos = cosines.detach().float().cpu()
     if cos.shape[1] > max_cols:  # show the found pieces that match something best, in order of their match
         keep = cos.max(0).values.argsort(descending=True)[:max_cols].sort().values

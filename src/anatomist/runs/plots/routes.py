@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from anatomist.routes.probes import FEATURES  # noqa: E402
+from anatomist.runs.plots import pyplot
 
 _COLOURS = {"control": "#d1495b", "content": "#00798c", "content_r": "#66a182", "full": "#8d8d8d"}
 
@@ -26,6 +23,7 @@ def _bars(ax: Any, groups: list[str], series: dict[str, list[float]], colours: d
 
 
 def plot_stability(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
     stab = results["stability"]
     pairs = [f"{i}→{i + 1}" for i in range(len(stab))]
     fig, ax = plt.subplots(figsize=(5, 3), dpi=90)
@@ -53,6 +51,7 @@ def plot_stability(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_probes(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
     targets = ["token", "position", "expert", "next_expert"]
     layers = list(results["probes"].values())
     fig, ax = plt.subplots(figsize=(5.5, 3), dpi=90)
@@ -69,6 +68,7 @@ def plot_probes(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_monosemanticity(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
     mono = results["monosemanticity"]
     labels = list(next(iter(mono.values())))
 

@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from anatomist.dictionaries.mdl import select_mdl
+from anatomist.runs.plots import pyplot
 
 
 def plot_frontier(results: Sequence[dict[str, Any]], labels: Sequence[str], path: str, title: str = "") -> None:
     """Bits per input against FVU for every dictionary of a sweep; the tolerance and the MDL choice marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     widths = sorted({int(r["d_sae"]) for r in results})
@@ -42,10 +40,7 @@ def plot_frontier(results: Sequence[dict[str, Any]], labels: Sequence[str], path
 
 def plot_stitch_paths(paths: dict[str, list[dict[str, Any]]], file: str | Path, title: str = "") -> None:
     """FVU along each stitching path (small -> small + novel latents -> large); dotted: the last insertion."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.4, 3.4))
     for name, path in paths.items():
@@ -65,10 +60,7 @@ def plot_atoms(saes: dict[str, tuple[Any, Any]], path: str | Path, shape: tuple[
     """Decoder rows as images of `shape`, one row of panels per SAE: its `per_row` most used latents.
 
     `saes` maps a title to (SAE, firing rate [F] on the images)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(saes), per_row, figsize=(per_row * 0.75, len(saes) * 0.95), squeeze=False)
     for r, (title, (sae, rate)) in enumerate(saes.items()):

@@ -7,14 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from anatomist.runs.plots import pyplot
 
 
 def _normalised(counts: np.ndarray) -> np.ndarray:
@@ -25,7 +18,7 @@ def _normalised(counts: np.ndarray) -> np.ndarray:
 
 def plot_density(records: list[dict[str, Any]], sites: list[str], out: Path, n_examples: int = 4) -> list[str]:
     """density_examples.png (a few paths: density per site and the predicted class) and density_aligned.png."""
-    plt = _plt()
+    plt = pyplot()
     diff = [r for r in records if not r["same_class"] and r["changes_at"]]
     shown = diff[:n_examples]
     fig, axes = plt.subplots(len(shown), 1, figsize=(6, 1.6 * len(shown) + 0.4), sharex=True, squeeze=False)
@@ -89,7 +82,7 @@ def _short(names: list[str]) -> dict[str, str]:
 
 def plot_clusters(rows: list[dict[str, Any]], out: Path) -> list[str]:
     """clusters.png: NMI of each representation's clusters against each label (sd over runs), one panel per site."""
-    plt = _plt()
+    plt = pyplot()
     sites = list(dict.fromkeys(r["site"] for r in rows))
     reps = list(dict.fromkeys(r["representation"] for r in rows))
     labels = list(dict.fromkeys(r["label"] for r in rows))
