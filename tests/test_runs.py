@@ -149,3 +149,11 @@ def test_sweep_names_the_run_whose_config_is_wrong() -> None:
         parse_run_config({"kind": "sweep", "base": {"kind": "toy-train"}, "runs": {"ok": {}, "bad": {"stpes": 3}}})
     with pytest.raises(AnatomistError, match=r"unknown run name\(s\) \['nope'\]"):
         parse_run_config({"kind": "sweep", "base": {"kind": "toy-train"}, "runs": {"ok": {}}, "only": ["nope"]})
+
+
+def test_kind_help_lists_each_architectures_fields_once_with_who_has_them() -> None:
+    out = CliRunner().invoke(app, ["run", "sae-train", "--help", "--json"])
+    rows = {r["key"]: r for r in json.loads(out.output)["fields"]}
+    assert rows["sae.arch"]["type"] == "one of 'relu', 'relu-tied', 'topk', 'batchtopk', 'jumprelu'"
+    assert rows["sae.k"]["description"].endswith("[topk, batchtopk only]")
+    assert not rows["sae.d_sae"]["description"].endswith("only]") and rows["data.n_seqs"]["default"] == "256"

@@ -9,33 +9,71 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import click
 import typer
-from pydantic.fields import FieldInfo
 from rich.table import Table
 
 from anatomist.cli.output import console, print_result
+from anatomist.core.config import Config
 from anatomist.runs import KINDS, get_kind, load_run_config, run
 from anatomist.runs.base import RunConfig
 
 
-def _type_name(field: FieldInfo) -> str:
-    return str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
-def field_rows(cls: type[RunConfig], prefix: str = "") -> Iterable[tuple[str, str, str, str]]:
-    """(key path, type, default, description) of a config's fields, nested sections flattened."""
+def _sections(annotation: Any) -> list[type[Config]]:
+    """The config classes a field holds: one for a nested section, several for a union (e.g. SAE architectures)."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return [m for m in members if isinstance(m, type) and issubclass(m, Config)]
+
+
+def field_rows(cls: type[Config], prefix: str = "") -> Iterable[tuple[str, str, str, str]]:
+    """(key path, type, default, description) of a config's fields, nested sections flattened.
+
+    A field that is one of several sections (a discriminated union) lists each variant's fields once, with the
+    variants that have it named after the description.
+    """
     for name, field in cls.model_fields.items():
-        if name == "kind":
+        if name == "kind" and issubclass(cls, RunConfig):
             continue
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, RunConfig.__mro__[1]):  # a nested Config section
-            yield from field_rows(sub, f"{prefix}{name}.")  # type: ignore[arg-type]
-            continue
-        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        yield f"{prefix}{name}", _type_name(field), default, field.description or ""
+        sections = _sections(field.annotation)
+        if len(sections) == 1:
+            yield from field_rows(sections[0], f"{prefix}{name}.")
+        elif sections:
+            yield from _union_rows(sections, f"{prefix}{name}.")
+        else:
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            yield f"{prefix}{name}", _type_name(field.annotation), default, field.description or ""
+
+
+def _union_rows(variants: list[type[Config]], prefix: str) -> Iterable[tuple[str, str, str, str]]:
+    rows: dict[str, tuple[str, str, str, str]] = {}
+    tags = [_tag(v) for v in variants]
+    owners: dict[str, list[str]] = {}
+    for variant, tag in zip(variants, tags, strict=True):
+        for row in field_rows(variant, prefix):
+            rows.setdefault(row[0], row)
+            owners.setdefault(row[0], []).append(tag)
+    for key, (_, type_name, default, description) in rows.items():
+        if key == f"{prefix}{_discriminator(variants[0])}":
+            type_name, default = "one of " + ", ".join(repr(t) for t in tags), "required"
+        only = owners[key] if len(owners[key]) < len(variants) else []
+        yield key, type_name, default, description + (f" [{', '.join(only)} only]" if only else "")
+
+
+def _discriminator(variant: type[Config]) -> str:
+    """The field that names the variant: its one-value Literal (`arch: Literal["topk"]`)."""
+    return next(n for n, f in variant.model_fields.items()
+                if get_origin(f.annotation) is Literal and len(get_args(f.annotation)) == 1)
+
+
+def _tag(variant: type[Config]) -> str:
+    return str(variant.model_fields[_discriminator(variant)].default)
 
 
 def print_kinds(as_json: bool) -> None:
