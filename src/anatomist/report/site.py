@@ -12,6 +12,7 @@ saying what is missing rather than a blank one.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,13 @@ def _section_page(folder: Folder, out: Path) -> str:
     return f"sections/{name}.html"
 
 
+def _in_run_order(top: Folder) -> Callable[[Folder], tuple[int, str]]:
+    """Sort key of parts: the order the run ran them in (a demo's `parts`, a sweep's `runs` table), then by path."""
+    tables = top.metrics.tables if top.metrics is not None else {}
+    order = {name: i for i, name in enumerate(tables.get("parts") or tables.get("runs") or {})}
+    return lambda f: (order.get(f.rel.split("/")[0], len(order)), f.rel)
+
+
 def summary_table(folders: list[Folder], links: dict[str, str]) -> str:
     """One row per part with a metrics.json: part, kind, its one-line summary, and the shared measures it has."""
     rows = [f for f in folders if f.metrics is not None]
@@ -249,7 +257,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     body = _heading(top, f"Run {run.resolve().name}") + f"<p class='muted'>{esc(run.resolve())}</p>"
     body += problems_box(top.problems + [p for f in folders[1:] for p in f.problems])
     board_links = {f.rel: f"features/{slug(f.rel)}/index.html" for f in boards}
-    body += summary_table([top, *sorted(subs + boards, key=lambda f: f.rel)], links | board_links)
+    body += summary_table([top, *sorted(subs + boards, key=_in_run_order(top))], links | board_links)
     if dashboards:
         body += "<h2>Feature dashboards</h2><ul>" + "".join(
             f'<li><a href="{esc(h)}">{esc(r)}</a></li>' for r, h in dashboards) + "</ul>"
