@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
-from sklearn.metrics import normalized_mutual_info_score
 
 from anatomist.core.errors import AnatomistError
 from anatomist.evaluate.grouping import purity
@@ -137,6 +136,8 @@ def score_clusters(assignment: np.ndarray, labels: np.ndarray, seed: int = 0, sh
     assignment, labels = np.asarray(assignment), np.asarray(labels)
     if assignment.shape != labels.shape:
         raise AnatomistError(f"score_clusters: {assignment.shape[0]} cluster indices but {labels.shape[0]} labels")
+    from sklearn.metrics import normalized_mutual_info_score  # heavy (~1.5 s): loaded when a score is asked for
+
     keep = labels >= 0
     a, y = assignment[keep], labels[keep]
     if len(y) == 0:

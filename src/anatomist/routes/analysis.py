@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.cluster import MiniBatchKMeans
 from torch import nn
 
 from anatomist.core.config import Config
@@ -43,6 +42,8 @@ class AnalyzeConfig(Config):
 
 
 def _kmeans(x: torch.Tensor, k: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import MiniBatchKMeans  # heavy (~1.5 s): loaded when clustering, not at CLI start
+
     km = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=2048, max_iter=50)
     return km.fit_predict(x.double().numpy()).astype(np.int64)
 

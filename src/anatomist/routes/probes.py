@@ -17,10 +17,6 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from anatomist.core.errors import AnatomistError
 from anatomist.routes.control import split_coordinates
@@ -44,6 +40,12 @@ def probe_accuracy(
     test, train = order[:n_test], order[n_test:]
     if n_test == 0 or len(np.unique(y[train])) < 2:
         raise AnatomistError(f"probe: need at least two classes and a test split; got {len(y)} labelled tokens")
+    # sklearn is heavy (~1.5 s to import): loaded when a probe is fitted, not whenever the CLI starts
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     with warnings.catch_warnings():  # a probe that has not fully converged is still a fair (lower) bound
         warnings.simplefilter("ignore", ConvergenceWarning)
