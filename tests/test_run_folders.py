@@ -20,9 +20,8 @@ from torch import nn
 
 from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.errors import AnatomistError
-from anatomist.core.io import is_temporary, load_json, load_tensors
+from anatomist.core.io import load_json, load_tensors
 from anatomist.core.paths import cache_dir
-from anatomist.core.progress import LOSS_LOG
 from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
 from anatomist.nets.toys import TrainedToy, config_hash
@@ -45,7 +44,8 @@ def spd_sets(steps: int = STEPS, seed: int = 0) -> list[str]:
 
 
 def temporaries(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if is_temporary(p.name)]
+    """Anything a write in progress names `.something.tmp...` (files and folders, at any depth)."""
+    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
 
 
 # --- one rule for a used folder -----------------------------------------------------------------
@@ -187,13 +187,13 @@ def test_training_reports_progress_lines_and_metrics_jsonl_off_a_terminal(
     run(load_run_config("spd-toy", spd_sets(steps=20)), tmp_path / "a", threads=1)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("SPD step")]
     assert len(lines) == 2 and "SPD step 20/20" in lines[1] and "steps/s" in lines[1] and "ETA" in lines[1]
-    records = [json.loads(line) for line in (tmp_path / "a" / LOSS_LOG).read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20]
     assert {"loss", "faithfulness", "steps_per_s", "eta_s"} <= set(records[0]) and records[-1]["eta_s"] == 0
     monkeypatch.setenv("ANATOMIST_PROGRESS", "0")
     run(load_run_config("spd-toy", spd_sets(steps=20)), tmp_path / "b", threads=1)
     assert "SPD step" not in capsys.readouterr().err
-    assert len((tmp_path / "b" / LOSS_LOG).read_text().splitlines()) == 2  # the file is written all the same
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2  # the file is written all the same
 
 
 # --- fault injection ------------------------------------------------------------------------------
