@@ -152,7 +152,8 @@ def test_sae_training_records_provenance(tmp_path: Path) -> None:
     assert rec["models"][0] == {"name": str(tmp_path / "tiny"), "weights_sha256": want, "parameters": sum(
         p.numel() for p in model.parameters())}
     assert rec["data"][0]["n_tokens"] == 8 * 7  # 8 training sequences of 8 tokens, BOS left out
-    assert rec["data"][0]["name"] == f"{tmp_path / 'ids.safetensors'} (train)"  # the data used, not the corpus
+    # the data used, not the corpus
+    assert rec["data"][0]["name"] == f"inputs file {tmp_path / 'ids.safetensors'} (train, rows 0..8)"
     assert rec["access"] == ["outputs", "activations"] and rec["seed"] == 7 and rec["config"]["steps"] == 3
     assert "access used" in build_report(tmp_path).read_text()
 

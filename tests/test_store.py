@@ -182,3 +182,27 @@ def test_images_give_one_row_per_example_or_spatial_position() -> None:
     rows = _all_rows(store)
     assert rows[Site("1")].shape == (6 * 16, 3)  # conv map: one row per spatial position, channels as features
     assert rows[Site("3")].shape == (6, 5)
+
+
+def test_model_fingerprint_sees_every_weight(llama: LlamaForCausalLM) -> None:
+    """An edit past the first values of a weight (zeroing columns of a down projection) changes the fingerprint,
+    and with it the automatic cache folder, so activations of the unedited model are never read back."""
+    from anatomist.data.store import model_fingerprint
+
+    edited = tiny_llama(3, 16, 32, 50)
+    before, key = model_fingerprint(edited), _store(edited).cache_key()
+    assert before == model_fingerprint(llama)
+    with torch.no_grad():
+        edited.model.layers[1].mlp.down_proj.weight[2:, 20:30] = 0  # [16, 32]: from flat index 84, past the first 64
+    assert model_fingerprint(edited) != before
+    assert _store(edited).cache_key() != key
+    assert _store(edited).fingerprint() == _store(llama).fingerprint()  # the data's own identity is unchanged
+
+
+def test_a_cache_of_edited_weights_is_refused(llama: LlamaForCausalLM, tmp_path: Path) -> None:
+    _store(llama, cache=tmp_path / "acts").harvest()
+    edited = tiny_llama(3, 16, 32, 50)
+    with torch.no_grad():
+        edited.model.layers[0].self_attn.o_proj.weight[5:, :] += 1.0
+    with pytest.raises(AnatomistError, match="another model's weights"):
+        _store(edited, cache=tmp_path / "acts")

@@ -278,9 +278,12 @@ def test_anatomist_run_sigkilled_then_resumed_gives_identical_weights(tmp_path: 
     res = CliRunner().invoke(app, ["run", str(tiny_run), "--out", str(tmp_path / "b"), "--resume", "--json"])
     assert res.exit_code == 0, res.output
     assert '"event": "resume", "step": 4' in (tmp_path / "b" / "metrics.jsonl").read_text()
-    fresh = run(load_run_config(str(tiny_run)), tmp_path / "a")  # no --resume: starts over in the used folder
-    assert '"resume"' not in (tmp_path / "a" / "metrics.jsonl").read_text()
-    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    with pytest.raises(AnatomistError, match="newest checkpoint: step 4.*--resume.*another --out"):
+        run(load_run_config(str(tiny_run)), tmp_path / "a")  # no --resume into a used folder: refused, nothing lost
+    assert Checkpointer(tmp_path / "a").latest() == 4
+    fresh = run(load_run_config(str(tiny_run)), tmp_path / "fresh")
+    assert '"resume"' not in (tmp_path / "fresh" / "metrics.jsonl").read_text()
+    a, b = _weights(tmp_path / "fresh"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads(res.stdout)["numbers"]["fvu"] == fresh.metrics["fvu"]
     assert all((tmp_path / "b" / f).is_file() for f in ("config.yaml", "metrics.json", "provenance.json"))
@@ -289,7 +292,13 @@ def test_anatomist_run_sigkilled_then_resumed_gives_identical_weights(tmp_path: 
 def test_resuming_with_another_config_is_refused(tmp_path: Path, tiny_run: Path) -> None:
     cfg = load_run_config(str(tiny_run), ["steps=2"])
     run(cfg, tmp_path / "r")
-    run(cfg.replace(steps=3), tmp_path / "r", resume=True)  # training longer is a resume
+    longer = run(cfg.replace(steps=3), tmp_path / "r", resume=True)  # training longer is a resume
+    # said truthfully: the config and metrics hold the new length, and where this process took over
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["steps"] == 3
+    assert longer.metrics["steps"] == 3 and longer.metrics["resumed_from_step"] == 2
+    with pytest.raises(AnatomistError, match="already at step 3, past the 2 steps"):
+        run(cfg, tmp_path / "r", resume=True)  # fewer steps than done: refused, not relabelled
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["steps"] == 3
     with pytest.raises(AnatomistError, match="differs in lr"):
         run(cfg.replace(lr=1e-3), tmp_path / "r", resume=True)
 
@@ -319,8 +328,8 @@ def test_cli_train_then_eval_json(tmp_path: Path, tiny_lm: Path) -> None:
     trained = json.loads(res.stdout)["numbers"]
     assert trained["n_predictions"] == 2 * 14 and 0 <= trained["fvu"] < 10
     args = ["sae", "eval", str(tmp_path / "run" / "sae"), "--model", str(tiny_lm), "--n-seqs", "2",
-            "--seq-len", "16", "--skip-seqs", "8", "--out", str(tmp_path / "eval"), "--json"]
-    res = runner.invoke(app, [*args, "--site", "model.layers.0"])
+            "--seq-len", "16", "--json"]
+    res = runner.invoke(app, [*args, "--skip-seqs", "8", "--site", "model.layers.0", "--out", str(tmp_path / "eval")])
     assert res.exit_code == 0, res.output
     evaluated = json.loads(res.stdout)
     assert evaluated["kind"] == "sae-eval" and "loss recovered" in evaluated["summary"]
@@ -330,6 +339,35 @@ def test_cli_train_then_eval_json(tmp_path: Path, tiny_lm: Path) -> None:
     assert {k for k in numbers if k.startswith("density_histogram.")} == {
         f"density_histogram.{k}" for k in ("log10_rate_edges", "counts", "dead")}
     assert all((tmp_path / "eval" / f).is_file() for f in ("config.yaml", "metrics.json", "provenance.json"))
-    res = runner.invoke(app, [*args, "--site", "model.layers.0.mlp.up_proj"])
+    # without --skip-seqs the rows after the 8 its run trained on are evaluated, and the metrics say so
+    res = runner.invoke(app, [*args, "--site", "model.layers.0", "--out", str(tmp_path / "eval-default")])
+    assert res.exit_code == 0, res.output
+    default = json.loads(res.stdout)["numbers"]
+    assert default["rows"] == "held out: sequences 8..10" and default["skip_seqs"] == 8
+    assert default["ce_increase"] == numbers["ce_increase"]
+    res = runner.invoke(app, [*args, "--skip-seqs", "0", "--site", "model.layers.0", "--out", str(tmp_path / "e0")])
+    assert "2 of them seen in training" in json.loads(res.stdout)["numbers"]["rows"]
+    res = runner.invoke(app, [*args, "--site", "model.layers.0.mlp.up_proj", "--out", str(tmp_path / "eval2")])
     assert res.exit_code != 0 and "d_in 16 but site 'model.layers.0.mlp.up_proj:output' has width 32" in str(
         res.exception)
+
+
+def test_provenance_names_the_data_actually_used(tmp_path: Path) -> None:
+    """Model inputs from a file (here images) are recorded as that file's examples, never as corpus tokens."""
+    from safetensors.torch import save_file
+
+    from anatomist.core.provenance import read_provenance
+
+    images = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    save_file({"inputs": images}, str(tmp_path / "images.safetensors"))
+    cfg = parse_run_config({
+        "kind": "sae-train", "model": "mnist-cnn", "site": "classifier.relu3", "steps": 2, "batch_size": 16,
+        "data": {"inputs": str(tmp_path / "images.safetensors"), "n_seqs": 32, "eval_seqs": 8, "cache": None,
+                 "block_seqs": 8, "buffer_rows": 32, "model_batch_size": 8},
+        "sae": {"arch": "topk", "d_in": 128, "d_sae": 32, "k": 4}})
+    run(cfg, tmp_path / "run")
+    train, held_out = read_provenance(tmp_path / "run")["data"]
+    assert train["name"] == f"inputs file {tmp_path / 'images.safetensors'} (train, rows 0..32)"
+    assert held_out["name"].endswith("(held out, rows 32..40)")
+    assert (train["n_examples"], held_out["n_examples"]) == (32, 8)
+    assert "n_tokens" not in train and "wiki" not in json.dumps([train, held_out])

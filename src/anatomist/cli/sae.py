@@ -34,7 +34,9 @@ def evaluate(
     corpus: Annotated[str, typer.Option(help="packaged corpus")] = "wiki",
     n_seqs: Annotated[int, typer.Option(help="sequences evaluated")] = 16,
     seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 128,
-    skip_seqs: Annotated[int, typer.Option(help="leave out the corpus' first sequences (e.g. training data)")] = 0,
+    skip_seqs: Annotated[int | None, typer.Option(
+        help="leave out the corpus' first sequences (default: those the dictionary's sae-train run trained on)")]
+    = None,
     spliced_seqs: Annotated[int | None, typer.Option(help="sequences spliced for CE/KL (default: all)")] = None,
     batch_size: Annotated[int, typer.Option(help="sequences per forward")] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",

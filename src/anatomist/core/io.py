@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,37 @@ def _atomic(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make renames in `folder` durable: without it a power loss right after os.replace can undo the rename."""
+    if os.name != "posix":  # Windows cannot open a folder for fsync; its renames are journaled
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_temporary(name: str) -> bool:
+    """Names of our writes in progress: `.x.json.abc123.tmp` (files), `.tmp-step_N-PID`, `.sae.tmp-PID` (folders)."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name or ".old-" in name)
+
+
+def remove_temporaries(folder: str | Path) -> list[str]:
+    """Delete what killed writes left in `folder` (not below it); returns the names removed.
+
+    Call it only when no other process writes into the folder (as a run starts).
+    """
+    folder = Path(folder)
+    removed = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if is_temporary(p.name):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

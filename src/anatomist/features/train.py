@@ -11,14 +11,14 @@ assume); the saved dictionary has the scale folded into its weights and reads ra
 
 Everything needed to resume bit-for-bit (dictionary, optimizer, scheduler, RNG, data position, dead-latent
 counters, input scales) is checkpointed atomically in `run_dir/checkpoints`; `run_dir/metrics.jsonl` is the
-append-only loss log (a resumed run appends a `{"event": "resume"}` line and then repeats the steps after the
-checkpoint: the last line for a step counts). The final metrics are returned, not written: the `sae-train` run
+append-only loss log written by `core.progress.TrainingLog`, which also prints each line's numbers on stderr
+(a resumed run appends a `{"event": "resume"}` line and then repeats the steps after the checkpoint: the last
+line for a step counts). The final metrics are returned, not written: the `sae-train` run
 kind (`anatomist.runs.features`) writes metrics.json and provenance.json.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -40,6 +40,7 @@ from anatomist.core import (
     resolve_device,
     seed_everything,
 )
+from anatomist.core.progress import LOSS_LOG, TrainingLog
 from anatomist.data import load_corpus, load_images
 from anatomist.data.store import ActivationStore, position_mask
 from anatomist.evaluate.dictionary import check_width, evaluate_dictionary
@@ -60,7 +61,6 @@ from anatomist.nets.assets import load_model
 from anatomist.nets.sites import Site, capture
 
 Objective = ObjectiveName
-LOSS_LOG = "metrics.jsonl"
 
 
 class DataConfig(Config):
@@ -185,12 +185,6 @@ class _WidthOnly:
         self.cfg = cfg
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-
-
 def _finite(t: torch.Tensor, what: str, step: int, site: Site, ckpt: Checkpointer) -> None:
     if not bool(torch.isfinite(t).all()):
         last = ckpt.latest()
@@ -236,10 +230,10 @@ def split_held_out(cfg: TrainConfig, inputs: torch.Tensor) -> tuple[torch.Tensor
     return inputs[: len(inputs) - n_eval], inputs[len(inputs) - n_eval :]
 
 
-def start_fresh(run_dir: Path) -> None:
-    """A new run in a used folder: the old checkpoints, loss log and dictionary go, so no state mixes in."""
-    for path in (run_dir / "checkpoints", run_dir / "sae"):
-        shutil.rmtree(path, ignore_errors=True)
+def clear_unstarted(run_dir: Path) -> None:
+    """A start with no checkpoint to continue: what an earlier attempt left before its first checkpoint (loss
+    lines, a dictionary) goes, so it does not mix into this run's. Checkpointed runs are never cleared here."""
+    shutil.rmtree(run_dir / "sae", ignore_errors=True)
     (run_dir / LOSS_LOG).unlink(missing_ok=True)
 
 
@@ -256,13 +250,15 @@ def train_sae(
 
     model/inputs default to `load_data(cfg)`; inputs [n, seq] hold the training sequences followed by
     `cfg.data.eval_seqs` held-out ones. Returns the trained dictionary (reading raw activations, saved in
-    `run_dir/sae`) and the final metrics. `on_step(step, last_logged)` runs after every step. Without `resume`
-    the folder's old checkpoints and loss log are removed first.
+    `run_dir/sae`) and the final metrics. `on_step(step, last_logged)` runs after every step. Without `resume`,
+    a folder that holds checkpoints is refused (nothing already trained is thrown away).
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        start_fresh(run)
+    ckpt = Checkpointer(run, keep=2)
+    ckpt.prepare(resume)
+    if ckpt.latest() is None:
+        clear_unstarted(run)
     if model is None or inputs is None:
         loaded_model, loaded_inputs = load_data(cfg)
         model, inputs = model or loaded_model, loaded_inputs if inputs is None else inputs
@@ -282,16 +278,14 @@ def train_sae(
     # fused: one kernel per tensor instead of a dozen elementwise passes (~10x less optimizer time per step on CPU)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
-    ckpt = Checkpointer(run, keep=2)
     seqs = SequenceBatches(len(train_ids), cfg.batch_seqs, cfg.seed)
     held_out = _held_out_rows(model, eval_ids, [site] if target == site else [site, target], cfg)
     if resume and ckpt.latest() is not None:
-        state = ckpt.load(trainee, opt, sched)
+        state = ckpt.load(trainee, opt, sched, max_step=cfg.steps)
         start, extra = state["step"], state["extra"]
         store.load_state_dict(extra["store"])
         seqs.load_state_dict(extra["seqs"])
         s_in, s_out = extra["s_in"], extra["s_out"]
-        _append_jsonl(run / LOSS_LOG, {"event": "resume", "step": start})
     else:
         start = 0
         first = _first_rows(cfg, store, int(train_ids.shape[1]) if train_ids.ndim > 1 else 1)
@@ -300,6 +294,9 @@ def train_sae(
             with torch.no_grad():
                 sae.b_dec.copy_(first[target].double().mean(0).to(sae.b_dec) * s_out)
 
+    progress_log = TrainingLog(run, "sae", cfg.steps, start)
+    if start:
+        progress_log.event({"event": "resume", "step": start})
     row_batches, seq_batches = iter(store), iter(seqs)  # generators: only the one used ever runs
     skip, ds_sites = False, []
     if cfg.end_to_end:
@@ -308,7 +305,7 @@ def train_sae(
         if any(isinstance(t, DownstreamLoss) for t in losses):
             ds_sites = ([Site.parse(s) for s in cfg.downstream_sites] if cfg.downstream_sites is not None
                         else downstream_sites(model, site))
-        _append_jsonl(run / LOSS_LOG, {"event": "e2e", "skip_blocks_before_site": skip,
+        progress_log.event({"event": "e2e", "skip_blocks_before_site": skip,
                                        "downstream_sites": [str(s) for s in ds_sites]})
     log: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -348,10 +345,10 @@ def train_sae(
                    "grad_norm": float(gnorm),
                    "dead_fraction": float((trainee.since_fired >= cfg.dead_tokens).float().mean()),
                    "seconds": round(time.perf_counter() - t0, 2)}
-            _append_jsonl(run / LOSS_LOG, log)
+            progress_log.step(step, log)
         if held_out is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             quick = _quick_eval(sae, held_out, site, target, s_in, s_out)
-            _append_jsonl(run / LOSS_LOG, {"step": step, "eval": quick})
+            progress_log.event({"step": step, "eval": quick})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             extra = {"store": store.state_dict(), "seqs": seqs.state_dict(), "s_in": s_in, "s_out": s_out}
             ckpt.save(step, trainee, opt, sched, extra=extra)
@@ -365,6 +362,8 @@ def train_sae(
         metadata["target_site"] = str(target)
     save_sae(sae, run / "sae", metadata=metadata)
     metrics: dict[str, Any] = {"steps": cfg.steps, "objective": cfg.objective}
+    if start:  # a resumed run says so: its steps before `start` ran in an earlier process (maybe with fewer steps)
+        metrics["resumed_from_step"] = start
     if len(eval_ids):
         tokens = eval_ids.ndim == 2 and not eval_ids.is_floating_point()  # spliced CE needs a language model
         metrics.update(evaluate_dictionary(
@@ -372,7 +371,7 @@ def train_sae(
             batch_size=cfg.data.model_batch_size, spliced=tokens, spliced_seqs=cfg.eval_ce_seqs,
         ))
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    _append_jsonl(run / LOSS_LOG, {"step": cfg.steps, "final": flat})
+    progress_log.event({"step": cfg.steps, "final": flat})
     return sae, metrics
 
 
@@ -400,7 +399,7 @@ def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Si
     check_width(_WidthOnly(cfg.sae), target, widths[target], "output")
     if cfg.data.cache is None:
         return store
-    folder = (cache_dir("activations") / f"{cfg.model}-{site.module}-{store.fingerprint()}"
+    folder = (cache_dir("activations") / f"{cfg.model}-{site.module}-{store.cache_key()}"
               if cfg.data.cache == "auto" else Path(cfg.data.cache))
     store = ActivationStore(model, train_ids, sites, cache=folder, **args)
     store.harvest()

@@ -2,7 +2,8 @@
 
 A method supplies its decomposition module, an optimizer and `loss(step, batch) -> (total, terms)`;
 `fit` runs the steps with the learning-rate schedule, stops with a clear error on a non-finite
-loss, records averaged loss terms every `log_every` steps in `dec.history`, and checkpoints
+loss, records averaged loss terms every `log_every` steps in `dec.history` (and reports them through
+`core.progress.TrainingLog`: a line on stderr and `run_dir/metrics.jsonl`), and checkpoints
 atomically (and resumes bit-for-bit) through `anatomist.core.Checkpointer`. While it runs, the
 target model is frozen and in eval mode; the user's flags come back afterwards, also on error.
 """
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
-from anatomist.core.progress import progress
+from anatomist.core.progress import TrainingLog, progress
 
 LossFn = Callable[[int, Any], tuple[Tensor, dict[str, Tensor]]]
 
@@ -141,10 +142,15 @@ def fit(
     steps, log_every, checkpoint_every = config.steps, config.log_every, config.checkpoint_every
     ckpt = Checkpointer(run_dir) if run_dir is not None else None
     start = 0
+    if ckpt is not None:
+        ckpt.prepare(resume)
     if resume and ckpt is not None and ckpt.latest() is not None:
-        state = ckpt.load(dec, optimizer, generators=generators)
+        state = ckpt.load(dec, optimizer, generators=generators, max_step=steps)
         start = state["step"]
         dec.history = state["extra"].get("history", [])
+    log = TrainingLog(run_dir, method, steps, start)
+    if start:
+        log.event({"event": "resume", "step": start})
     with frozen(model):
         batches = cycle(data)
         t0 = time.perf_counter()
@@ -170,6 +176,7 @@ def fit(
                     **{k: v / n for k, v in running.items()},
                 }
                 dec.history.append(row)
+                log.step(done, {k: v for k, v in row.items() if k != "step"})
                 running = {}
                 stop = bool(callback(done, dec, row)) if callback is not None else False
             else:

@@ -65,7 +65,7 @@ def lm_dashboard(sae: SparseDictionary, out: str | Path, *, model_name: str, sit
     args: dict[str, Any] = dict(exclude_bos=exclude_bos, block_seqs=block_seqs, model_name=model_name)
     store = ActivationStore(loaded.model, tokens, [site], **args)
     if cache is not None:
-        folder = (cache_dir("activations") / f"{model_name}-{site.module}-{store.fingerprint()}"
+        folder = (cache_dir("activations") / f"{model_name}-{site.module}-{store.cache_key()}"
                   if cache == "auto" else Path(cache))
         store = ActivationStore(loaded.model, tokens, [site], cache=folder, **args)
     start = time.perf_counter()

@@ -7,14 +7,23 @@ Every run folder holds `config.yaml` (the full resolved config, re-runnable as i
 A kind is a config class (a `RunConfig` whose `kind` field is a one-value Literal) and a function
 `execute(config, ctx) -> Outcome`, registered with `@register(ConfigClass)`. `run(config, out)` is the
 one way to start any of them: the CLI, the demo and the experiments all go through it.
+
+One rule for a folder that already holds a run (its config.yaml and a result or a checkpoint), for every
+kind: `resume=True` continues it (training kinds; the config may differ only in the kind's
+`resumable_changes`), and anything else is refused with a message saying how to resume or to choose
+another folder, naming the keys that differ. A start that fails before its first checkpoint locks nothing:
+its config.yaml is taken back. Kinds made of runs (the demo, sweeps) rerun into their folder, each part
+continuing or rerunning on its own (`run_or_continue`).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar, Union
@@ -22,11 +31,13 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union
 import yaml
 from pydantic import Field, TypeAdapter
 
+from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.config import Config, read_yaml_mapping
 from anatomist.core.errors import AnatomistError, nearest
-from anatomist.core.io import atomic_write_text
-from anatomist.core.metrics import Metrics, write_metrics
-from anatomist.core.provenance import collect_parts, write_provenance
+from anatomist.core.io import atomic_write_text, remove_temporaries
+from anatomist.core.metrics import METRICS, Metrics, write_metrics
+from anatomist.core.progress import LOSS_LOG
+from anatomist.core.provenance import PROVENANCE, collect_parts, write_provenance
 from anatomist.core.threads import torch_threads
 
 CONFIG = "config.yaml"
@@ -91,6 +102,7 @@ class Kind:
     config: type[RunConfig]
     execute: Callable[[Any, Context], Outcome]
     trains: bool  # writes checkpoints and honours --resume
+    composite: bool = False  # made of runs in sub-folders (demo, sweep): a rerun continues it, part by part
 
     @property
     def help(self) -> str:
@@ -107,14 +119,15 @@ def kind_name(config_cls: type[RunConfig]) -> str:
     return default
 
 
-def register(config_cls: type[C], *, trains: bool = False) -> Callable[[Callable[[C, Context], Outcome]], Any]:
+def register(config_cls: type[C], *, trains: bool = False, composite: bool = False,
+             ) -> Callable[[Callable[[C, Context], Outcome]], Any]:
     """Decorator: `@register(SPDToyConfig, trains=True)` over `def execute(cfg, ctx) -> Outcome`."""
 
     def add(execute: Callable[[C, Context], Outcome]) -> Callable[[C, Context], Outcome]:
         name = kind_name(config_cls)
         if name in KINDS:
             raise TypeError(f"run kind '{name}' registered twice")
-        KINDS[name] = Kind(name, config_cls, execute, trains)
+        KINDS[name] = Kind(name, config_cls, execute, trains, composite)
         return execute
 
     return add
@@ -192,43 +205,109 @@ def _config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = 
     return out
 
 
+def started(out: Path) -> bool:
+    """Whether `out` holds a run that really started: its config.yaml and a result (metrics.json) or a checkpoint.
+
+    A config.yaml alone is what a start killed before its first checkpoint left: it holds nothing to keep.
+    """
+    return (out / CONFIG).is_file() and ((out / METRICS).is_file() or bool(Checkpointer(out).steps()))
+
+
+def _differing_keys(config: RunConfig, out: Path, allowed: Iterable[str] = ()) -> list[str]:
+    before = read_yaml_mapping(out / CONFIG)
+    allowed = set(allowed)
+    return [k for k in _config_differences(before, config.model_dump(mode="json")) if k.split(".")[0] not in allowed]
+
+
 def _check_resume(config: RunConfig, out: Path) -> None:
     path = out / CONFIG
     if not path.is_file():
         raise AnatomistError(f"{out}: nothing to resume (no {CONFIG}); run without --resume to start it")
-    before = read_yaml_mapping(path)
-    now = config.model_dump(mode="json")
-    differ = [k for k in _config_differences(before, now) if k.split(".")[0] not in config.resumable_changes]
+    differ = _differing_keys(config, out, config.resumable_changes)
+    if differ and not started(out):
+        raise AnatomistError(f"{path}: --resume with a config that differs in {', '.join(differ)}; that run never "
+                             "reached a checkpoint, so start it afresh without --resume")
     if differ:
         raise AnatomistError(f"{path}: --resume with a config that differs in {', '.join(differ)}; "
                              "resume with the run's own config or start a new run in another folder")
 
 
+def _refuse_rerun(kind: Kind, config: RunConfig, out: Path) -> None:
+    """The message for a start into a folder that holds a run: how to continue it, or where to start afresh."""
+    differ = _differing_keys(config, out)
+    why = f" (your config differs in {', '.join(differ)})" if differ else ""
+    if kind.trains:
+        latest = Checkpointer(out).latest()
+        state = f"newest checkpoint: step {latest}" if latest is not None else "finished"
+        raise AnatomistError(f"{out}: holds a '{kind.name}' run already ({state}){why}; continue it with --resume "
+                             "(same config), or choose another --out to start a new run")
+    raise AnatomistError(f"{out}: holds a finished '{kind.name}' run already{why}; choose another --out "
+                         "(or delete the folder to redo it)")
+
+
+def _clear_run(out: Path) -> None:
+    """What a run of the folder's earlier config left that a new run would mix with (replace=True only)."""
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    for name in (LOSS_LOG, METRICS, PROVENANCE):
+        (out / name).unlink(missing_ok=True)
+
+
 def run_or_continue(config: RunConfig, out: Path, threads: int = 0) -> RunResult:
     """A run in folder `out`; a training run whose folder already holds this exact config continues it.
 
-    For runs made of runs (the demo, sweeps): stopping and starting the whole again redoes nothing finished.
+    For runs made of runs (the demo, sweeps), which own their parts' folders: stopping and starting the whole
+    again redoes nothing finished in training parts, reruns the other parts, and replaces a part whose config
+    changed (`replace=True`).
     """
     same = (out / CONFIG).is_file() and read_yaml_mapping(out / CONFIG) == config.model_dump(mode="json")
-    return run(config, out, resume=same and get_kind(config.kind).trains, threads=threads)
+    return run(config, out, resume=same and get_kind(config.kind).trains, threads=threads, replace=True)
 
 
-def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: int = 0) -> RunResult:
-    """Run any kind into folder `out` and write its config.yaml, metrics.json and provenance.json."""
+def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: int = 0,
+        replace: bool = False) -> RunResult:
+    """Run any kind into folder `out` and write its config.yaml, metrics.json and provenance.json.
+
+    A folder that holds a run is continued with `resume=True` (training kinds), replaced with `replace=True`
+    (its checkpoints, loss log and results go first), and otherwise refused.
+    """
     kind = get_kind(config.kind)
     out = Path(out)
     if resume and not kind.trains:
         raise AnatomistError(f"run kind '{kind.name}' does not train, so it has nothing to resume")
     if resume:
         _check_resume(config, out)
+    elif started(out) and not kind.composite:
+        if not replace:
+            _refuse_rerun(kind, config, out)
+        _clear_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    start = time.perf_counter()
-    with torch_threads(threads):
-        outcome = kind.execute(config, Context(out, resume))
+    remove_temporaries(out)  # what a killed write left (config, metrics, a dictionary folder being swapped in)
+    with _taken_back_on_failure(out):
+        atomic_write_text(out / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        start = time.perf_counter()
+        with torch_threads(threads):
+            outcome = kind.execute(config, Context(out, resume))
     seconds = time.perf_counter() - start
     metrics = Metrics.from_nested(outcome.metrics)
     write_metrics(out, kind.name, metrics, outcome.summary)
     write_provenance(out, models=outcome.models, data=outcome.data, config=config,
                      seed=getattr(config, "seed", None), access=outcome.access, parts=collect_parts(out))
     return RunResult(kind.name, out, config, metrics, outcome.summary, seconds, outcome.value)
+
+
+@contextmanager
+def _taken_back_on_failure(out: Path) -> Iterator[None]:
+    """A start that fails before it checkpointed anything (a site typo, a resume refused by the checkpoint) leaves
+    the folder's config.yaml as it found it, so it locks nothing and relabels nothing."""
+    path = out / CONFIG
+    before = path.read_text() if path.is_file() else None
+    newest = Checkpointer(out).latest()
+    try:
+        yield
+    except BaseException:
+        if Checkpointer(out).latest() == newest:
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_text(path, before)
+        raise

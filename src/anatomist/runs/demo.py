@@ -115,7 +115,7 @@ def part_row(result: RunResult) -> dict[str, Any]:
     return {"kind": result.kind, "seconds": round(result.seconds, 1), **shared, "summary": result.summary}
 
 
-@register(DemoConfig)
+@register(DemoConfig, composite=True)
 def demo(cfg: DemoConfig, ctx: Context) -> Outcome:
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     rows, start = {}, time.perf_counter()

@@ -3,17 +3,21 @@
 - sae-train: train one sparse dictionary (SAE or transcoder; objectives local, e2e, e2e+ds) on a model's site.
   The run folder gets `sae/` (the dictionary), `checkpoints/`, the loss log `metrics.jsonl`, and the three
   files every run has. `--resume` continues from the newest checkpoint.
-- sae-eval: reconstruction, sparsity and spliced-model losses of a saved dictionary on held-out corpus text.
+- sae-eval: reconstruction, sparsity and spliced-model losses of a saved dictionary on held-out corpus text:
+  by default the rows after those its `sae-train` run trained on (when the dictionary sits in such a run's
+  folder); the metrics say which rows were used.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
+from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
 from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus
@@ -21,7 +25,7 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import load_sae
 from anatomist.features.train import TrainConfig, load_data, split_held_out, train_sae, training_tokens
 from anatomist.nets.assets import load_model
-from anatomist.runs.base import Context, Outcome, RunConfig, register
+from anatomist.runs.base import CONFIG, Context, Outcome, RunConfig, register
 
 
 class SAETrainConfig(TrainConfig, RunConfig):
@@ -43,13 +47,23 @@ def _words(m: dict[str, Any]) -> str:
 
 
 def _data_records(cfg: TrainConfig, train: torch.Tensor, held_out: torch.Tensor) -> list[dict[str, Any]]:
-    """The data actually used: the image set or inputs file when one is given, else the corpus."""
+    """The data actually used, named by where it came from and with the rows it took: the image set, the inputs
+    file (token ids counted as tokens, other inputs as examples), else the corpus."""
+    n = len(train)
+    parts = {"train": (train, f"rows 0..{n}"), "held out": (held_out, f"rows {n}..{n + len(held_out)}")}
     if cfg.data.images is not None:  # one example per image, not pixels counted as tokens
-        return [data_record(f"{cfg.data.images} images (train)", train, n_examples=len(train)),
-                data_record(f"{cfg.data.images} images (held out)", held_out, n_examples=len(held_out))]
-    name = cfg.data.inputs if cfg.data.inputs is not None else cfg.data.corpus
-    return [data_record(f"{name} (train)", train, n_tokens=training_tokens(cfg, train)),
-            data_record(f"{name} (held out)", held_out, n_tokens=int(held_out.numel()))]
+        return [data_record(f"{cfg.data.images} images ({part}, shuffled with seed 0, {rows})", x, n_examples=len(x))
+                for part, (x, rows) in parts.items()]
+    if cfg.data.inputs is not None:
+        source = f"inputs file {cfg.data.inputs}"
+        if train.is_floating_point() or train.ndim != 2:  # model inputs (images, features), not token ids
+            return [data_record(f"{source} ({part}, {rows})", x, n_examples=len(x))
+                    for part, (x, rows) in parts.items()]
+    else:
+        source = f"{cfg.data.corpus} corpus"
+        parts = {part: (x, rows.replace("rows", "sequences")) for part, (x, rows) in parts.items()}
+    return [data_record(f"{source} ({part}, {rows})", x, n_tokens=training_tokens(cfg, x))
+            for part, (x, rows) in parts.items()]
 
 
 @register(SAETrainConfig, trains=True)
@@ -76,10 +90,42 @@ class SAEEvalConfig(RunConfig):
     corpus: str = Field("wiki", description="packaged corpus")
     n_seqs: int = Field(16, gt=0, description="sequences evaluated")
     seq_len: int = Field(128, gt=1, description="tokens per sequence")
-    skip_seqs: int = Field(0, ge=0, description="leave out the corpus' first sequences (e.g. training data)")
+    skip_seqs: int | None = Field(None, ge=0, description="leave out the corpus' first sequences; null: those the "
+                                  "dictionary's sae-train run trained on (its folder's parent), else none")
     spliced_seqs: int | None = Field(None, ge=0, description="sequences spliced for CE/KL (null: all)")
     batch_size: int = Field(8, gt=0, description="sequences per forward")
     device: str = Field("cpu", description="cpu, cuda or auto")
+
+
+def trained_rows(dictionary: str, corpus: str, seq_len: int, bos: bool) -> int | None:
+    """How many of `corpus`'s first rows of `seq_len` tokens overlap what the dictionary at `dictionary` trained
+    on, when it sits in an `sae-train` run folder (`RUN/sae`); None when its training data is unknown.
+
+    Rows are packed from one token stream (BOS, then `seq_len - 1` stream tokens each), so training rows of
+    another length cover ceil(n · body_trained / body) rows of this one.
+    """
+    path = Path(dictionary).parent / CONFIG
+    if not path.is_file():
+        return None
+    raw = read_yaml_mapping(path)
+    if raw.get("kind") != "sae-train":
+        return None
+    trained = SAETrainConfig.parse(raw, source=str(path)).data
+    if trained.inputs is not None or trained.images is not None or trained.corpus != corpus:
+        return 0  # it trained on other data: every row of this corpus is held out
+    b = int(bos)
+    return math.ceil(trained.n_seqs * (trained.seq_len - b) / (seq_len - b))
+
+
+def rows_used(skip: int, n: int, trained: int | None) -> str:
+    """Which corpus rows were evaluated, and whether the dictionary saw them in training, in words."""
+    rows = f"sequences {skip}..{skip + n}"
+    if trained is None:
+        return f"{rows} (the dictionary's training data is unknown)"
+    seen = max(0, min(trained, skip + n) - skip)
+    if seen:
+        return f"{rows}, {seen} of them seen in training (its run trained on sequences 0..{trained})"
+    return f"held out: {rows}"
 
 
 @register(SAEEvalConfig)
@@ -88,11 +134,14 @@ def evaluate(cfg: SAEEvalConfig, ctx: Context) -> Outcome:
     loaded = load_model(cfg.model, device=cfg.device)
     if loaded.tokenizer is None:
         raise AnatomistError(f"model '{cfg.model}' has no tokenizer: sae-eval runs language models on a corpus")
-    ids = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, cfg.seq_len, cfg.skip_seqs + cfg.n_seqs)[cfg.skip_seqs:]
+    trained = trained_rows(cfg.path, cfg.corpus, cfg.seq_len, loaded.tokenizer.bos_token_id is not None)
+    skip = cfg.skip_seqs if cfg.skip_seqs is not None else trained or 0
+    ids = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, cfg.seq_len, skip + cfg.n_seqs)[skip:]
     metrics = evaluate_dictionary(sae, loaded.model, ids, cfg.site, target_site=cfg.target_site,
                                   batch_size=cfg.batch_size, spliced_seqs=cfg.spliced_seqs)
-    summary = f"{sae.arch} dictionary {Path(cfg.path).name} on {cfg.model} {cfg.site}: {_words(metrics)}"
-    data = [data_record(f"{cfg.corpus} (sequences {cfg.skip_seqs}..{cfg.skip_seqs + len(ids)})", ids,
-                        n_tokens=int(ids.numel()))]
+    rows = rows_used(skip, len(ids), trained)
+    metrics = {**metrics, "rows": rows, "skip_seqs": skip}
+    summary = f"{sae.arch} dictionary {Path(cfg.path).name} on {cfg.model} {cfg.site}: {_words(metrics)} ({rows})"
+    data = [data_record(f"{cfg.corpus} ({rows})", ids, n_tokens=int(ids.numel()))]
     return Outcome(metrics, summary, models=[model_record(cfg.model, loaded.model)], data=data,
                    access=["activations", "outputs"], value=metrics)

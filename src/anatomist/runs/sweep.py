@@ -61,7 +61,7 @@ def _row(numbers: dict[str, Any], columns: list[str]) -> dict[str, Any]:
     return {c: numbers.get(c) for c in columns}
 
 
-@register(SweepConfig)
+@register(SweepConfig, composite=True)
 def sweep(cfg: SweepConfig, ctx: Context) -> Outcome:
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     results = {}
