@@ -18,7 +18,6 @@ kind (`anatomist.runs.features`) writes metrics.json and provenance.json.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -40,6 +39,7 @@ from anatomist.core import (
     resolve_device,
     seed_everything,
 )
+from anatomist.core.io import dumps
 from anatomist.data import load_corpus, load_images
 from anatomist.data.store import ActivationStore, position_mask
 from anatomist.evaluate.dictionary import check_width, evaluate_dictionary
@@ -187,7 +187,7 @@ class _WidthOnly:
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(dumps(record) + "\n")
         f.flush()
 
 
