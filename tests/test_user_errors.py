@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -14,9 +16,11 @@ import torch
 import transformers
 from torch import nn
 from transformers import GPT2Config
+from typer.testing import CliRunner
 
+import anatomist.cli as cli_module
 import anatomist.nets.assets as assets
-from anatomist.cli import main
+from anatomist.cli import app, main
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json, load_tensors, save_json, save_tensors
 from anatomist.core.metrics import Metrics
@@ -24,6 +28,7 @@ from anatomist.data.store import ActivationStore
 from anatomist.evaluate.dictionary import evaluate_dictionary
 from anatomist.features import SAEConfig, make_sae
 from anatomist.features.formats import load_sae, save_sae
+from anatomist.nets.sites import SiteInfo
 
 
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
@@ -175,3 +180,20 @@ def test_mistyped_model_name_without_network_fails_at_once(monkeypatch: pytest.M
     with pytest.raises(AnatomistError, match=r"did you mean 'smollm2'.*unreachable"):
         assets.load_model("smolm2")
     assert asked == [("huggingface.co", 443)]
+
+
+def test_sites_off_a_terminal_prints_whole_module_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    long_name = "encoder." + ".".join(f"block_{i}" for i in range(30)) + ".attention.output_projection"
+    monkeypatch.setattr(cli_module, "load_model", lambda name: SimpleNamespace(model=None, sample_input=lambda: None))
+    monkeypatch.setattr(cli_module, "list_sites", lambda model, x: [SiteInfo(long_name, "Linear", (2, 8), (2, 4))])
+    result = CliRunner().invoke(app, ["sites", "any"])  # stdout is not a terminal here, as in a pipe
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["module\ttype\tinput\toutput", f"{long_name}\tLinear\t[2, 8]\t[2, 4]"]
+
+
+@pytest.mark.parametrize("method", ["spd", "apd", "l3d"])
+def test_method_help_names_an_experiment_of_that_method(method: str) -> None:
+    result = CliRunner().invoke(app, [method, "run", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    examples = re.findall(r"experiments/(\w+)\.yaml", result.stdout)
+    assert examples == [f"{method}_tms_5_2"]

@@ -52,9 +52,13 @@ def sites(
     if as_json:
         print(dumps([s.__dict__ for s in infos]))
         return
+    rows = [(s.module, s.type, str(list(s.input_shape or [])), str(list(s.output_shape or []))) for s in infos]
+    if not sys.stdout.isatty():  # a pipe or a log: whole names, one tab-separated line each (a table would cut them)
+        print("\n".join("\t".join(r) for r in [("module", "type", "input", "output"), *rows]))
+        return
     table = Table("module", "type", "input", "output")
-    for s in infos:
-        table.add_row(s.module, s.type, str(list(s.input_shape or [])), str(list(s.output_shape or [])))
+    for r in rows:
+        table.add_row(*r)
     console.print(table)
 
 
