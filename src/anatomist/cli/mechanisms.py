@@ -11,7 +11,7 @@ Every `run` command has the same shape, and goes through `cli.run.invoke` like `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -31,15 +31,13 @@ Toy = Annotated[str | None, typer.Option(help="toy to decompose, e.g. tms-5-2 (d
 Steps = Annotated[int | None, typer.Option(help="optimizer steps (default: the config's)")]
 Seed = Annotated[int | None, typer.Option(help="seed of the decomposition (default: the config's)")]
 
-
-def config_file(example: str) -> Any:
-    """The --config option of a method, its help naming an experiment of that method."""
-    return Annotated[Path | None, typer.Option("--config", help=f"experiment YAML, e.g. experiments/{example}")]
-
-
-SPDConfigFile = config_file("spd_tms_5_2.yaml")
-APDConfigFile = config_file("apd_tms_5_2.yaml")
-L3DConfigFile = config_file("l3d_tms_5_2.yaml")
+# each method's --config names an experiment of that method as its example
+SPDConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="experiment YAML, e.g. experiments/spd_tms_5_2.yaml")]
+APDConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="experiment YAML, e.g. experiments/apd_tms_5_2.yaml")]
+L3DConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="experiment YAML, e.g. experiments/l3d_tms_5_2.yaml")]
 Out = Annotated[Path, typer.Option(help="run folder to write")]
 Resume = Annotated[bool, typer.Option(help="continue from the newest checkpoint in --out")]
 AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object")]
