@@ -94,6 +94,26 @@ def test_search_and_sort(browser: Any, site: Path) -> None:
     p.clean()
 
 
+def test_every_latent_is_reachable_page_by_page(browser: Any, site: Path) -> None:
+    """The index shows a page of rows at a time (1000; here 10, set before the page loads) and pages on to the rest."""
+    p = Page(browser)
+    p.page.add_init_script("window.ANATOMIST_PAGE_SIZE = 10")
+    page = p.open(site / "features" / "sae__dashboard" / "index.html")
+    page.wait_for_selector("#latent-rows tr")
+    page.click("th[data-key=i]")  # latent number, ascending
+    seen: list[str] = []
+    for _ in range(fx.D_SAE):
+        seen += page.locator("#latent-rows tr td:nth-child(1)").all_inner_texts()
+        if page.locator("#next-page").is_disabled():
+            break
+        page.click("#next-page")
+    assert seen == [str(i) for i in range(fx.D_SAE)]
+    assert page.locator("#page-info").inner_text() == f"rows 21–{fx.D_SAE} of {fx.D_SAE}"
+    page.click("#prev-page")
+    assert page.locator("#latent-rows tr td:nth-child(1)").all_inner_texts()[0] == "10"
+    p.clean()
+
+
 def test_latent_page_renders_contexts_plots_and_links(browser: Any, site: Path) -> None:
     p = Page(browser)
     page = p.open(site / "features" / "sae__dashboard" / "latent.html", "#7")

@@ -258,3 +258,18 @@ def test_killed_during_checkpoint_writes_again_and_again_then_resumed_ends_as_an
     b = load_tensors(Checkpointer(out).folder(STEPS) / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.metrics["mmcs"] == whole.metrics["mmcs"]
+
+
+def test_a_second_writer_into_a_running_folder_is_refused(tmp_path: Path) -> None:
+    """Two runs into one folder would interleave their checkpoints and logs: the second is refused at once."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from anatomist.core.lock import folder_lock\n"
+                               f"with folder_lock({str(tmp_path)!r}):\n print('held', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(AnatomistError, match=f"pid {holder.pid}.*running"):
+            run(load_run_config("toy-train", ["steps=5"]), tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "config.yaml").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +19,7 @@ from anatomist.cli.run import run_command
 from anatomist.cli.sae import sae_app
 from anatomist.cli.toy import toy_app
 from anatomist.core.errors import AnatomistError
+from anatomist.core.io import dumps
 from anatomist.nets.assets import load_model
 from anatomist.nets.sites import list_sites
 from anatomist.report.site import build_report
@@ -50,11 +50,15 @@ def sites(
     loaded = load_model(model)
     infos = [s for s in list_sites(loaded.model, loaded.sample_input()) if filter in s.module]
     if as_json:
-        print(json.dumps([s.__dict__ for s in infos]))
+        print(dumps([s.__dict__ for s in infos]))
+        return
+    rows = [(s.module, s.type, str(list(s.input_shape or [])), str(list(s.output_shape or []))) for s in infos]
+    if not sys.stdout.isatty():  # a pipe or a log: whole names, one tab-separated line each (a table would cut them)
+        print("\n".join("\t".join(r) for r in [("module", "type", "input", "output"), *rows]))
         return
     table = Table("module", "type", "input", "output")
-    for s in infos:
-        table.add_row(s.module, s.type, str(list(s.input_shape or [])), str(list(s.output_shape or [])))
+    for r in rows:
+        table.add_row(*r)
     console.print(table)
 
 
@@ -69,7 +73,7 @@ def demo(
     result = run(parse_run_config({"kind": "demo", **({"parts": parts} if parts else {})}), out, threads=threads)
     index = build_report(out)
     if as_json:
-        print(json.dumps({**result.to_json(), "report": str(index.resolve())}, default=str))
+        print(dumps({**result.to_json(), "report": str(index.resolve())}, default=str))
         return
     print_result(result, as_json=False)
     console.print(f"report: {index.resolve()}", highlight=False, soft_wrap=True)

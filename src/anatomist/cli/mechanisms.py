@@ -30,7 +30,14 @@ bilinear_app = typer.Typer(help="Bilinear layers: interaction matrices and their
 Toy = Annotated[str | None, typer.Option(help="toy to decompose, e.g. tms-5-2 (default: the config's)")]
 Steps = Annotated[int | None, typer.Option(help="optimizer steps (default: the config's)")]
 Seed = Annotated[int | None, typer.Option(help="seed of the decomposition (default: the config's)")]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="experiment YAML, e.g. experiments/spd_tms_5_2.yaml")]
+
+# each method's --config names an experiment of that method as its example
+SPDConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="experiment YAML, e.g. experiments/spd_tms_5_2.yaml")]
+APDConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="experiment YAML, e.g. experiments/apd_tms_5_2.yaml")]
+L3DConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="experiment YAML, e.g. experiments/l3d_tms_5_2.yaml")]
 Out = Annotated[Path, typer.Option(help="run folder to write")]
 Resume = Annotated[bool, typer.Option(help="continue from the newest checkpoint in --out")]
 AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object")]
@@ -59,7 +66,7 @@ def run_method(kind: str, section: str, out: Path, toy: str | None, steps: int |
 
 
 @spd_app.command("run")
-def spd_run(out: Out, toy: Toy = None, steps: Steps = None, seed: Seed = None, config: ConfigFile = None,
+def spd_run(out: Out, toy: Toy = None, steps: Steps = None, seed: Seed = None, config: SPDConfigFile = None,
             resume: Resume = False, threads: Threads = 0, as_json: AsJson = False) -> None:
     """Fit SPD to a toy and report MMCS/ML2R (initial and final), CI L0, alive components, identity pattern."""
     run_method("spd-toy", "spd", out, toy, steps, seed, config, resume, threads, as_json)
@@ -95,14 +102,14 @@ def spd_lm_mlp(
 
 
 @apd_app.command("run")
-def apd_run(out: Out, toy: Toy = None, steps: Steps = None, seed: Seed = None, config: ConfigFile = None,
+def apd_run(out: Out, toy: Toy = None, steps: Steps = None, seed: Seed = None, config: APDConfigFile = None,
             resume: Resume = False, threads: Threads = 0, as_json: AsJson = False) -> None:
     """Fit APD to a toy and report MMCS/ML2R (initial and final), attribution L0, steps/s."""
     run_method("apd-toy", "apd", out, toy, steps, seed, config, resume, threads, as_json)
 
 
 @l3d_app.command("run")
-def l3d_run(out: Out, toy: Toy = None, steps: Steps = None, seed: Seed = None, config: ConfigFile = None,
+def l3d_run(out: Out, toy: Toy = None, steps: Steps = None, seed: Seed = None, config: L3DConfigFile = None,
             resume: Resume = False, threads: Threads = 0, as_json: AsJson = False) -> None:
     """Fit L3D to a toy and report MMCS of its subnetworks (initial and final) against the true mechanisms."""
     run_method("l3d-toy", "l3d", out, toy, steps, seed, config, resume, threads, as_json)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -10,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from anatomist.core.io import dumps
 from anatomist.runs.base import RunResult
 
 # off a terminal (a log, a pipe) rich would wrap tables at 80 columns; a log line may be long
@@ -30,7 +30,7 @@ def _fmt(v: Any) -> str:
 def emit(obj: Any, as_json: bool) -> None:
     """Print a plain result: one JSON object with --json, else a table of its top-level values."""
     if as_json:
-        print(json.dumps(obj, default=str))
+        print(dumps(obj, default=str))
         return
     table = Table(show_header=False, box=None)
     for k, v in obj.items():
@@ -41,7 +41,7 @@ def emit(obj: Any, as_json: bool) -> None:
 def print_result(result: RunResult, as_json: bool, max_rows: int = 12) -> None:
     """A run: --json gives {kind, out, summary, seconds, numbers, tables}; else words, numbers, small tables."""
     if as_json:
-        print(json.dumps(result.to_json(), default=str))
+        print(dumps(result.to_json(), default=str))
         return
     if result.summary:
         console.print(result.summary, style="bold", markup=False, highlight=False, soft_wrap=True)

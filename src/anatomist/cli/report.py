@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from anatomist.cli.run import invoke
-from anatomist.report.serve import make_server
+from anatomist.report.serve import check_port, make_server
 from anatomist.report.site import build_report
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
@@ -31,6 +31,7 @@ def serve(
     build: Annotated[bool, typer.Option(help="(re)build the report before serving")] = True,
 ) -> None:
     """Serve a run's report on http://127.0.0.1:PORT until interrupted."""
+    check_port(port)  # before a build that may take a while
     folder = build_report(run_dir).parent if build else run_dir / "report"
     server = make_server(folder, port=port)
     print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +9,7 @@ import typer
 
 from anatomist.cli.run import invoke
 from anatomist.core.errors import AnatomistError
+from anatomist.core.io import dumps
 from anatomist.routes.control import find_moe_layers, router_basis
 from anatomist.runs.routes import load_moe_model
 
@@ -47,7 +47,7 @@ def layers(
         for lay in find_moe_layers(load_moe_model(model))
     ]
     if as_json:
-        print(json.dumps({"model": model, "layers": rows}))
+        print(dumps({"model": model, "layers": rows}))
         return
     for r in rows:
         experts = f"{r['n_experts']} experts, top-{r['top_k']}, rank {r['router_rank']}"

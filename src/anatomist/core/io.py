@@ -7,6 +7,7 @@ so a crash leaves either the old file or the new one, never half of either.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -20,12 +21,28 @@ from safetensors.torch import load_file, save_file
 from anatomist.core.errors import AnatomistError
 
 
+def umask() -> int:
+    """The process's umask: from /proc on Linux (no change, so safe beside other threads), else set and set back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp makes the file 0600 (and a writer may recreate it); a plain open() gives 0666 less the umask,
+        # which users expect: a report copied to a shared server must stay readable
+        os.chmod(tmp, 0o666 & ~umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,8 +90,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float (nan, inf) replaced by None, so strict JSON parsers can read it.
+
+    Tuples become lists (as json would write them); other values are returned as they are.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """json.dumps that never writes bare NaN/Infinity (non-standard JSON): non-finite floats become null."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def save_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """`obj` as indented JSON, atomically; non-finite floats are written as null (see `dumps`)."""
+    atomic_write_text(path, dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def load_json(path: str | Path) -> Any:

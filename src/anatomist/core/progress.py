@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from anatomist.core.io import dumps
 
 T = TypeVar("T")
 LOSS_LOG = "metrics.jsonl"
@@ -85,7 +86,7 @@ class TrainingLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
-            f.write(json.dumps(dict(record)) + "\n")
+            f.write(dumps(dict(record)) + "\n")  # nan as null: strict JSON readers take every line
             f.flush()
 
     def step(self, step: int, values: Mapping[str, Any]) -> dict[str, Any]:

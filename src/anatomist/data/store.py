@@ -132,6 +132,8 @@ class ActivationStore:
             raise AnatomistError(f"ActivationStore: a site is listed twice in {[str(s) for s in self.sites]}")
         if batch_size < 1 or buffer_rows < 1 or block_seqs < 1 or model_batch_size < 1:
             raise AnatomistError("ActivationStore: batch_size, buffer_rows, block_seqs, model_batch_size must be >= 1")
+        if inputs is not None and len(inputs) == 0:
+            raise AnatomistError(f"ActivationStore: no inputs (shape {list(inputs.shape)}): nothing to harvest")
         if attention_mask is not None and inputs is not None and attention_mask.shape != inputs.shape[:2]:
             raise AnatomistError(
                 f"attention_mask has shape {list(attention_mask.shape)}, inputs {list(inputs.shape)}: they must match"

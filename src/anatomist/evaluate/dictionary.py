@@ -123,6 +123,8 @@ def evaluate_dictionary(
     """
     read = Site.parse(site)
     write = Site.parse(target_site) if target_site is not None else read
+    if len(inputs) == 0:
+        raise AnatomistError(f"evaluate_dictionary: no inputs to evaluate at site '{read}' (0 sequences)")
     sites = [read] if write == read else [read, write]
     n_spliced = len(inputs) if spliced_seqs is None else min(spliced_seqs, len(inputs))
     stats = ReconstructionStats()

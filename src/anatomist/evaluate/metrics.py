@@ -32,9 +32,13 @@ def mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over rows x [n, d]."""
     x64 = x.double()
-    residual = (x64 - x_hat.double()).pow(2).sum()
-    total = (x64 - x64.mean(0)).pow(2).sum()
-    return float(residual / total)
+    residual = float((x64 - x_hat.double()).pow(2).sum())
+    return _variance_ratio(residual, float((x64 - x64.mean(0)).pow(2).sum()))
+
+
+def _variance_ratio(residual: float, total: float) -> float:
+    """residual / total; NaN when the activations do not vary (e.g. all zero): no variance to explain."""
+    return residual / total if total > 0 else math.nan
 
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -124,7 +128,7 @@ class ReconstructionStats:
         d = self.sum_x.numel()
         total_var = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n  # Σ‖x − mean‖²
         rates = self.rates()
-        fvu_ = self.sq_err / total_var
+        fvu_ = _variance_ratio(self.sq_err, total_var)
         return {
             "n_rows": float(self.n),
             "mse": self.sq_err / (self.n * d),

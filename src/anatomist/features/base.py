@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal, NamedTuple
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -175,7 +176,12 @@ class SparseDictionary(nn.Module):
 
     # ---- inference -------------------------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations [..., d_sae]; the matmul runs in bf16 when cfg.autocast_bf16."""
+        """Encoder pre-activations [..., d_sae]; the matmul runs in bf16 when cfg.autocast_bf16.
+
+        x: float activations [..., d_in], a tensor or a numpy array, of any float dtype (converted to the
+        dictionary's dtype and device).
+        """
+        x = self._as_input(x, "input")
         self._check_width(x, self.cfg.d_in, "input")
         if self.cfg.centers_input:
             x = x - self.b_dec
@@ -192,8 +198,20 @@ class SparseDictionary(nn.Module):
 
     def decode(self, acts: Tensor) -> Tensor:
         """Reconstruction / prediction [..., d_out] from latent activations [..., d_sae]."""
+        acts = self._as_input(acts, "latent activations")
         self._check_width(acts, self.cfg.d_sae, "latent activations")
         return acts @ self.W_dec + self.b_dec
+
+    def _as_input(self, x: Any, what: str) -> Tensor:
+        """`x` as a tensor of this dictionary's dtype and device: float64 and numpy activations are common."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, Tensor):
+            raise AnatomistError(f"{type(self).__name__}: {what} must be a tensor or numpy array, "
+                                 f"not {type(x).__name__}")
+        if not x.is_floating_point():
+            raise AnatomistError(f"{type(self).__name__}: {what} must be floating point, not {x.dtype}")
+        return x.to(self.b_enc.device, self.b_enc.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))

@@ -151,6 +151,11 @@ def _load_anatomist(folder: Path) -> SparseDictionary:
 
 
 def _build(cfg: SAEConfig, weights: dict[str, Tensor], source: Path, meta: dict[str, Any]) -> SparseDictionary:
+    for name, tensor in weights.items():  # a diverged training run saves NaNs: every number from it would be NaN
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise AnatomistError(f"{source}: tensor '{name}' holds {bad} non-finite value(s) (nan/inf) of "
+                                 f"{tensor.numel()}; refusing a dictionary that cannot give finite numbers")
     sae = make_sae(cfg)
     sae.import_weights(weights, source=str(source))
     sae.metadata = meta
@@ -226,7 +231,7 @@ def _saelens_config(raw: dict[str, Any], cfg_path: Path) -> tuple[dict[str, Any]
     cfg = dict(raw)
     activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
     if "architecture" not in cfg:
-        cfg["architecture"] = "topk" if activation == "topk" else "standard"
+        cfg["architecture"] = _architecture_of(cfg, activation, cfg_path)
     if activation == "topk" and "k" not in cfg:
         cfg["k"] = (cfg.get("activation_fn_kwargs") or {}).get("k")
     if activation not in ("relu", "topk") and cfg["architecture"] == "standard":
@@ -242,6 +247,19 @@ def _saelens_config(raw: dict[str, Any], cfg_path: Path) -> tuple[dict[str, Any]
     if cfg.get("reshape_activations", "none") != "none":
         meta["reshape_activations"] = cfg["reshape_activations"]  # weights act on the flattened [.., d_in]
     return cfg, meta
+
+
+def _architecture_of(cfg: dict[str, Any], activation: str, cfg_path: Path) -> str:
+    """The SAELens architecture of a cfg.json that does not name one: TopK when it says topk or only has a `k`."""
+    if activation == "topk":
+        return "topk"
+    if cfg.get("k") is None:
+        return "standard"
+    if "activation_fn" in cfg or "activation_fn_str" in cfg:  # says relu, yet has a k: which one is wrong?
+        raise AnatomistError(
+            f"{cfg_path}: no 'architecture', activation_fn '{activation}' but a 'k' ({cfg['k']}): cannot tell a "
+            "ReLU from a TopK dictionary; add \"architecture\": \"topk\" or \"standard\"")
+    return "topk"  # a `k` means nothing to any other architecture
 
 
 def _load_saelens(folder: Path) -> SparseDictionary:

@@ -16,7 +16,7 @@ with AdamW (no weight decay) on the factors and the CI MLPs, the target model fr
 >>> from anatomist.mechanisms import spd
 >>> dec = spd.decompose(model, batches, targets=["linear1", "linear2"], config=spd.SPDConfig(C=20))
 >>> dec.matrices("linear1")        # [C, d_out, d_in]
->>> dec.importances(x)["linear1"]  # [batch, C]
+>>> dec.importances(x)["linear1"]  # [batch, C]; [batch, seq, C] for sequence inputs (the layer's leading dims)
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import pickle
 import shutil
+import socket
 import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -21,8 +24,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from anatomist.core.device import resolve_device
@@ -226,6 +232,23 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
 
 
+def _hub_address() -> tuple[str, int]:
+    url = urlparse(hf_constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub may be asked: not offline by setting, and its host accepts a connection."""
+    offline = {os.environ.get(v, "").upper() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    if hf_constants.HF_HUB_OFFLINE or offline & {"1", "ON", "YES", "TRUE"}:
+        return False
+    try:
+        with socket.create_connection(_hub_address(), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _load_hf_anything(name: str) -> LoadedModel:
     """A local folder or hub name: the causal LM its config names, else the bare model (no head)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -239,20 +262,31 @@ def _load_hf_anything(name: str) -> LoadedModel:
     )
     if not folder.is_dir() and _looks_like_path(name):
         raise AnatomistError(unknown)  # a mistyped path: don't ask the hub about it
+    # offline, a name the local hub cache lacks fails now (the hub client would retry for half a minute first),
+    # and one it has is read from the cache alone
+    local_only = not folder.is_dir() and not _hub_reachable()
+    if local_only and try_to_load_from_cache(name, "config.json") is None:
+        raise AnatomistError(f"{unknown}: offline (HF_HUB_OFFLINE is set or {_hub_address()[0]} is unreachable) "
+                             "and not in the local Hugging Face cache")
     try:
-        config = AutoConfig.from_pretrained(where)
+        config = AutoConfig.from_pretrained(where, local_files_only=local_only)
         # Trust the saved class, not what the model type could be: a saved BertModel must not
         # come back as BertLMHeadModel with a randomly initialised head.
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
-        with _quiet_hf():
-            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(where)
+        with _quiet_hf(), warnings.catch_warnings():
+            # torch's note on a foreign .bin's pickle protocol: noise before the one-line refusal below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(where, local_files_only=local_only)
     except (OSError, ValueError) as e:  # missing files, no network, not a repo id
         raise AnatomistError(f"{unknown}: {str(e).splitlines()[0]}") from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met objects other than tensors: nothing ran
+        raise AnatomistError(f"{where}: its PyTorch weights (a .bin pickle) hold objects other than tensors; "
+                             "refused without running them. Convert them to safetensors where you trust them") from None
     tokenizer = None  # a model without a tokenizer still has sites to read
     # transformers builds an empty tokenizer for a folder that has none: only load real ones
     if not folder.is_dir() or any(folder.glob("tokenizer*")) or any(folder.glob("vocab*")):
         with suppress(OSError, ValueError, TypeError):
-            tokenizer = AutoTokenizer.from_pretrained(where)
+            tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
     kind: Kind = "causal-lm" if causal else "encoder"
     return LoadedModel(model, tokenizer, name, kind, _find_layers(model), source=where)
 

@@ -11,7 +11,6 @@ inputs). `anatomist report` renders these files as pages.
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from anatomist.core.errors import AnatomistError
-from anatomist.core.io import atomic_write_text
+from anatomist.core.io import atomic_write_text, dumps
 from anatomist.report.stats import LatentStats
 
 FORMAT = "anatomist-dashboard/1"
@@ -122,7 +121,7 @@ def _round3(t: Tensor) -> list[Any]:
 
 
 def _write_compact(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, separators=(",", ":"), allow_nan=False))
+    atomic_write_text(path, dumps(obj, separators=(",", ":")))
 
 
 class _Examples:

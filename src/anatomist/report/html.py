@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from anatomist.core.io import dumps
+
 
 def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
@@ -31,7 +33,7 @@ def fmt(v: Any) -> str:
 
 def js_json(obj: Any) -> str:
     """JSON safe inside a <script> element or a .js file: no '<', '>', '&' or line separators left raw."""
-    text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    text = dumps(obj, separators=(",", ":"))
     for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
                          ("\u2029", "\\u2029")):
         text = text.replace(raw, escaped)

@@ -11,14 +11,18 @@ saying what is missing rather than a blank one.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from anatomist.core.errors import AnatomistError
-from anatomist.core.io import atomic_write_text, load_json
+from anatomist.core.io import atomic_write_text, load_json, umask
+from anatomist.core.lock import folder_lock
 from anatomist.core.metrics import FORMAT, METRICS, Metrics, read_metrics
 from anatomist.core.provenance import ACCESS, PROVENANCE, read_provenance
 from anatomist.report.dashboard import INDEX
@@ -35,6 +39,7 @@ SHARED = ("fvu", "l0", "ce_increase", "loss_recovered", "kl", "dead_fraction", "
           "bits_per_input")
 MAX_TABLE_ROWS = 50
 NOT_FINITE = "— (not finite)"
+STAGING, REPLACED = "building-", "replaced-"  # hidden folders beside the site: `.report.building-xxxx`
 
 
 def slug(rel: str) -> str:
@@ -227,14 +232,31 @@ def _shared_text(value: Any) -> str:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the site for `run_dir` into `out` (default RUN_DIR/report); returns its index.html."""
+    """Write the site for `run_dir` into `out` (default RUN_DIR/report); returns its index.html.
+
+    The site is built in a hidden folder beside `out` and swapped in whole, holding the run folder's lock: a
+    build that is interrupted leaves the previous report as it was, and a second concurrent build is refused.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise AnatomistError(f"{run}: no such run folder")
     out = Path(out) if out is not None else run / "report"
-    _prepare(out)
+    with folder_lock(run, "building a report of"):
+        if out.exists() and not (out / MARKER).exists():
+            raise AnatomistError(f"{out}: exists and is not an anatomist report; choose another --out")
+        _remove_leftovers(out)
+        staging = _staging_folder(out)
+        try:
+            _write_site(run, staging, skip={out.resolve(), staging.resolve()})
+            _swap_in(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return out / "index.html"
+
+
+def _write_site(run: Path, out: Path, skip: set[Path]) -> None:
     files_out = out / "files"
-    skip = {out.resolve()}
     dirs = [run] + sorted(p for p in run.rglob("*") if p.is_dir() and not _skipped(p, run, skip))
     folders = [Folder(run, d, files_out) for d in dirs]
     top = folders[0]
@@ -268,22 +290,54 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     body += "<h2>Provenance</h2>" + _provenance_html(top.provenance, "") + _parts_provenance(
         sorted(subs + boards, key=lambda f: f.rel))
     body += _overview_numbers(top) + _plots_html(top, "")
+    # index.html last: a site folder with an index is a finished one
     atomic_write_text(out / "index.html", page(f"run {run.resolve().name}", body, ""))
-    return out / "index.html"
 
 
-def _prepare(out: Path) -> None:
-    """A fresh site folder with its assets; never deletes a folder this function did not write."""
-    if out.exists():
-        if not (out / MARKER).exists():
-            raise AnatomistError(f"{out}: exists and is not an anatomist report; choose another --out")
-        shutil.rmtree(out)
-    (out / "sections").mkdir(parents=True)
-    (out / MARKER).write_text("built by anatomist report\n")
+def _staging_folder(out: Path) -> Path:
+    """A new hidden folder beside `out` (same file system, so it can be renamed onto it) with the marker and assets."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{STAGING}", dir=out.parent))
+    staging.chmod(0o777 & ~umask())  # mkdtemp makes it 0700; the report is meant to be shared
+    (staging / MARKER).write_text("built by anatomist report\n")
+    (staging / "sections").mkdir()
     assets = resources.files("anatomist.report") / "assets"
-    (out / "assets").mkdir()
+    (staging / "assets").mkdir()
     for name in ("app.js", "style.css"):
-        (out / "assets" / name).write_text((assets / name).read_text(encoding="utf-8"), encoding="utf-8")
+        (staging / "assets" / name).write_text((assets / name).read_text(encoding="utf-8"), encoding="utf-8")
+    return staging
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Staging and replaced folders of builds that were killed (we hold the lock: no build of ours is running)."""
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.glob(f".{out.name}.*"):
+        if p.is_dir() and (STAGING in p.name or REPLACED in p.name) and ((p / MARKER).exists() or
+                                                                          not any(p.iterdir())):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the finished site at `out`, replacing the previous one in one step where the system allows it."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    if not _exchange(staging, out):  # two renames: a kill between them leaves the old site as a leftover
+        replaced = out.parent / f".{out.name}.{REPLACED}{os.getpid()}"
+        os.replace(out, replaced)
+        os.replace(staging, out)
+        staging = replaced
+    shutil.rmtree(staging)  # now the previous site
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    rename = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # the C library's, where it has one
+    if rename is None:
+        return False
+    at_cwd, exchange = -100, 2
+    return rename(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0
 
 
 def _parts_provenance(subs: list[Folder]) -> str:
@@ -298,7 +352,8 @@ def _parts_provenance(subs: list[Folder]) -> str:
 
 def _skipped(p: Path, run: Path, skip: set[Path]) -> bool:
     rel = p.relative_to(run)
-    return any(part in SKIP_DIRS for part in rel.parts) or any(
+    hidden = any(part.startswith(".") for part in rel.parts)  # temporary folders (sites, checkpoints being written)
+    return hidden or any(part in SKIP_DIRS for part in rel.parts) or any(
         p.resolve() == s or s in p.resolve().parents for s in skip)
 
 

@@ -35,6 +35,7 @@ from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.config import Config, read_yaml_mapping
 from anatomist.core.errors import AnatomistError, nearest
 from anatomist.core.io import atomic_write_text, remove_temporaries
+from anatomist.core.lock import folder_lock
 from anatomist.core.metrics import METRICS, Metrics, write_metrics
 from anatomist.core.progress import LOSS_LOG
 from anatomist.core.provenance import PROVENANCE, collect_parts, write_provenance
@@ -274,24 +275,24 @@ def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: in
     out = Path(out)
     if resume and not kind.trains:
         raise AnatomistError(f"run kind '{kind.name}' does not train, so it has nothing to resume")
-    if resume:
-        _check_resume(config, out)
-    elif started(out) and not kind.composite:
-        if not replace:
-            _refuse_rerun(kind, config, out)
-        _clear_run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_temporaries(out)  # what a killed write left (config, metrics, a dictionary folder being swapped in)
-    with _taken_back_on_failure(out):
-        atomic_write_text(out / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        start = time.perf_counter()
-        with torch_threads(threads):
-            outcome = kind.execute(config, Context(out, resume))
-    seconds = time.perf_counter() - start
-    metrics = Metrics.from_nested(outcome.metrics)
-    write_metrics(out, kind.name, metrics, outcome.summary)
-    write_provenance(out, models=outcome.models, data=outcome.data, config=config,
-                     seed=getattr(config, "seed", None), access=outcome.access, parts=collect_parts(out))
+    with folder_lock(out, "running"):  # two runs into one folder would interleave their checkpoints and logs
+        if resume:
+            _check_resume(config, out)
+        elif started(out) and not kind.composite:
+            if not replace:
+                _refuse_rerun(kind, config, out)
+            _clear_run(out)
+        remove_temporaries(out)  # what a killed write left (config, metrics, a dictionary folder being swapped in)
+        with _taken_back_on_failure(out):
+            atomic_write_text(out / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+            start = time.perf_counter()
+            with torch_threads(threads):
+                outcome = kind.execute(config, Context(out, resume))
+        seconds = time.perf_counter() - start
+        metrics = Metrics.from_nested(outcome.metrics)
+        write_metrics(out, kind.name, metrics, outcome.summary)
+        write_provenance(out, models=outcome.models, data=outcome.data, config=config,
+                         seed=getattr(config, "seed", None), access=outcome.access, parts=collect_parts(out))
     return RunResult(kind.name, out, config, metrics, outcome.summary, seconds, outcome.value)
 
 

@@ -1,8 +1,9 @@
 """Score a parameter decomposition of a toy with known mechanisms (shared by the SPD, APD, L3D kinds).
 
 A method plugs in two functions of the fitted object: `matrices(target) -> [C, d_out, d_in]`
-and `importances(x) -> {target: [batch, C]}` (SPD: causal importances; APD: attributions;
-L3D: coefficients). `toy_report` turns them into the numbers the papers report:
+and `importances(x) -> {target: [..., C]}` (`...`: the leading dims of the layer's input, [batch] on toys;
+SPD: causal importances; APD: attributions; L3D: coefficients). `toy_report` turns them into the numbers the
+papers report:
 
 * per ground-truth layer: MMCS, ML2R and the worst feature's best cosine (flattened matrices);
   where the toy names a `feature_rows` layer (TMS: linear1) also the SPD paper's own scores

@@ -42,8 +42,15 @@ function initIndex() {
     var toks = L.top_tokens[i] || [];
     rows.push({ i: i, density: L.density[i], mean: L.mean[i], max: L.max[i], toks: toks, top: toks.join("\n") });
   }
-  var state = { key: "density", dir: -1, query: "" }, limit = 1000;
+  // one page of rows at a time keeps the table fast for dictionaries of 100k latents; every page is reachable
+  var state = { key: "density", dir: -1, query: "", page: 0 }, limit = window.ANATOMIST_PAGE_SIZE || 1000;
   var tbody = document.getElementById("latent-rows"), count = document.getElementById("count");
+  var pager = el("p", { id: "pages" }), prev = el("button", { type: "button", id: "prev-page" }, "◀ previous"),
+      next = el("button", { type: "button", id: "next-page" }, "next ▶"), where = el("span", { id: "page-info" });
+  [prev, where, next].forEach(function (x) { pager.appendChild(x); pager.appendChild(document.createTextNode(" ")); });
+  document.getElementById("latents").after(pager);
+  prev.addEventListener("click", function () { state.page -= 1; render(); });
+  next.addEventListener("click", function () { state.page += 1; render(); });
   function render() {
     var q = state.query.toLowerCase();
     var shown = rows.filter(function (r) {
@@ -54,9 +61,16 @@ function initIndex() {
       if (typeof x === "string") { return state.dir * x.localeCompare(y); }
       return state.dir * ((x === null ? -Infinity : x) - (y === null ? -Infinity : y)) || a.i - b.i;
     });
-    count.textContent = shown.length + " of " + n + " latents" + (shown.length > limit ? " (first " + limit + " shown)" : "");
+    var pages = Math.max(1, Math.ceil(shown.length / limit));
+    state.page = Math.min(Math.max(state.page, 0), pages - 1);
+    var from = state.page * limit, to = Math.min(from + limit, shown.length);
+    count.textContent = shown.length + " of " + n + " latents";
+    where.textContent = shown.length ? "rows " + (from + 1) + "–" + to + " of " + shown.length : "";
+    pager.hidden = pages < 2;
+    prev.disabled = state.page === 0;
+    next.disabled = state.page >= pages - 1;
     tbody.replaceChildren();
-    shown.slice(0, limit).forEach(function (r) {
+    shown.slice(from, to).forEach(function (r) {
       var tr = el("tr");
       var a = el("a", { href: "latent.html#" + r.i }, r.i);
       var td = el("td"); td.appendChild(a); tr.appendChild(td);
@@ -75,10 +89,15 @@ function initIndex() {
       var key = th.dataset.key;
       state.dir = state.key === key ? -state.dir : (key === "i" || key === "top" ? 1 : -1);
       state.key = key;
+      state.page = 0;
       render();
     });
   });
-  document.getElementById("search").addEventListener("input", function (e) { state.query = e.target.value.trim(); render(); });
+  document.getElementById("search").addEventListener("input", function (e) {
+    state.query = e.target.value.trim();
+    state.page = 0;
+    render();
+  });
   render();
 }
 
