@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from anatomist import AnatomistError, Site, capture, splice
+from anatomist.core.lock import LOCK
 from anatomist.nets.toys.moe_lm import MoEBlock, MoELM, MoELMConfig
 from anatomist.routes import control_content, find_moe_layers, moe_layer, router_basis
 from anatomist.routes.analysis import AnalyzeConfig, analyze, summary
@@ -233,7 +234,7 @@ def test_analyze_and_the_routes_run_kind(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(routes_kind, "load_subject", lambda *args: subject)
     run_cfg = routes_kind.RoutesConfig(model="toy", probe_tokens=300, max_clusters=16, n_position_buckets=5)
     result = run(run_cfg, tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {
+    assert {p.name for p in tmp_path.iterdir() if p.name != LOCK} == {
         "config.yaml",
         "metrics.json",
         "provenance.json",

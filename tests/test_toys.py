@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from anatomist.cli.toy import toy_app
 from anatomist.core.errors import AnatomistError
+from anatomist.core.lock import LOCK
 from anatomist.nets.toys import (
     TOYS,
     ResidMLPConfig,
@@ -230,7 +231,7 @@ def test_cli_train_writes_run_folder(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)["numbers"]
     assert summary["name"] == "tms-5-2" and summary["steps"] == 20 and summary["final_loss"] > 0
-    files = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # .anatomist-lock: the run's lock
+    files = {p.name for p in out.iterdir() if p.name != LOCK}  # the lock file stays: see core.lock
     assert files == {"config.yaml", "metrics.json", "provenance.json", "toy.yaml", "model.safetensors", "toy.json",
                      "tms_columns.png"}
     assert TrainedToy.load(out).config.steps == 20
