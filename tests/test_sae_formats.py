@@ -28,6 +28,8 @@ def _random_sae(arch: str, d_out: int | None = None, **kw: object) -> SparseDict
             p.add_(0.1 * torch.randn_like(p))
         if arch == "batchtopk":  # as after training: an estimated inference threshold
             sae.threshold.fill_(0.05)
+        if arch == "jumprelu":  # thresholds are never negative (training clamps them at 0)
+            sae.threshold.abs_()
     return sae
 
 
