@@ -39,6 +39,12 @@ def test_mdl_json(saes: tuple[Path, Path], tmp_path: Path) -> None:
     out = run("mdl", str(small), str(large), "--images", "digits", "--tolerance", "10", "--out", str(tmp_path),
               "--plot", str(tmp_path / "copy.png"), "--json")
     assert out["kind"] == "mdl" and out["numbers"]["mdl_choice"] in (str(small), str(large))
+    rows = list(out["tables"]["results"].values())
+    by_code = min(rows, key=lambda row: row["code_bits_per_input"])["path"]  # both meet a tolerance of 10
+    by_total = min(rows, key=lambda row: row["bits_per_input"])["path"]
+    assert out["numbers"]["mdl_choice"] == by_code and out["numbers"]["mdl_choice_with_dictionary"] == by_total
+    assert "the paper's" in out["numbers"]["mdl_choice_rule"]
+    assert "dictionary" in out["numbers"]["mdl_choice_with_dictionary_rule"]
     r = out["tables"]["results"]["0"]
     assert r["code_bits_per_input"] == pytest.approx(r["firing_bits_per_input"] + r["value_bits_per_input"])
     assert r["l0"] == pytest.approx(4.0)

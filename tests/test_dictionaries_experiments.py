@@ -25,7 +25,7 @@ def test_mdl_grid_writes_its_saes_plots_and_choice(tmp_path: Path) -> None:
     metrics = check_run_folder(tmp_path, "mdl-grid", cfg)
     names = [row["name"] for row in metrics.tables["results"].values()]
     assert names == ["w8_k4", "w16_k4", "w16_k16", "w32_k4"]  # k > width skipped, extra appended
-    assert metrics["mdl_choice"] in names and metrics["mdl_choice_code_only"] in names
+    assert metrics["mdl_choice"] in names and metrics["mdl_choice_with_dictionary"] in names
     assert [load_sae(tmp_path / n / "sae").cfg.d_sae for n in names] == [8, 16, 16, 32]
     for file in ("mdl_frontier.png", "mdl_atoms.png", "results.md"):
         assert (tmp_path / file).is_file()

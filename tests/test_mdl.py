@@ -62,10 +62,21 @@ def test_coarser_tolerance_takes_a_coarser_grid_and_fewer_bits() -> None:
 
 def test_select_mdl_skips_codes_over_tolerance() -> None:
     results = [
-        {"bits_per_input": 5.0, "meets_tolerance": False, "fvu": 0.3},
-        {"bits_per_input": 9.0, "meets_tolerance": True, "fvu": 0.05},
-        {"bits_per_input": 7.0, "meets_tolerance": True, "fvu": 0.08},
+        {"code_bits_per_input": 4.0, "bits_per_input": 5.0, "meets_tolerance": False, "fvu": 0.3},
+        {"code_bits_per_input": 8.0, "bits_per_input": 9.0, "meets_tolerance": True, "fvu": 0.05},
+        {"code_bits_per_input": 6.0, "bits_per_input": 7.0, "meets_tolerance": True, "fvu": 0.08},
     ]
     assert select_mdl(results) == 2
     with pytest.raises(AnatomistError, match="tolerance"):
         select_mdl(results[:1])
+
+
+def test_select_mdl_ranks_by_code_bits_unless_told_to_add_the_dictionary() -> None:
+    """The paper's choice: fewest code bits, the dictionary amortised; a wide dictionary whose own bits, spread
+    over the few inputs scored, outweigh its cheaper code is the other rule's choice."""
+    results = [
+        {"code_bits_per_input": 30.0, "bits_per_input": 31.0, "meets_tolerance": True, "fvu": 0.05},  # narrow
+        {"code_bits_per_input": 20.0, "bits_per_input": 60.0, "meets_tolerance": True, "fvu": 0.04},  # wide
+    ]
+    assert select_mdl(results) == 1
+    assert select_mdl(results, "code") == 1 and select_mdl(results, "code+dictionary") == 0

@@ -186,3 +186,54 @@ def test_interface_errors_and_shapes() -> None:
     tied = make_sae(SAEConfig(arch="relu-tied", d_in=4, d_sae=8))
     assert {n for n, _ in tied.named_parameters()} == {"W_dec", "b_enc", "b_dec"}
     assert torch.equal(tied.W_enc, tied.W_dec.t())
+
+
+def _penalised_jumprelu(threshold_param: str, steps: int = 100, lr: float = 1e-2) -> tuple[float, float, float]:
+    """(L0 before, L0 after, mean threshold after) `steps` Adam steps on the planted 3-sparse data, L0 coeff 1."""
+    torch.manual_seed(0)
+    atoms, codes = planted()
+    sae = make_sae(SAEConfig.parse({"arch": "jumprelu", "d_in": D_IN, "d_sae": 128, "l0_coeff": 1.0,
+                                    "jumprelu_bandwidth": 0.5, "jumprelu_threshold_param": threshold_param}))
+    x = codes(512) @ atoms
+    with torch.no_grad():
+        before = float((sae.encode(x) != 0).sum(-1).float().mean())
+    train(sae, lambda: (x, None), steps, lr)
+    with torch.no_grad():
+        return before, float((sae.encode(x) != 0).sum(-1).float().mean()), float(sae.threshold.mean())
+
+
+def test_jumprelu_l0_penalty_moves_the_threshold() -> None:
+    """Adam moves a learned threshold by ~lr per step: 100 steps at 1e-2 from the 1e-3 init take it to ~0.5 and
+    L0 to the planted 3. The paper's log(threshold) moves by ~threshold·lr per step (1e-3 → ~3e-3 here), so the
+    L0 penalty's only lever stays put and L0 stays far above 3: why the threshold itself is learned by default
+    (SAELens PR #718)."""
+    before, after, theta = _penalised_jumprelu("threshold")
+    assert before > 30 and after <= 4 and theta > 0.1, (before, after, theta)
+    _, log_after, log_theta = _penalised_jumprelu("log")
+    assert log_after > 10 and log_theta < 0.01, (log_after, log_theta)
+
+
+def test_jumprelu_threshold_stays_non_negative() -> None:
+    sae = make_sae(SAEConfig(arch="jumprelu", d_in=4, d_sae=8))
+    with torch.no_grad():
+        sae.threshold.sub_(1.0)  # as if an optimizer step had pushed it below 0
+    sae.after_step()
+    assert torch.equal(sae.threshold, torch.zeros(8))
+
+
+def test_tied_relu_without_decoder_bias_is_the_papers_form() -> None:
+    """Cunningham et al.: c = ReLU(M x + b), x_hat = M^T c; no decoder bias, none learned, none loaded."""
+    torch.manual_seed(0)
+    atoms, codes = planted()
+    sae = make_sae(SAEConfig.parse({"arch": "relu-tied", "d_in": D_IN, "d_sae": 64, "decoder_bias": False}))
+    assert {n for n, _ in sae.named_parameters()} == {"W_dec", "b_enc"}
+    train(sae, lambda: (codes(256) @ atoms + 1.0, None), 20, 1e-2)  # offset data: a bias would move
+    x = codes(8) @ atoms
+    m, b = sae.W_dec.detach(), sae.b_enc.detach()  # M [d_sae, d_in] with unit rows, b [d_sae]
+    with torch.no_grad():
+        torch.testing.assert_close(sae(x), torch.relu(x @ m.T + b) @ m)
+    assert torch.equal(sae.export_weights()["b_dec"], torch.zeros(D_IN))
+    w = sae.export_weights()
+    w["b_dec"] = torch.ones(D_IN)
+    with pytest.raises(AnatomistError, match="decoder_bias"):
+        sae.import_weights(w)

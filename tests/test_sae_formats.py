@@ -28,6 +28,8 @@ def _random_sae(arch: str, d_out: int | None = None, **kw: object) -> SparseDict
             p.add_(0.1 * torch.randn_like(p))
         if arch == "batchtopk":  # as after training: an estimated inference threshold
             sae.threshold.fill_(0.05)
+        if arch == "jumprelu":  # thresholds are never negative (training clamps them at 0)
+            sae.threshold.abs_()
     return sae
 
 
@@ -241,3 +243,18 @@ def test_a_config_written_with_every_architectures_fields_still_loads(tmp_path: 
     (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(legacy))
     loaded = load_sae(tmp_path / "old")
     assert loaded.cfg == sae.cfg and torch.equal(loaded.W_dec, sae.W_dec)
+
+
+def test_jumprelu_thresholds_load_bit_for_bit(tmp_path: Path) -> None:
+    """Gemma-Scope-style JumpReLU weights in a SAELens folder: the loaded threshold is the file's, bit for bit
+    (exp(log(t)) is not t in float32), so a pre-activation exactly at the threshold stays off as in the file."""
+    torch.manual_seed(5)
+    d_in, d_sae = 6, 20
+    w = {"W_enc": torch.randn(d_in, d_sae), "b_enc": torch.randn(d_sae) * 0.1, "W_dec": torch.randn(d_sae, d_in),
+         "b_dec": torch.randn(d_in) * 0.1, "threshold": torch.rand(d_sae) * 0.2 + 1e-3}
+    cfg = {"architecture": "jumprelu", "d_in": d_in, "d_sae": d_sae, "metadata": {"sae_lens_version": "6.5.0"}}
+    sae = load_sae(_write_saelens(tmp_path / "j", cfg, w))
+    assert torch.equal(sae.threshold.detach(), w["threshold"])
+    save_sae(sae, tmp_path / "back", format="saelens")
+    again = load_sae(tmp_path / "back")
+    assert torch.equal(again.threshold.detach(), w["threshold"])

@@ -33,9 +33,19 @@ def test_learning_rate_schedules() -> None:
     assert spd_cfg.lr_at(0) == 1.0 and spd_cfg.lr_at(50) == pytest.approx(math.cos(math.pi / 4))
     assert spd_cfg.lr_at(100) == pytest.approx(0.0, abs=1e-12)
     apd_cfg = APDConfig(steps=120, lr=2.0, lr_schedule="cosine", lr_warmup=1 / 6)  # 20 warm-up steps
-    assert apd_cfg.lr_at(10) == pytest.approx(1.0)  # halfway up the linear warm-up
-    assert apd_cfg.lr_at(20) == 2.0 and apd_cfg.lr_at(69) == pytest.approx(1.02, abs=0.02)  # half cosine: lr/2 mid-way
+    for step in (0, 10, 19, 20, 21, 69, 100, 119):
+        assert apd_cfg.lr_at(step) == pytest.approx(_apd_reference_lr(step, 120, 2.0, 1 / 6), abs=1e-12), step
     assert apd_cfg.replace(lr_schedule="constant").lr_at(100) == 2.0
+
+
+def _apd_reference_lr(step: int, steps: int, lr: float, warmup_pct: float) -> float:
+    """The ApolloResearch/apd reference's schedule: linear warm-up, then lr·cos(π/2 · t/(T − 1)) over the
+    T = steps − warm-up steps that follow (t counted from the end of warm-up)."""
+    warmup = int(steps * warmup_pct)
+    if step < warmup:
+        return lr * step / warmup
+    t, total = step - warmup, steps - warmup
+    return lr * (1.0 if total == 1 else math.cos(0.5 * math.pi * t / (total - 1)))
 
 
 def test_stochastic_masks_lie_between_g_and_one() -> None:

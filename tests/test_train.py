@@ -20,8 +20,9 @@ from torch import nn
 from anatomist import AnatomistError, Site, capture
 from anatomist.core import Checkpointer, load_tensors
 from anatomist.features import SAEConfig, make_sae
+from anatomist.features.base import TrainOutput
 from anatomist.features.e2e import e2e_step, suffix_is_exact
-from anatomist.features.objectives import DownstreamLoss, LogitsKLLoss, kl_loss, total_loss
+from anatomist.features.objectives import LogitsKLLoss, StepValues, kl_loss, objective_terms, total_loss
 from anatomist.features.train import TrainConfig, fold_scale, lr_factor, train_sae
 from anatomist.runs import load_run_config, parse_run_config, run
 
@@ -99,6 +100,8 @@ def test_fold_scale_makes_the_dictionary_read_raw_activations(arch: str) -> None
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.1 * torch.randn_like(p))
+        if arch == "jumprelu":  # thresholds are never negative (training clamps them at 0)
+            sae.threshold.abs_()
     if arch == "batchtopk":
         sae.train_forward(torch.randn(64, 8))  # estimates the inference threshold
     x, s_in = torch.randn(32, 8) * 5, 0.3
@@ -116,6 +119,49 @@ def test_kl_loss_direction_and_mask() -> None:
     want = float((pp * (pp.log() - torch.full((3,), 1 / 3).log())).sum())
     assert float(kl_loss(p, q, counted)) == pytest.approx(want)
     assert float(kl_loss(p, q, torch.tensor([[False, True]]))) == 0.0
+
+
+def _kl_by_hand(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax p ‖ softmax q) per row, written out."""
+    p = p_logits.double().softmax(-1)
+    return (p * (p.log() - q_logits.double().softmax(-1).log())).sum(-1)
+
+
+def test_e2e_kl_counts_every_position_the_last_included(script: Any) -> None:
+    """e2e_sae's KL averages over every position: the last position's next-token distribution counts too."""
+    model, ids, site = script.tiny_llama(), script.IDS[:3], Site("model.layers.1")
+    a = capture(model, ids, [site])[site]
+    torch.manual_seed(0)
+    sae = make_sae(SAEConfig(arch="relu", d_in=16, d_sae=32))
+    values = e2e_step(sae, model, ids, a, site, [], scale=2.0, exclude_bos=True, skip=False)
+    assert values.logits is not None and values.clean_logits is not None
+    assert values.logits.shape[:2] == ids.shape
+    with torch.no_grad():
+        torch.testing.assert_close(values.clean_logits, model(ids).logits)
+    want = _kl_by_hand(values.clean_logits, values.logits.detach())[:, 1:].mean()  # BOS is never spliced
+    assert float(LogitsKLLoss().calc_loss(values).detach()) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_downstream_term_is_the_papers_mean_of_mses() -> None:
+    """e2e+ds by default: β/(L−l)·Σ_k MSE(â_k, a_k) in the model's units (Braun et al.); FVU per site on request."""
+    g = torch.Generator().manual_seed(0)
+    clean = {Site("l.2"): torch.randn(2, 5, 4, generator=g), Site("l.3"): 10 * torch.randn(2, 5, 4, generator=g)}
+    spliced = {s: a + torch.randn(a.shape, generator=g) for s, a in clean.items()}
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    keep[:, 0] = False  # BOS
+    zero = torch.zeros(())
+    out = TrainOutput(torch.zeros(8, 4), torch.zeros(8, 6), torch.zeros(6, dtype=torch.bool), zero, zero)
+    values = StepValues(out, clean_downstream=clean, spliced_downstream=spliced, keep=keep)
+    mses = [torch.nn.functional.mse_loss(spliced[s][:, 1:], a[:, 1:]) for s, a in clean.items()]
+    fvus = [(spliced[s][:, 1:] - a[:, 1:]).pow(2).sum() / (a[:, 1:] - a[:, 1:].reshape(-1, 4).mean(0)).pow(2).sum()
+            for s, a in clean.items()]
+    cfg = TrainConfig.parse(dict(model="m", site="l.1", steps=1, objective="e2e+ds", ds_coeff=3.0,
+                                 sae=dict(arch="relu", d_in=4, d_sae=6)))
+    (_, ds_term) = cfg.losses
+    assert ds_term.coeff == 3.0
+    assert float(ds_term.calc_loss(values)) == pytest.approx(float(sum(mses) / 2), rel=1e-5)
+    (_, fvu_term) = cfg.replace(ds_form="fvu").losses
+    assert float(fvu_term.calc_loss(values)) == pytest.approx(float(sum(fvus) / 2), rel=1e-5)
 
 
 def test_local_training_recovers_planted_directions(tmp_path: Path) -> None:
@@ -154,7 +200,7 @@ def test_e2e_lowers_kl_and_e2e_ds_reads_downstream_layers(tmp_path: Path, script
     _, ds = script.run(tmp_path / "ds", objective="e2e+ds", steps=3, batch_seqs=4, data=dict(
         cache=None, block_seqs=4, model_batch_size=4, eval_seqs=4))
     lines = (tmp_path / "ds" / "metrics.jsonl").read_text()
-    assert '"downstream_fvu"' in lines and '"kl"' in lines
+    assert '"downstream_mse"' in lines and '"kl"' in lines
 
 
 def test_skipping_the_blocks_before_the_site_changes_nothing(script: Any) -> None:
@@ -168,7 +214,7 @@ def test_skipping_the_blocks_before_the_site_changes_nothing(script: Any) -> Non
     for skip in (False, True):
         values = e2e_step(sae, model, ids, a, site, [Site("model.layers.2")], scale=2.0, exclude_bos=True,
                           skip=skip)
-        loss, _ = total_loss([LogitsKLLoss(coeff=1.0), DownstreamLoss(coeff=0.5)], values)
+        loss, _ = total_loss(objective_terms("e2e+ds", kl_coeff=1.0, ds_coeff=0.5), values)
         sae.zero_grad()
         loss.backward()
         losses.append(loss.detach())

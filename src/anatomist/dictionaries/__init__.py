@@ -2,7 +2,7 @@
 (stitching), and whether its units are atomic (meta-SAEs)."""
 
 from anatomist.dictionaries.fit import fit_rows
-from anatomist.dictionaries.mdl import MDLConfig, description_length, select_mdl
+from anatomist.dictionaries.mdl import MDL_RULES, MDLConfig, MDLRule, description_length, select_mdl
 from anatomist.dictionaries.meta import MetaConfig, MetaDecomposition, decompose, train_meta_sae
 from anatomist.dictionaries.stitching import (
     Matching,
@@ -15,7 +15,9 @@ from anatomist.dictionaries.stitching import (
 )
 
 __all__ = [
+    "MDL_RULES",
     "MDLConfig",
+    "MDLRule",
     "Matching",
     "MetaConfig",
     "MetaDecomposition",

@@ -10,14 +10,19 @@ An SAE explains an input by naming its active latents and their values. Two pric
 B (the precision) is the coarsest that keeps the reconstruction from the quantised code within the user's
 FVU tolerance. The dictionary itself costs F · d_out · `dict_bits_per_weight` bits, spread over
 `amortise_over` inputs (default: the inputs scored). `select_mdl` picks, among dictionaries whose quantised
-code meets the tolerance, the one with the fewest bits per input.
+code meets the tolerance, the one with the fewest bits per input, by one of two rules (`MDL_RULES`):
+
+- "code" (the paper's, the default): code bits per input, the dictionary amortised over a dataset large enough
+  that its own bits per input vanish;
+- "code+dictionary": code bits plus the dictionary's bits spread over `amortise_over` inputs (the inputs scored),
+  which favours small dictionaries when few inputs are scored.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -25,6 +30,13 @@ from torch import Tensor
 
 from anatomist.core import AnatomistError, Config
 from anatomist.evaluate.dictionary import Dictionary
+
+MDLRule = Literal["code", "code+dictionary"]
+# rule -> (the result key it ranks by, its label in outputs)
+MDL_RULES: dict[str, tuple[str, str]] = {
+    "code": ("code_bits_per_input", "code bits per input, dictionary amortised (the paper's)"),
+    "code+dictionary": ("bits_per_input", "code + dictionary bits per input, dictionary spread over the inputs scored"),
+}
 
 
 class MDLConfig(Config):
@@ -146,8 +158,9 @@ def description_length(sae: Dictionary, x: Tensor, cfg: MDLConfig | None = None)
     }
 
 
-def select_mdl(results: Sequence[dict[str, Any]], key: str = "bits_per_input") -> int:
-    """Index of the result with the fewest `key` bits among those meeting the tolerance."""
+def select_mdl(results: Sequence[dict[str, Any]], rule: MDLRule = "code") -> int:
+    """Index of the result with the fewest bits by `rule` (see `MDL_RULES`) among those meeting the tolerance."""
+    key = MDL_RULES[rule][0]
     ok = [i for i, r in enumerate(results) if r["meets_tolerance"]]
     if not ok:
         best = min(r["fvu"] for r in results)

@@ -2,17 +2,20 @@
 
 - relu (Cunningham et al.): acts = ReLU(pre); loss + l1_coeff * sum_i acts_i * ||W_dec_i|| (rows are unit
   norm unless normalize_decoder is False, where the norm-weighted L1 keeps the penalty scale-honest).
-- relu-tied: the same with W_enc = W_dec^T, one parameter.
+- relu-tied: the same with W_enc = W_dec^T, one parameter; `decoder_bias: false` is the paper's form,
+  c = ReLU(M x + b), x_hat = M^T c, with no decoder bias (so no input centring either).
 - topk (Gao et al.): keep the k largest pre-activations of each row, ReLU after; AuxK on dead latents.
 - batchtopk (Bussmann et al.): keep the k * batch largest of the whole batch while training; an EMA of the
   smallest kept activation is the threshold used at inference (saved as a JumpReLU threshold).
-- jumprelu (Rajamanoharan et al.): acts = pre * H(pre - theta), theta = exp(log_threshold) per latent,
+- jumprelu (Rajamanoharan et al.): acts = pre * H(pre - theta), a learned threshold theta per latent,
   straight-through pseudo-derivatives with a rectangle kernel of width `jumprelu_bandwidth`; L0 penalty.
+  Adam learns theta itself by default (SAELens PR #718, dictionary_learning): the paper's log(theta) moves
+  theta by only ~theta * lr per step, so from a 1e-3 init the threshold, the L0 penalty's only lever, stays
+  put and L0 does not fall (measured in docs/reproductions.md); `jumprelu_threshold_param: log` keeps it.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 import torch
@@ -39,6 +42,10 @@ class TiedReLUConfig(SAEConfig):
 
     arch: Literal["relu-tied"] = "relu-tied"
     l1_coeff: float = Field(5.0, ge=0, description=L1_HELP)
+    decoder_bias: bool = Field(
+        True, description="learn a decoder bias b_dec (subtracted from the input too); false = Cunningham et al.'s "
+        "x_hat = M^T ReLU(M x + b), b_dec fixed at 0"
+    )
 
     @model_validator(mode="after")
     def _square(self) -> TiedReLUConfig:
@@ -88,6 +95,11 @@ class JumpReLUConfig(SAEConfig):
     jumprelu_bandwidth: float = Field(
         0.001, gt=0, description="width of the rectangle kernel of the straight-through pseudo-derivative"
     )
+    jumprelu_threshold_param: Literal["threshold", "log"] = Field(
+        "threshold",
+        description="what the optimizer learns: the threshold itself (kept >= 0 after each step; SAELens PR #718), "
+        "or its log (the paper's appendix J: Adam then moves the threshold by ~threshold * lr per step)",
+    )
 
 
 # A dictionary's config as a field of another config: pydantic picks the class from the `arch` key.
@@ -126,14 +138,27 @@ class TiedReLUSAE(ReLUSAE):
     """x_hat = W_dec^T-tied ReLU SAE: the encoder is the transpose of the (unit-row) decoder."""
 
     tied = True
+    cfg: TiedReLUConfig
+
+    def __init__(self, cfg: TiedReLUConfig):
+        super().__init__(cfg)
+        if not cfg.decoder_bias:  # a buffer of zeros: the optimizer never sees it, the weight files still hold it
+            del self.b_dec
+            self.register_buffer("b_dec", torch.zeros(cfg.out_dim, dtype=cfg.torch_dtype))
 
     @property
     def W_enc(self) -> Tensor:  # type: ignore[override]  # [d_in, d_sae], a view of W_dec
         return self.W_dec.t()
 
+    @property
+    def has_decoder_bias(self) -> bool:
+        return self.cfg.decoder_bias
+
     def _set_weights(self, w: dict[str, Tensor]) -> None:
         if not torch.allclose(w["W_enc"], w["W_dec"].t()):
             raise AnatomistError("relu-tied weights: W_enc is not the transpose of W_dec (load as 'relu' instead)")
+        if not self.cfg.decoder_bias and bool(w["b_dec"].any()):
+            raise AnatomistError("relu-tied weights: b_dec is not zero but the config has decoder_bias: false")
         super()._set_weights(w)
 
 
@@ -312,12 +337,19 @@ class JumpReLUSAE(SparseDictionary):
 
     def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)
-        init = torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold), dtype=cfg.torch_dtype)
-        self.log_threshold = nn.Parameter(init)  # [d_sae]; log keeps theta positive
+        init = torch.full((cfg.d_sae,), cfg.jumprelu_init_threshold, dtype=cfg.torch_dtype)
+        if self.log_space:
+            self.log_threshold = nn.Parameter(init.log())  # [d_sae]; log keeps theta positive
+        else:
+            self.learned_threshold = nn.Parameter(init)  # [d_sae]; clamped at 0 after each step
+
+    @property
+    def log_space(self) -> bool:
+        return self.cfg.jumprelu_threshold_param == "log"
 
     @property
     def threshold(self) -> Tensor:
-        return self.log_threshold.exp()
+        return self.log_threshold.exp() if self.log_space else self.learned_threshold
 
     def activation(self, pre: Tensor) -> Tensor:
         return pre * (pre > self.threshold)
@@ -331,8 +363,17 @@ class JumpReLUSAE(SparseDictionary):
         l0 = _Step.apply(pre, theta, eps).sum(-1).mean()
         return TrainOutput(recon, acts, _fired(acts), self.cfg.l0_coeff * l0, recon.new_zeros(()))
 
+    @torch.no_grad()
+    def after_step(self) -> None:
+        super().after_step()
+        if not self.log_space:  # a negative threshold would let negative pre-activations through
+            self.learned_threshold.clamp_(min=0)
+
     def _set_weights(self, w: dict[str, Tensor]) -> None:
         super()._set_weights(w)
         if not torch.all(w["threshold"] >= 0):
             raise AnatomistError("jumprelu weights: 'threshold' must not be negative")
-        self.log_threshold.copy_(w["threshold"].log())  # a zero threshold becomes -inf: a plain ReLU
+        if self.log_space:
+            self.log_threshold.copy_(w["threshold"].log())  # a zero threshold becomes -inf: a plain ReLU
+        else:
+            self.learned_threshold.copy_(w["threshold"])  # loaded exactly, bit for bit

@@ -250,6 +250,11 @@ class SparseDictionary(nn.Module):
             w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
     @property
+    def has_decoder_bias(self) -> bool:
+        """Whether b_dec is learned (the paper's tied ReLU SAE has none: b_dec stays 0)."""
+        return True
+
+    @property
     def decoder_param(self) -> nn.Parameter:
         """The parameter holding the decoder rows (the tied SAE keeps only this one)."""
         return self.W_dec

@@ -145,10 +145,12 @@ def e2e_step(
     fns.update({s: _stash_to(spliced_acts, s, detach=False) for s in ds_sites})
     with skip_to(model, site, skip), splice(model, fns):
         logits = primary(run_model(model, ids))
-    counted = keep[:, :-1] if keep is not None else torch.ones_like(ids[:, 1:], dtype=torch.bool)
+    # KL at every position, the last one included (e2e_sae does the same): matching the clean next-token
+    # distribution needs no next token. Positions the SAE leaves clean (BOS) have KL 0 and are not counted.
+    counted = keep if keep is not None else torch.ones_like(ids, dtype=torch.bool)
     with torch.no_grad():
         x = rows * scale
         fvu = float((x - out.recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-    return StepValues(out, clean_logits=clean_logits[:, :-1], logits=logits[:, :-1], counted=counted,
+    return StepValues(out, clean_logits=clean_logits, logits=logits, counted=counted,
                       clean_downstream=clean_acts, spliced_downstream=spliced_acts, keep=keep,
                       logged={"fvu": fvu})

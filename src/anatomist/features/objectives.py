@@ -2,8 +2,12 @@
 `calc_loss`, and each objective a choice of terms (Braun et al.).
 
 - local:  recon                  mean_b ‖a − â‖², on shuffled activation rows
-- e2e:    kl                     KL(clean ‖ spliced) of the model's outputs, the SAE spliced into the frozen model
-- e2e+ds: kl + downstream_fvu    mean_k FVU(â^(k), a^(k)) over downstream sites k of the spliced forward
+- e2e:    kl                     KL(clean ‖ spliced) of the model's outputs at every position, the SAE spliced
+                                 into the frozen model
+- e2e+ds: kl + downstream_mse    β/(L−l) · Σ_k MSE(â^(k), a^(k)) over the L−l downstream sites k of the spliced
+                                 forward (the paper's and e2e_sae's form; β is the term's coeff, MSE the mean over
+                                 positions and dims); or kl + downstream_fvu, mean_k FVU(â^(k), a^(k)), which
+                                 weighs each site by its own variance (so its β is not the paper's)
 
 The dictionary's own sparsity (and AuxK) terms are added by every objective (`total_loss`).
 """
@@ -23,6 +27,7 @@ from anatomist.features.base import TrainOutput
 from anatomist.nets.sites import Site
 
 ObjectiveName = Literal["local", "e2e", "e2e+ds"]
+DownstreamForm = Literal["mse", "fvu"]
 
 
 def kl_loss(clean_logits: torch.Tensor, spliced_logits: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
@@ -31,15 +36,30 @@ def kl_loss(clean_logits: torch.Tensor, spliced_logits: torch.Tensor, counted: t
     return (kl * counted).sum() / counted.sum().clamp_min(1)
 
 
+def _kept_rows(a: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The rows [n, d] of a site's values [b, seq, d] at the kept positions (all positions when keep is None)."""
+    if keep is not None and a.ndim == 3:
+        return a[keep]
+    return a.reshape(-1, a.shape[-1])
+
+
 def downstream_loss(
-    spliced: dict[Site, torch.Tensor], clean: dict[Site, torch.Tensor], keep: torch.Tensor | None
+    spliced: dict[Site, torch.Tensor], clean: dict[Site, torch.Tensor], keep: torch.Tensor | None,
+    form: DownstreamForm = "mse",
 ) -> torch.Tensor:
-    """Mean over downstream sites of Σ‖â − a‖² / Σ‖a − mean(a)‖² on the kept positions (an FVU per site)."""
+    """1/(L−l) · Σ_k over downstream sites of the spliced values' error against the clean ones, kept positions only.
+
+    form "mse" (Braun et al.): the site's mean squared error over positions and dims, in the model's units.
+    form "fvu": the site's Σ‖â − a‖² / Σ‖a − mean(a)‖², so a high-variance site counts no more than a quiet one.
+    """
     terms = []
     for s, a in clean.items():
-        a_rows, a_hat = (a[keep], spliced[s][keep]) if keep is not None and a.ndim == 3 else (a, spliced[s])
-        var = (a_rows - a_rows.mean(0)).pow(2).sum().clamp_min(1e-12)
-        terms.append((a_hat - a_rows).pow(2).sum() / var)
+        a_rows, a_hat = _kept_rows(a, keep), _kept_rows(spliced[s], keep)
+        err = (a_hat - a_rows).pow(2)
+        if form == "mse":
+            terms.append(err.mean())
+        else:
+            terms.append(err.sum() / (a_rows - a_rows.mean(0)).pow(2).sum().clamp_min(1e-12))
     return torch.stack(terms).mean()
 
 
@@ -91,21 +111,40 @@ class LogitsKLLoss(LossTerm):
 
 
 class DownstreamLoss(LossTerm):
-    """Mean FVU of the downstream sites' values in the spliced forward against the clean ones."""
+    """The downstream sites' values in the spliced forward against the clean ones, averaged over the sites."""
 
-    name: ClassVar[str] = "downstream_fvu"
     spliced: ClassVar[bool] = True
+    form: ClassVar[DownstreamForm]
 
     def calc_loss(self, v: StepValues) -> torch.Tensor:
-        return downstream_loss(v.spliced_downstream, v.clean_downstream, v.keep)
+        return downstream_loss(v.spliced_downstream, v.clean_downstream, v.keep, self.form)
 
 
-def objective_terms(objective: ObjectiveName, kl_coeff: float = 1.0, ds_coeff: float = 1.0) -> tuple[LossTerm, ...]:
+class DownstreamMSELoss(DownstreamLoss):
+    """β/(L−l) · Σ_k MSE(â^(k), a^(k)): the paper's downstream term, coeff = β."""
+
+    name: ClassVar[str] = "downstream_mse"
+    form: ClassVar[DownstreamForm] = "mse"
+
+
+class DownstreamFVULoss(DownstreamLoss):
+    """mean_k FVU(â^(k), a^(k)): each downstream site weighed by its own variance."""
+
+    name: ClassVar[str] = "downstream_fvu"
+    form: ClassVar[DownstreamForm] = "fvu"
+
+
+DOWNSTREAM_TERMS: dict[str, type[DownstreamLoss]] = {"mse": DownstreamMSELoss, "fvu": DownstreamFVULoss}
+
+
+def objective_terms(
+    objective: ObjectiveName, kl_coeff: float = 1.0, ds_coeff: float = 1.0, ds_form: DownstreamForm = "mse"
+) -> tuple[LossTerm, ...]:
     """The loss terms an `objective:` key names, with their coefficients."""
     if objective == "local":
         return (ReconstructionLoss(coeff=1.0),)
     kl = LogitsKLLoss(coeff=kl_coeff)
-    return (kl,) if objective == "e2e" else (kl, DownstreamLoss(coeff=ds_coeff))
+    return (kl,) if objective == "e2e" else (kl, DOWNSTREAM_TERMS[ds_form](coeff=ds_coeff))
 
 
 def total_loss(terms: Sequence[LossTerm], v: StepValues) -> tuple[torch.Tensor, dict[str, float]]:

@@ -4,7 +4,8 @@ An objective is a choice of loss terms (`anatomist.features.objectives`), each w
 
 - local:  recon (mean_b ‖a − â‖²) + sparsity (+ AuxK), on shuffled activation rows (ActivationStore)
 - e2e:    kl_coeff · KL(clean ‖ spliced) + sparsity, on token sequences, the SAE spliced into the frozen model
-- e2e+ds: e2e + ds_coeff · mean_k FVU(â^(k), a^(k)) over downstream sites k   (see `anatomist.features.e2e`)
+- e2e+ds: e2e + ds_coeff/(L−l) · Σ_k MSE(â^(k), a^(k)) over the L−l downstream sites k (Braun et al.; ds_form: fvu
+          puts each site's FVU in place of its MSE)   (see `anatomist.features.e2e`)
 
 Inputs are scaled so that E‖a‖² = d_in while training (the scale the sparsity coefficients of `SAEConfig`
 assume); the saved dictionary has the scale folded into its weights and reads raw activations.
@@ -50,6 +51,7 @@ from anatomist.features.base import SAEConfig, SparseDictionary, make_sae
 from anatomist.features.e2e import SequenceBatches, downstream_sites, e2e_step, suffix_is_exact
 from anatomist.features.formats import save_sae
 from anatomist.features.objectives import (
+    DownstreamForm,
     DownstreamLoss,
     LossTerm,
     ObjectiveName,
@@ -98,7 +100,7 @@ class TrainConfig(Config):
     )
     sae: SAEArchConfig = Field(description="the dictionary (its fields depend on sae.arch)")
     objective: Objective = Field(
-        "local", description="local (recon MSE), e2e (KL), e2e+ds (KL + downstream FVU): the loss terms used"
+        "local", description="local (recon MSE), e2e (KL), e2e+ds (KL + downstream reconstruction): the loss terms used"
     )
     steps: int = Field(gt=0, description="optimizer steps")
     batch_size: int = Field(4096, gt=0, description="local: activation rows per step")
@@ -114,6 +116,10 @@ class TrainConfig(Config):
     )
     kl_coeff: float = Field(1.0, ge=0, description="e2e: weight of the KL term")
     ds_coeff: float = Field(1.0, ge=0, description="e2e+ds: weight β of the downstream reconstruction term")
+    ds_form: DownstreamForm = Field(
+        "mse", description="e2e+ds: mse = β/(L−l)·Σ_k MSE(â_k, a_k), the paper's (β comparable with its β); "
+        "fvu = β·mean_k FVU_k, each downstream site divided by its own variance"
+    )
     downstream_sites: list[str] | None = Field(
         None, description="e2e+ds: sites compared downstream; null = every later block of the site's layer stack"
     )
@@ -137,7 +143,7 @@ class TrainConfig(Config):
     @property
     def losses(self) -> tuple[LossTerm, ...]:
         """The objective's loss terms with their coefficients."""
-        return objective_terms(self.objective, self.kl_coeff, self.ds_coeff)
+        return objective_terms(self.objective, self.kl_coeff, self.ds_coeff, self.ds_form)
 
     @property
     def end_to_end(self) -> bool:
@@ -290,7 +296,8 @@ def train_sae(
         start = 0
         first = _first_rows(cfg, store, int(train_ids.shape[1]) if train_ids.ndim > 1 else 1)
         s_in, s_out = _scales(cfg, first, site, target)
-        if cfg.init_b_dec == "mean":  # start from the mean output, as SAELens/sparsify do: no wasted early steps
+        # start from the mean output, as SAELens/sparsify do (no wasted early steps), unless b_dec is fixed at 0
+        if cfg.init_b_dec == "mean" and sae.has_decoder_bias:
             with torch.no_grad():
                 sae.b_dec.copy_(first[target].double().mean(0).to(sae.b_dec) * s_out)
 

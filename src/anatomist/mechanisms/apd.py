@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -47,6 +47,9 @@ class APDConfig(
     defaults={"steps": 20_000, "batch_size": 2048, "lr": 3e-2, "lr_schedule": "constant", "lr_warmup": 0.05},
 ):
     """APD hyperparameters; the defaults are the paper's TMS 5-2 setting (schedule fields: `FitConfig`)."""
+
+    # the ApolloResearch/apd reference's cosine, lr·cos(π/2 · t/T) after warm-up (its SPD successor kept it)
+    cosine: ClassVar[Literal["half", "quarter"]] = "quarter"
 
     C: int = Field(default=5, description="Components; each spans every target layer.", gt=0)
     rank: int | None = Field(

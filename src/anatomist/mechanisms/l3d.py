@@ -3,7 +3,8 @@
 The idea: what a network does on one input shows in which way its parameters would have to move
 to change that output. For each sample b take the gradient, with respect to the target weights,
 of a divergence between the model's output and a reference output (the batch mean, or another
-sample's output):
+sample's output; for a KL divergence the batch mean is the mean of the output probabilities, the paper's
+"mean output" read as a distribution):
 
     g_b = ∇_θ D(f(x_b; θ), y_ref)                    one vector in parameter space per sample
 
@@ -26,6 +27,7 @@ come from `torch.func` (vmap over grad), so any model whose forward works per sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -56,7 +58,9 @@ class L3DConfig(FitConfig, defaults={"steps": 4000, "batch_size": 512, "lr": 1e-
         default="mse", description="D between output and reference: squared error, or KL for logits."
     )
     reference: Literal["batch_mean", "shuffled"] = Field(
-        default="batch_mean", description="Reference output: the batch's mean output, or another sample's output."
+        default="batch_mean",
+        description="Reference output: the batch's mean output (for kl: the mean of the output probabilities), or "
+        "another sample's output.",
     )
 
 
@@ -70,9 +74,19 @@ def divergence(output: Tensor, reference: Tensor, kind: str) -> Tensor:
     return F.kl_div(output.log_softmax(-1), reference.log_softmax(-1), log_target=True, reduction="sum")
 
 
-def references(outputs: Tensor, kind: str, generator: torch.Generator | None = None) -> Tensor:
-    """[batch, ...]: each sample's reference output (detached)."""
+def references(
+    outputs: Tensor, kind: str, generator: torch.Generator | None = None, divergence_kind: str = "mse"
+) -> Tensor:
+    """[batch, ...]: each sample's reference output (detached).
+
+    The batch mean is the mean of what the divergence compares: outputs for "mse"; for "kl", output
+    distributions, so the reference is the log of the mean probabilities (the batch's mixture distribution),
+    not the mean of the logits (whose softmax is a renormalised geometric mean that no sample's output averages to).
+    """
     outputs = outputs.detach()
+    if kind == "batch_mean" and divergence_kind == "kl":
+        mean_log_probs = outputs.log_softmax(-1).logsumexp(0, keepdim=True) - math.log(len(outputs))
+        return mean_log_probs.expand_as(outputs)
     if kind == "batch_mean":
         return outputs.mean(0, keepdim=True).expand_as(outputs)
     perm = torch.randperm(len(outputs), generator=generator, device=generator.device if generator else None)
@@ -111,7 +125,7 @@ def per_sample_gradients(
     params = {pname: model.get_parameter(pname).detach() for pname, _ in stored.values()}
     with torch.no_grad():
         outputs = model_output(model(inputs))
-    refs = references(outputs, reference_kind, generator)
+    refs = references(outputs, reference_kind, generator, divergence_kind)
 
     def loss(p: dict[str, Tensor], x: Tensor, r: Tensor) -> Tensor:
         out = model_output(functional_call(model, p, (x[None],)))[0]

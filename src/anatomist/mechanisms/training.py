@@ -49,8 +49,8 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 def warmup_lr(step: int, steps: int, lr: float, warmup: float, schedule: str, cosine: str = "half") -> float:
     """Linear warm-up over the first `warmup` fraction of `steps`, then constant or cosine decay.
 
-    `cosine="half"` decays to 0 (APD, L3D); `"quarter"` is the goodfire SPD reference's cos(π/2 · t),
-    kept for SPD so its runs step exactly like the reference's.
+    `cosine="half"` decays to 0 (L3D); `"quarter"` is the APD and SPD references' cos(π/2 · t), kept for
+    APD and SPD so their runs step exactly like the references'.
     """
     warm = int(steps * warmup)
     if step < warm:
@@ -70,7 +70,7 @@ class FitConfig(Config):
     `class APDConfig(FitConfig, defaults={"steps": 20_000})`, so the fields are declared once, here.
     """
 
-    # the cosine after warm-up: "half" decays to 0 (APD, L3D), "quarter" is the goodfire SPD reference's
+    # the cosine after warm-up: "half" decays to 0 (L3D), "quarter" is the APD and SPD references' lr·cos(π/2 · t/T)
     cosine: ClassVar[Literal["half", "quarter"]] = "half"
 
     steps: int = Field(default=1000, description="Optimizer steps.", gt=0)
@@ -80,7 +80,7 @@ class FitConfig(Config):
     )
     lr: float = Field(default=1e-3, description="Peak learning rate (Adam/AdamW, weight decay 0).", gt=0)
     lr_schedule: Literal["constant", "cosine"] = Field(
-        default="cosine", description="After warm-up: 'constant', or cosine decay to 0 (SPD: lr·cos(π/2 · t/T))."
+        default="cosine", description="After warm-up: 'constant', or cosine decay to 0 (SPD, APD: lr·cos(π/2 · t/T))."
     )
     lr_warmup: float = Field(default=0.0, description="Fraction of steps of linear warm-up from 0.", ge=0, lt=1)
     seed: int = Field(default=0, description="Seeds the initialisation and the method's own random draws.")

@@ -23,6 +23,7 @@ from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus, load_images
 from anatomist.data.store import ActivationStore
 from anatomist.dictionaries import (
+    MDL_RULES,
     MDLConfig,
     MetaConfig,
     StitchConfig,
@@ -100,11 +101,15 @@ def mdl(cfg: MDLRunConfig, ctx: Context) -> Outcome:
         r = results[0]
         text = f"{_label(r['path'])}: {r['bits_per_input']:.1f} bits per input at FVU {r['fvu_quantised']:.3f}"
         return Outcome(r, text, models=models, data=[data], access=["weights", "activations"], value=r)
-    choice = results[select_mdl(results)]
+    choice, with_dict = results[select_mdl(results)], results[select_mdl(results, "code+dictionary")]
     plot_frontier(results, [_label(p) for p in cfg.paths], str(ctx.out / "mdl_frontier.png"))
-    metrics = {"mdl_choice": choice["path"], "results": results}
-    text = (f"MDL choice of {len(results)}: {_label(choice['path'])}, {choice['bits_per_input']:.1f} bits per "
-            f"input at FVU {choice['fvu_quantised']:.3f}")
+    metrics = {"mdl_choice": choice["path"], "mdl_choice_rule": MDL_RULES["code"][1],
+               "mdl_choice_with_dictionary": with_dict["path"],
+               "mdl_choice_with_dictionary_rule": MDL_RULES["code+dictionary"][1], "results": results}
+    text = (f"MDL choice of {len(results)} by code bits (the paper's): {_label(choice['path'])}, "
+            f"{choice['code_bits_per_input']:.1f} code bits per input at FVU {choice['fvu_quantised']:.3f}; "
+            f"with the dictionary's bits spread over the {choice['n_inputs']} inputs: {_label(with_dict['path'])}, "
+            f"{with_dict['bits_per_input']:.1f} bits per input")
     return Outcome(metrics, text, models=models, data=[data], access=["weights", "activations"], value=metrics)
 
 

@@ -23,6 +23,7 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus, load_images
 from anatomist.dictionaries import (
+    MDL_RULES,
     MDLConfig,
     MetaConfig,
     MetaDecomposition,
@@ -116,13 +117,15 @@ def mdl_grid(cfg: MDLGridConfig, ctx: Context) -> Outcome:
     saes = {name: grid_sae(x, w, k, cfg, ctx.out / name / "sae", ctx.resume) for name, (w, k) in grid.items()}
     results = [{"name": name, "k": k, **description_length(saes[name], x, cfg.mdl)} for name, (_, k) in grid.items()]
     names = list(grid)
-    best, code_only = select_mdl(results), select_mdl(results, key="code_bits_per_input")
+    best, code_only = select_mdl(results, "code+dictionary"), select_mdl(results)
     plot_frontier(results, names, str(ctx.out / "mdl_frontier.png"),
                   title=f"TopK SAEs on {len(x):,} {cfg.images} images (FVU tolerance {cfg.mdl.fvu_tolerance})")
     plot_atoms(shown_atoms(results, best, code_only, saes, x), ctx.out / "mdl_atoms.png",
                (images.shape[-2], images.shape[-1]))
     (ctx.out / "results.md").write_text(results_table(results, names[code_only]))
-    metrics = {"results": results, "mdl_choice": names[best], "mdl_choice_code_only": names[code_only]}
+    metrics = {"results": results, "mdl_choice": names[code_only], "mdl_choice_rule": MDL_RULES["code"][1],
+               "mdl_choice_with_dictionary": names[best],
+               "mdl_choice_with_dictionary_rule": MDL_RULES["code+dictionary"][1]}
     summary = (f"MDL choice of {len(results)} TopK SAEs on {cfg.images}: {names[code_only]} by code bits "
                f"({results[code_only]['code_bits_per_input']:.1f} bits per input), {names[best]} with the "
                f"dictionary ({results[best]['bits_per_input']:.0f} bits per input)")
@@ -212,7 +215,7 @@ def mdl_part(cfg: DictsciConfig, saes: dict[str, SparseDictionary], x: torch.Ten
     plot_frontier(results, cfg.mdl_runs, str(out / "mdl_frontier.png"),
                   title=f"TopK SAEs, {cfg.model} {cfg.site} (FVU tolerance {cfg.mdl.fvu_tolerance})")
     return {"results": results, "choice": results[select_mdl(results)]["name"],
-            "choice_code_only": results[select_mdl(results, key="code_bits_per_input")]["name"]}
+            "choice_with_dictionary": results[select_mdl(results, "code+dictionary")]["name"]}
 
 
 def seeds_part(cfg: DictsciConfig, saes: dict[str, SparseDictionary]) -> dict[str, Any]:
@@ -303,7 +306,8 @@ def _needed(cfg: DictsciConfig) -> list[str]:
 def _summary(out: dict[str, Any]) -> str:
     said = []
     if "mdl" in out:
-        said.append(f"MDL choice {out['mdl']['choice']} (code only {out['mdl']['choice_code_only']})")
+        said.append(f"MDL choice {out['mdl']['choice']} by code bits ({out['mdl']['choice_with_dictionary']} "
+                    "with the dictionary's bits)")
     for pair, r in out.get("seeds", {}).items():
         said.append(f"{pair}: {r['reconstruction_fraction']:.0%} of latents shared")
     for pair, r in out.get("stitch", {}).items():

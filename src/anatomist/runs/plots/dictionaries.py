@@ -8,29 +8,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from anatomist.dictionaries.mdl import select_mdl
+from anatomist.dictionaries.mdl import MDL_RULES, select_mdl
 from anatomist.runs.plots import pyplot
 
 
 def plot_frontier(results: Sequence[dict[str, Any]], labels: Sequence[str], path: str, title: str = "") -> None:
-    """Bits per input against FVU for every dictionary of a sweep; the tolerance and the MDL choice marked."""
+    """Code bits per input against FVU for every dictionary of a sweep; the tolerance and both MDL choices
+    marked (the paper's by code bits, and the one that adds the dictionary's bits spread over the inputs)."""
     plt = pyplot()
 
+    key = MDL_RULES["code"][0]
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     widths = sorted({int(r["d_sae"]) for r in results})
     cmap = plt.get_cmap("viridis", max(2, len(widths)))
     for r, label in zip(results, labels, strict=True):
         c = cmap(widths.index(int(r["d_sae"])))
-        ax.scatter(r["fvu_quantised"], r["bits_per_input"], color=c, marker="o" if r["meets_tolerance"] else "x")
-        ax.annotate(label, (r["fvu_quantised"], r["bits_per_input"]), fontsize=6, xytext=(3, 2),
-                    textcoords="offset points")
-    best = results[select_mdl(results)]
-    ax.scatter(best["fvu_quantised"], best["bits_per_input"], s=160, facecolors="none", edgecolors="red",
-               label="MDL choice")
+        ax.scatter(r["fvu_quantised"], r[key], color=c, marker="o" if r["meets_tolerance"] else "x")
+        ax.annotate(label, (r["fvu_quantised"], r[key]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    best, with_dict = results[select_mdl(results)], results[select_mdl(results, "code+dictionary")]
+    ax.scatter(best["fvu_quantised"], best[key], s=160, facecolors="none", edgecolors="red",
+               label="MDL choice (code bits)")
+    ax.scatter(with_dict["fvu_quantised"], with_dict[key], s=260, marker="s", facecolors="none",
+               edgecolors="orange", label="MDL choice (code + dictionary bits)")
     ax.axvline(results[0]["fvu_tolerance"], color="grey", ls="--", lw=0.8, label="FVU tolerance")
     ax.set_yscale("log")
     ax.set_xlabel("FVU of the quantised code")
-    ax.set_ylabel("bits per input")
+    ax.set_ylabel("code bits per input")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
