@@ -22,6 +22,7 @@ from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json, load_tensors
 from anatomist.core.paths import cache_dir
+from anatomist.core.progress import lines_to_log_only
 from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
 from anatomist.nets.toys import TrainedToy, config_hash
@@ -194,6 +195,11 @@ def test_training_reports_progress_lines_and_metrics_jsonl_off_a_terminal(
     run(load_run_config("spd-toy", spd_sets(steps=20)), tmp_path / "b", threads=1)
     assert "SPD step" not in capsys.readouterr().err
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2  # the file is written all the same
+    monkeypatch.delenv("ANATOMIST_PROGRESS")
+    with lines_to_log_only():  # the demo's way: its own line per part, the step records in each part's file
+        run(load_run_config("spd-toy", spd_sets(steps=20)), tmp_path / "c", threads=1)
+    assert "SPD step" not in capsys.readouterr().err
+    assert len((tmp_path / "c" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 # --- fault injection ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,9 +37,24 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty()
 
 
+_muted = 0  # > 0 inside `lines_to_log_only()`
+
+
 def progress_lines_enabled() -> bool:
-    """Whether training loops print their progress lines on stderr: always, unless ANATOMIST_PROGRESS turns it off."""
-    return os.environ.get("ANATOMIST_PROGRESS", "1") not in _OFF
+    """Whether training loops print their progress lines on stderr: always, unless ANATOMIST_PROGRESS turns it off
+    (or a caller that reports in its own words, like the demo, sends them to the run's metrics.jsonl only)."""
+    return _muted == 0 and os.environ.get("ANATOMIST_PROGRESS", "1") not in _OFF
+
+
+@contextmanager
+def lines_to_log_only() -> Iterator[None]:
+    """Within the block, training loops write their step records to metrics.jsonl but print no lines."""
+    global _muted
+    _muted += 1
+    try:
+        yield
+    finally:
+        _muted -= 1
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from rich.console import Console
 
 from anatomist.core.config import read_yaml_mapping
+from anatomist.core.progress import lines_to_log_only
 from anatomist.core.provenance import read_provenance
 from anatomist.runs.base import (
     CONFIG,
@@ -121,7 +122,8 @@ def demo(cfg: DemoConfig, ctx: Context) -> Outcome:
     rows, start = {}, time.perf_counter()
     for name in cfg.parts:
         console.print(f"[dim]{name} …[/dim]")
-        result = run_part(name, ctx.out)
+        with lines_to_log_only():  # the demo speaks one line per part; step records stay in each metrics.jsonl
+            result = run_part(name, ctx.out)
         rows[name] = part_row(result)
         console.print(f"[bold]{name}[/bold] ({result.seconds:.0f} s): {result.summary}")
     records = [read_provenance(ctx.out / name) for name in cfg.parts]
