@@ -178,7 +178,8 @@ class _SparseCodeSAE(SparseDictionary):
         self._last_pairs: tuple[Tensor, Tensor] | None = None  # where the acts buffer is non-zero
 
     def select(self, pre: Tensor) -> SparseCode:
-        raise NotImplementedError
+        """Hook each TopK-style architecture defines: the active (row, latent, value) pairs of pre-activations."""
+        raise NotImplementedError(f"{type(self).__name__} defines no selection rule")
 
     def train_forward(self, x: Tensor, target: Tensor | None = None, dead_mask: Tensor | None = None) -> TrainOutput:
         target = self._target(x, target)

@@ -190,7 +190,8 @@ class SparseDictionary(nn.Module):
         return pre.to(self.b_enc.dtype)
 
     def activation(self, pre: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Hook each architecture defines: its inference rule, pre-activations [..., d_sae] to activations."""
+        raise NotImplementedError(f"{type(self).__name__} defines no activation rule")
 
     def encode(self, x: Tensor) -> Tensor:
         """Latent activations [..., d_sae] (inference rule: BatchTopK uses its saved threshold)."""
@@ -221,9 +222,9 @@ class SparseDictionary(nn.Module):
         """One training forward on a batch x [batch, d_in]; target [batch, d_out] defaults to x (SAE).
 
         dead_mask [d_sae] bool marks latents that have not fired for a long time (the loop tracks it);
-        TopK/BatchTopK use it for AuxK.
+        TopK/BatchTopK use it for AuxK. A hook each architecture defines.
         """
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines no training forward")
 
     def _target(self, x: Tensor, target: Tensor | None) -> Tensor:
         if target is None:

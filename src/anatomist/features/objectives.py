@@ -86,7 +86,8 @@ class LossTerm(Config):
     coeff: float = Field(1.0, ge=0, description="weight of the term in the loss")
 
     def calc_loss(self, v: StepValues) -> torch.Tensor:
-        raise NotImplementedError
+        """Hook each term defines: its unweighted value on one step's values."""
+        raise NotImplementedError(f"{type(self).__name__} defines no loss")
 
 
 class ReconstructionLoss(LossTerm):

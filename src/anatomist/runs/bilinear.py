@@ -25,7 +25,7 @@ from anatomist.nets.bilinear import BilinearMLP
 from anatomist.nets.toys import load_toy, toy_config
 from anatomist.nets.toys.bilinear_mnist import BilinearMNISTConfig
 from anatomist.runs.base import Context, Outcome, RunConfig, register
-from anatomist.runs.plots import pyplot
+from anatomist.runs.plots import pyplot, save_figure
 
 TOPS: list[int | None] = [1, 2, 4, 8, 16, 32, None]
 
@@ -108,9 +108,7 @@ def _plot_eigenvectors(dec: MLPDecomposition, x: torch.Tensor, y: torch.Tensor, 
     ax.set_xticks([])
     ax.set_ylabel("digit")
     ax.set_title("top eigenvectors of each digit's interaction matrix, by |λ| (λ above each)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _plot_truncation(acc: dict[str, float], path: Path) -> None:
@@ -121,6 +119,4 @@ def _plot_truncation(acc: dict[str, float], path: Path) -> None:
     ax.axhline(acc["all"], color="gray", ls="--", label=f"full model ({acc['all']:.3f})")
     ax.set(xscale="log", xlabel="eigenvectors kept per class", ylabel="held-out accuracy", ylim=(0, 1))
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

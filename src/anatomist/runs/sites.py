@@ -12,7 +12,7 @@ from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus
 from anatomist.nets import Site, capture, load_model
 from anatomist.runs.base import Context, Outcome, RunConfig, register
-from anatomist.runs.plots import pyplot
+from anatomist.runs.plots import pyplot, save_figure
 
 
 class SiteReadConfig(RunConfig):
@@ -72,6 +72,4 @@ def _plot_dims(mean_abs: torch.Tensor, ctx: Context, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 2.6))
     ax.bar(range(len(mean_abs)), mean_abs.numpy(), width=1.0)
     ax.set(xlabel="residual dimension", ylabel="mean |activation|", title=title)
-    fig.tight_layout()
-    fig.savefig(ctx.out / "residual_dims.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, ctx.out / "residual_dims.png", dpi=100)

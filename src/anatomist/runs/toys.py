@@ -12,7 +12,7 @@ from pydantic import Field
 from anatomist.core.provenance import model_record
 from anatomist.nets.toys import TMS, load_toy, train_toy
 from anatomist.runs.base import Context, Outcome, RunConfig, register
-from anatomist.runs.plots import pyplot
+from anatomist.runs.plots import pyplot, save_figure
 
 
 class ToyTrainConfig(RunConfig):
@@ -54,9 +54,7 @@ def tms_geometry(W: torch.Tensor, plot: Path, name: str) -> dict[str, Any]:
         ax.arrow(0, 0, W[0, i].item(), W[1, i].item(), head_width=0.05, length_includes_head=True, color=f"C{i}")
         ax.annotate(f"f{i}", (1.12 * W[0, i].item(), 1.12 * W[1, i].item()), ha="center", va="center")
     ax.set(xlim=(-1.4, 1.4), ylim=(-1.4, 1.4), aspect="equal", title=f"{name}: columns of W")
-    fig.tight_layout()
-    fig.savefig(plot, dpi=100)
-    plt.close(fig)
+    save_figure(fig, plot, dpi=100)
     return {"angle_gaps_deg": [round(g, 1) for g in gaps.tolist()],
             "column_norms": [round(n, 3) for n in W.norm(dim=0).tolist()], "plot": plot.name}
 

@@ -6,6 +6,7 @@ when these modules load; runners import the plot functions at the top like any o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -17,3 +18,10 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: float | None = None) -> None:
+    """Lay the figure out, write it (at `dpi`, else matplotlib's default) and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from anatomist.dictionaries.mdl import MDL_RULES, select_mdl
-from anatomist.runs.plots import pyplot
+from anatomist.runs.plots import pyplot, save_figure
 
 
 def plot_frontier(results: Sequence[dict[str, Any]], labels: Sequence[str], path: str, title: str = "") -> None:
@@ -36,9 +36,7 @@ def plot_frontier(results: Sequence[dict[str, Any]], labels: Sequence[str], path
     ax.set_ylabel("code bits per input")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_stitch_paths(paths: dict[str, list[dict[str, Any]]], file: str | Path, title: str = "") -> None:
@@ -54,9 +52,7 @@ def plot_stitch_paths(paths: dict[str, list[dict[str, Any]]], file: str | Path, 
     ax.set_ylabel("FVU")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(file, dpi=110)
-    plt.close(fig)
+    save_figure(fig, file, dpi=110)
 
 
 def plot_atoms(saes: dict[str, tuple[Any, Any]], path: str | Path, shape: tuple[int, int], per_row: int = 12) -> None:

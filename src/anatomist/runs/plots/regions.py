@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from anatomist.runs.plots import pyplot
+from anatomist.runs.plots import pyplot, save_figure
 
 
 def _normalised(counts: np.ndarray) -> np.ndarray:
@@ -36,9 +36,7 @@ def plot_density(records: list[dict[str, Any]], sites: list[str], out: Path, n_e
     axes[0, 0].legend(fontsize=6, loc="upper right")
     axes[-1, 0].set_xlabel("t along the path (background: predicted class; dashed: class change)", fontsize=8)
     fig.suptitle("code changes per bin / path mean, per site (5-bin average)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "density_examples.png", dpi=70)
-    plt.close(fig)
+    save_figure(fig, out / "density_examples.png", dpi=70)
 
     groups = (
         (diff, lambda r: r["changes_at"][0], "different class, at first class change"),
@@ -64,9 +62,7 @@ def plot_density(records: list[dict[str, Any]], sites: list[str], out: Path, n_e
         ax.set_xlabel("t - alignment point", fontsize=8)
     axes[0, 0].set_ylabel("density / path mean", fontsize=8)
     axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "density_aligned.png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out / "density_aligned.png", dpi=80)
     return ["density_examples.png", "density_aligned.png"]
 
 
@@ -101,7 +97,5 @@ def plot_clusters(rows: list[dict[str, Any]], out: Path) -> list[str]:
         ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=45, fontsize=7, ha="right")
     axes[0, 0].set_ylabel("NMI with label", fontsize=8)
     axes[0, -1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "clusters.png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, out / "clusters.png", dpi=80)
     return ["clusters.png"]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np  # noqa: E402
 
 from anatomist.routes.probes import FEATURES  # noqa: E402
-from anatomist.runs.plots import pyplot
+from anatomist.runs.plots import pyplot, save_figure
 
 _COLOURS = {"control": "#d1495b", "content": "#00798c", "content_r": "#66a182", "full": "#8d8d8d"}
 
@@ -45,9 +45,7 @@ def plot_stability(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("mean cosine, same token", fontsize=8)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_title("Cross-layer stability of control vs content", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_probes(results: dict[str, Any], path: Path) -> None:
@@ -62,9 +60,7 @@ def plot_probes(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("probe test accuracy (mean over layers)", fontsize=8)
     ax.set_title("Linear probes from control vs content", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_monosemanticity(results: dict[str, Any], path: Path) -> None:
@@ -90,9 +86,7 @@ def plot_monosemanticity(results: dict[str, Any], path: Path) -> None:
     _bars(ax, labels, series, dict(zip(series, shades, strict=True)))
     ax.set_ylabel("(MI − chance MI) / H(label)", fontsize=8)
     ax.set_title("Monosemanticity vs token labels (single layers: mean over the band)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
