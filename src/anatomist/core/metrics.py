@@ -45,6 +45,8 @@ class Metrics:
 
     numbers: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # read from a file: the names whose null stands for a nan/inf (writing recomputes them from the values)
+    non_finite: set[str] = field(default_factory=set)
 
     @classmethod
     def from_nested(cls, nested: Mapping[str, Any]) -> Metrics:
@@ -102,8 +104,12 @@ def write_metrics(run_dir: str | Path, kind: str, metrics: Metrics, summary: str
 def read_metrics(run_dir: str | Path) -> tuple[str, str, Metrics]:
     """(kind, summary, metrics) of a run folder; an error naming the file when it is missing or of another format."""
     path = Path(run_dir) / METRICS
-    doc = load_json(path)
+    return parse_metrics(load_json(path), path)
+
+
+def parse_metrics(doc: Any, path: Path) -> tuple[str, str, Metrics]:
+    """(kind, summary, metrics) of the content of metrics.json file `path` (named in the error if not one)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise AnatomistError(f"{path}: not an anatomist metrics file (format {FORMAT} expected)")
-    metrics = Metrics(dict(doc.get("numbers", {})), dict(doc.get("tables", {})))
+    metrics = Metrics(dict(doc.get("numbers", {})), dict(doc.get("tables", {})), set(doc.get("non_finite", [])))
     return str(doc["kind"]), str(doc.get("summary", "")), metrics

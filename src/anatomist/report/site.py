@@ -23,7 +23,7 @@ from typing import Any
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import atomic_write_text, load_json, umask
 from anatomist.core.lock import folder_lock
-from anatomist.core.metrics import FORMAT, METRICS, Metrics, read_metrics
+from anatomist.core.metrics import FORMAT, METRICS, Metrics, parse_metrics
 from anatomist.core.provenance import ACCESS, PROVENANCE, read_provenance
 from anatomist.report.dashboard import INDEX
 from anatomist.report.decomposition import decomposition_body
@@ -54,7 +54,6 @@ class Folder:
         self.problems: list[str] = []
         self.kind, self.summary = "", ""
         self.metrics: Metrics | None = None
-        self.non_finite: set[str] = set()  # names whose value the file holds as null because it was nan/inf
         if (path / METRICS).exists():
             self._read_metrics()
         self.provenance: dict[str, Any] | None = None
@@ -72,9 +71,8 @@ class Folder:
         """The run schema; a metrics.json of the older plain layout (no "format") is laid out the same way."""
         try:
             doc = load_json(self.path / METRICS)
-            if isinstance(doc, dict) and doc.get("format") == FORMAT:
-                self.kind, self.summary, self.metrics = read_metrics(self.path)
-                self.non_finite = set(doc.get("non_finite", []))
+            if isinstance(doc, dict) and doc.get("format") == FORMAT:  # read once: the file is parsed as is
+                self.kind, self.summary, self.metrics = parse_metrics(doc, self.path / METRICS)
             elif isinstance(doc, dict):
                 self.metrics = Metrics.from_nested(doc)
             else:
@@ -114,7 +112,8 @@ class Folder:
 
     def shown(self, name: str, value: Any) -> Any:
         """A value as a page shows it: non-finite numbers (null in the file) say so; other nulls are left out."""
-        return NOT_FINITE if value is None and name in self.non_finite else value
+        non_finite = self.metrics.non_finite if self.metrics is not None else set()
+        return NOT_FINITE if value is None and name in non_finite else value
 
     def shared(self, name: str) -> Any:
         """A shared measure of this part: its number, or for `alive` the sum over its `layers` table."""
