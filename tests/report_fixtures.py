@@ -53,7 +53,8 @@ def token_dashboard(out: Path, seed: int = 0) -> tuple[torch.nn.Module, torch.Te
     blocks = [(rows[s : s + 5 * SEQ_LEN], seq[s : s + 5 * SEQ_LEN]) for s in range(0, len(rows), 5 * SEQ_LEN)]
     stats = dashboard_pass(sae.encode, D_SAE, blocks, top_k=6, before=4, after=2, bins=32)
     unembed = emb  # logit effects: decoder row j through the embedding promotes token j most
-    write_dashboard(out, stats, Source(tokens=tokens, positions=positions, decode=lambda i: VOCAB[i]),
+    src = Source(tokens=tokens, positions=positions, decode=lambda ids: "".join(VOCAB[i] for i in ids))
+    write_dashboard(out, stats, src,
                     sae.W_dec.detach(), unembed=unembed, chunk_size=10,
                     meta={"model": "synthetic", "site": "embedding"})
     return sae, tokens

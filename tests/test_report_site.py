@@ -17,7 +17,8 @@ from anatomist.cli import app
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json
 from anatomist.core.provenance import read_provenance, weights_hash, write_provenance
-from anatomist.report.dashboard import nearest_latents
+from anatomist.nets.assets import LoadedModel
+from anatomist.report.dashboard import Source, nearest_latents
 from anatomist.report.serve import make_server
 from anatomist.report.site import build_report
 from conftest import tiny_llama
@@ -244,3 +245,32 @@ def test_dashboard_kind_writes_a_run_folder_the_report_links(tmp_path: Path, tmp
                                    "--out", str(tmp_path / "cli"), "--json"])
     assert res.exit_code == 0, res.output
     assert load_json_text(res.output)["kind"] == "dashboard" and (tmp_path / "cli" / "dashboard.json").is_file()
+
+
+def _byte_source(vocab: list[bytes]) -> Source:
+    """A byte-level vocabulary: token i is vocab[i], decoded like a byte-level BPE tokenizer decodes."""
+    def decode(ids: list[int]) -> str:
+        return b"".join(vocab[i] for i in ids).decode("utf-8", errors="replace")
+    return Source(tokens=torch.zeros(1, 1, dtype=torch.long), positions=torch.zeros(1, 2, dtype=torch.long),
+                  decode=decode)
+
+
+def test_tokens_splitting_a_character_show_it_once_where_it_completes() -> None:
+    euro = "€".encode()  # 3 bytes, one token each
+    src = _byte_source([b"a", b"\xc3", b"\xa9", euro[:1], euro[1:2], euro[2:], b" b"])
+    assert src.context_text([0, 6]) is None  # every token is whole text: the per-token names are right
+    assert src.context_text([0, 1, 2, 6]) == ["a", "", "é", " b"]
+    assert src.context_text([3, 4, 5, 0]) == ["", "", "€", "a"]
+    # a context that starts inside a character: the orphan byte stays as it decodes, later characters still join
+    assert src.context_text([2, 0, 1, 2, -1]) == ["\ufffd", "a", "", "é", ""]
+
+
+def test_real_tokenizer_contexts_read_as_the_text(smollm2: LoadedModel) -> None:
+    tok = smollm2.tokenizer
+    text = "naïve café costs 5€ in 東京"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    src = Source(tokens=torch.tensor([ids]), positions=torch.zeros(1, 2, dtype=torch.long),
+                 decode=lambda i: str(tok.decode(i)))
+    assert any("\ufffd" in src.name(i) for i in ids)  # the tokenizer does split characters here
+    shown = src.context_text(ids)
+    assert shown is not None and "".join(shown) == text

@@ -77,11 +77,18 @@ def nearest_latents(w_dec: Tensor, k: int = 8, chunk: int = 1024) -> tuple[Tenso
     return torch.cat(idx), torch.cat(cos)
 
 
+REPLACEMENT = "\ufffd"  # what a decoder shows for an incomplete UTF-8 sequence
+MAX_CHAR_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so at most 4 byte-level tokens
+
+
 class Source:
-    """What the rows are: tokens (ids [n_seqs, L] + positions [n_rows, 2] + decode) or images [N, H, W] in [0, 1]."""
+    """What the rows are: tokens (ids [n_seqs, L] + positions [n_rows, 2] + decode) or images [N, H, W] in [0, 1].
+
+    `decode` turns a list of token ids into text (a tokenizer's decode).
+    """
 
     def __init__(self, *, tokens: Tensor | None = None, positions: Tensor | None = None,
-                 decode: Callable[[int], str] | None = None, images: Tensor | None = None) -> None:
+                 decode: Callable[[list[int]], str] | None = None, images: Tensor | None = None) -> None:
         if (tokens is None) == (images is None):
             raise AnatomistError("a dashboard source is either tokens (with positions and decode) or images")
         if tokens is not None and (positions is None or decode is None):
@@ -95,8 +102,31 @@ class Source:
         """The text of one token id (decoded once, then remembered)."""
         if token not in self._names:
             assert self._decode is not None
-            self._names[token] = self._decode(token)
+            self._names[token] = self._decode([token])
         return str(self._names[token])
+
+    def context_text(self, ids: list[int]) -> list[str] | None:
+        """The text each token of a context shows, where some token holds only part of a UTF-8 character (its own
+        decode has U+FFFD); None when every token's own text is right. The token that completes a character shows
+        all of it and the tokens before it in the character show nothing, so the context reads as the text does."""
+        names = [self.name(i) if i >= 0 else "" for i in ids]
+        if not any(REPLACEMENT in n for n in names):
+            return None
+        assert self._decode is not None
+        shown = list(names)
+        pending: list[int] = []
+        for j, (i, n) in enumerate(zip(ids, names, strict=True)):
+            if i < 0 or (REPLACEMENT not in n and not pending):
+                continue
+            pending = [*pending, j][-MAX_CHAR_TOKENS:]
+            for start in range(len(pending)):  # later starts skip an orphan byte (a context begun mid-character)
+                text = self._decode([ids[p] for p in pending[start:]])
+                if REPLACEMENT not in text:
+                    for p in pending[start:]:
+                        shown[p] = ""
+                    shown[j], pending = text, []
+                    break
+        return shown
 
     def context_ids(self, rows: Tensor, ctx: Tensor, before: int) -> Tensor:
         """Token ids [..., width] of the rows from `before` ahead of each of `rows` [...]; -1 where `ctx` is NaN
@@ -148,6 +178,9 @@ class _Examples:
                 if i >= 0:
                     tok.setdefault(str(i), self.src.name(i))
             ex.update(ctx=ids, acts=acts)
+            text = self.src.context_text(ids)
+            if text is not None:
+                ex["text"] = text
         else:
             images.setdefault(str(row), self.src.image(row))
         return ex

@@ -79,8 +79,8 @@ def lm_dashboard(sae: SparseDictionary, out: str | Path, *, model_name: str, sit
     pass_s = time.perf_counter() - start
     tok = loaded.tokenizer
 
-    def decode(i: int) -> str:
-        return str(tok.decode([i]))
+    def decode(ids: list[int]) -> str:
+        return str(tok.decode(ids))
 
     src = Source(tokens=tokens, positions=positions, decode=decode)
     meta = {"model": model_name, "site": str(site), "n_seqs": len(tokens), "seq_len": tokens.shape[1],

@@ -129,7 +129,9 @@ function context(ex, chunk, maxAct, centre) {
   var text = el("span", { "class": "text" });
   ex.ctx.forEach(function (id, k) {
     if (id < 0) { return; }
-    var a = ex.acts[k] || 0, tok = chunk.tokens[String(id)];
+    // ex.text (when present) gives each token's share of the context's text: a token holding part of a
+    // multi-byte character shows nothing, the token completing it shows the whole character
+    var a = ex.acts[k] || 0, tok = ex.text ? ex.text[k] : chunk.tokens[String(id)];
     var s = el("span", { "class": "tok" + (k === centre ? " centre" : ""), title: "activation " + fmt(a) },
       visible(tok === undefined ? "?" : tok));
     var alpha = maxAct > 0 ? Math.min(1, a / maxAct) : 0;
