@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ def test_mdl_grid_writes_its_saes_plots_and_choice(tmp_path: Path) -> None:
     for file in ("mdl_frontier.png", "mdl_atoms.png", "results.md"):
         assert (tmp_path / file).is_file()
     assert "(MDL)" in (tmp_path / "results.md").read_text()
+    log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["width"]) for r in log] == [(1, 8), (2, 16), (3, 16), (4, 32)]  # a line per SAE trained
     again = run(cfg, tmp_path, resume=True)  # resuming reads the trained SAEs back: the same numbers
     assert again.metrics.tables == result.metrics.tables
 

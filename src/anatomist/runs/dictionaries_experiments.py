@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 
 from anatomist.core import seed_everything
 from anatomist.core.errors import AnatomistError
+from anatomist.core.progress import TrainingLog
 from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus, load_images
 from anatomist.dictionaries import (
@@ -114,7 +115,11 @@ def mdl_grid(cfg: MDLGridConfig, ctx: Context) -> Outcome:
     images = load_images(cfg.images).images
     x = images.flatten(1)  # [n, pixels]
     grid = {f"w{w}_k{k}": (w, k) for w, k in cfg.grid()}
-    saes = {name: grid_sae(x, w, k, cfg, ctx.out / name / "sae", ctx.resume) for name, (w, k) in grid.items()}
+    log = TrainingLog(ctx.out, "mdl-grid SAE", total=len(grid))  # a line per SAE: the grid takes minutes
+    saes = {}
+    for n, (name, (w, k)) in enumerate(grid.items(), start=1):
+        saes[name] = grid_sae(x, w, k, cfg, ctx.out / name / "sae", ctx.resume)
+        log.step(n, {"width": w, "k": k})
     results = [{"name": name, "k": k, **description_length(saes[name], x, cfg.mdl)} for name, (_, k) in grid.items()]
     names = list(grid)
     best, code_only = select_mdl(results, "code+dictionary"), select_mdl(results)
