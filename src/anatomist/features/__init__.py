@@ -14,10 +14,15 @@ from anatomist.features.archs import (
     TopKSAE,
 )
 from anatomist.features.base import SAE_CONFIGS, SAE_REGISTRY, SAEConfig, SparseDictionary, TrainOutput, make_sae
+from anatomist.features.bases import BASES, LinearBasis, LinearConfig, fit_basis
 from anatomist.features.formats import detect_format, load_sae, save_sae
 from anatomist.features.train import DataConfig, TrainConfig, train_sae
 
 __all__ = [
+    "BASES",
+    "LinearBasis",
+    "LinearConfig",
+    "fit_basis",
     "SAE_CONFIGS",
     "SAE_REGISTRY",
     "BatchTopKConfig",

@@ -39,7 +39,8 @@ class SAEConfig(Config):
     discriminated union for configs that hold a dictionary's config as a field.
     """
 
-    arch: str = Field(description="relu (untied, L1), relu-tied, topk (+AuxK), batchtopk (+AuxK), jumprelu (L0)")
+    arch: str = Field(description="relu (untied, L1), relu-tied, topk (+AuxK), batchtopk (+AuxK), jumprelu (L0); "
+                      "linear: a dense basis (neurons, PCA, ICA, random) fitted as a baseline")
     d_in: int = Field(gt=0, description="width of the activation read")
     d_sae: int = Field(gt=0, description="number of latents (dictionary size)")
     d_out: int | None = Field(
