@@ -19,6 +19,7 @@ from transformers import GPT2Config
 from typer.testing import CliRunner
 
 import anatomist.cli as cli_module
+import anatomist.core.hub as hub
 import anatomist.nets.assets as assets
 from anatomist.cli import app, main
 from anatomist.core.errors import AnatomistError
@@ -168,15 +169,15 @@ def test_mistyped_model_name_offline_fails_at_once(monkeypatch: pytest.MonkeyPat
 
 def test_mistyped_model_name_without_network_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     _hub_must_not_be_asked(monkeypatch)
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    for var in hub.OFFLINE_VARIABLES:
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(assets.hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub.hf_constants, "HF_HUB_OFFLINE", False)
     asked: list[tuple[str, int]] = []
 
     def no_network(address: tuple[str, int], timeout: float | None = None) -> None:
         asked.append(address)
         raise OSError("Network is unreachable")
-    monkeypatch.setattr(assets.socket, "create_connection", no_network)
+    monkeypatch.setattr(hub.socket, "create_connection", no_network)
     with pytest.raises(AnatomistError, match=r"did you mean 'smollm2'.*unreachable"):
         assets.load_model("smolm2")
     assert asked == [("huggingface.co", 443)]

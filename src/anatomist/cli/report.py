@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from anatomist.cli.run import invoke
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP
 from anatomist.report.serve import check_port, make_server
 from anatomist.report.site import build_report
 
@@ -48,12 +49,13 @@ def dashboard(
     out: Annotated[Path | None, typer.Option(help="dashboard run folder (default: SAE_DIR/../dashboard)")] = None,
     model: Annotated[str | None, typer.Option(help="model (default: the dictionary's metadata)")] = None,
     site: Annotated[str | None, typer.Option(help="site it reads (default: the dictionary's metadata)")] = None,
-    corpus: Annotated[str, typer.Option(help="packaged corpus")] = "wiki",
+    corpus: Annotated[str, typer.Option(help=CORPUS_HELP)] = "wiki",
+    text_field: Annotated[str, typer.Option(help=TEXT_FIELD_HELP)] = "text",
     n_seqs: Annotated[int, typer.Option(help="sequences of the corpus to pass over")] = 256,
     seq_len: Annotated[int, typer.Option(help="tokens per sequence (BOS included, left out of the rows)")] = 128,
     as_json: JsonOpt = False,
 ) -> None:
     """Feature dashboard of a dictionary on a language model (`anatomist run dashboard`), activations cached."""
     invoke("dashboard", [], out if out is not None else sae_dir.parent / "dashboard", as_json=as_json,
-           extra={"sae": str(sae_dir), "model": model, "site": site, "corpus": corpus, "n_seqs": n_seqs,
-                  "seq_len": seq_len})
+           extra={"sae": str(sae_dir), "model": model, "site": site, "corpus": corpus, "text_field": text_field,
+                  "n_seqs": n_seqs, "seq_len": seq_len})

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from anatomist.cli.run import invoke
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP
 
 sae_app = typer.Typer(help="Sparse dictionaries (SAEs, transcoders): train and evaluate.", no_args_is_help=True)
 
@@ -31,7 +32,8 @@ def evaluate(
     model: Annotated[str, typer.Option(help="model name (smollm2, a local HF folder, ...)")],
     site: Annotated[str, typer.Option(help="site the dictionary reads, e.g. model.layers.6")],
     target_site: Annotated[str | None, typer.Option(help="transcoder: site it predicts")] = None,
-    corpus: Annotated[str, typer.Option(help="packaged corpus")] = "wiki",
+    corpus: Annotated[str, typer.Option(help=CORPUS_HELP)] = "wiki",
+    text_field: Annotated[str, typer.Option(help=TEXT_FIELD_HELP)] = "text",
     n_seqs: Annotated[int, typer.Option(help="sequences evaluated")] = 16,
     seq_len: Annotated[int, typer.Option(help="tokens per sequence")] = 128,
     skip_seqs: Annotated[int | None, typer.Option(
@@ -45,6 +47,6 @@ def evaluate(
 ) -> None:
     """Reconstruction, sparsity and spliced-model losses (CE increase, KL, loss recovered) of a dictionary."""
     fields = {"path": str(path), "model": model, "site": site, "target_site": target_site, "corpus": corpus,
-              "n_seqs": n_seqs, "seq_len": seq_len, "skip_seqs": skip_seqs, "spliced_seqs": spliced_seqs,
-              "batch_size": batch_size, "device": device}
+              "text_field": text_field, "n_seqs": n_seqs, "seq_len": seq_len, "skip_seqs": skip_seqs,
+              "spliced_seqs": spliced_seqs, "batch_size": batch_size, "device": device}
     invoke("sae-eval", [], out, as_json=as_json, extra=fields)

@@ -42,7 +42,7 @@ from anatomist.core import (
     seed_everything,
 )
 from anatomist.core.progress import LOSS_LOG, TrainingLog
-from anatomist.data import load_corpus, load_images
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus, load_images
 from anatomist.data.store import ActivationStore, position_mask
 from anatomist.evaluate.dictionary import check_width, evaluate_dictionary
 from anatomist.evaluate.metrics import ReconstructionStats
@@ -66,9 +66,10 @@ Objective = ObjectiveName
 
 
 class DataConfig(Config):
-    """Token sequences from a packaged corpus: the first `n_seqs` train, the next `eval_seqs` evaluate."""
+    """Token sequences from a corpus: the first `n_seqs` train, the next `eval_seqs` evaluate."""
 
-    corpus: str = Field("wiki", description="packaged corpus name (anatomist.data.load_corpus)")
+    corpus: str = Field("wiki", description=CORPUS_HELP)
+    text_field: str = Field("text", description=TEXT_FIELD_HELP)
     seq_len: int = Field(128, gt=1, description="tokens per sequence (BOS included)")
     n_seqs: int = Field(256, gt=0, description="training sequences")
     eval_seqs: int = Field(16, ge=0, description="held-out sequences for evaluation, after the training ones")
@@ -227,7 +228,8 @@ def load_data(cfg: TrainConfig) -> tuple[nn.Module, torch.Tensor]:
     if loaded.tokenizer is None:
         raise AnatomistError(f"model '{cfg.model}' has no tokenizer; set data.inputs to a file of token ids")
     total = cfg.data.n_seqs + cfg.data.eval_seqs
-    return loaded.model, load_corpus(cfg.data.corpus).tokenize(loaded.tokenizer, cfg.data.seq_len, total)
+    corpus = load_corpus(cfg.data.corpus, cfg.data.text_field)
+    return loaded.model, corpus.tokenize(loaded.tokenizer, cfg.data.seq_len, total)
 
 
 def split_held_out(cfg: TrainConfig, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

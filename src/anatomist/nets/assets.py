@@ -14,7 +14,6 @@ import importlib.util
 import os
 import pickle
 import shutil
-import socket
 import sys
 import warnings
 from collections import OrderedDict
@@ -24,15 +23,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import torch
-from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from anatomist.core.device import resolve_device
 from anatomist.core.errors import AnatomistError
+from anatomist.core.hub import hub_address, hub_reachable
 from anatomist.core.packages import package_folder
 from anatomist.core.paths import cache_dir
 from anatomist.core.progress import progress_enabled
@@ -232,23 +230,6 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
 
 
-def _hub_address() -> tuple[str, int]:
-    url = urlparse(hf_constants.ENDPOINT)
-    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub may be asked: not offline by setting, and its host accepts a connection."""
-    offline = {os.environ.get(v, "").upper() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    if hf_constants.HF_HUB_OFFLINE or offline & {"1", "ON", "YES", "TRUE"}:
-        return False
-    try:
-        with socket.create_connection(_hub_address(), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _load_hf_anything(name: str) -> LoadedModel:
     """A local folder or hub name: the causal LM its config names, else the bare model (no head)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -264,9 +245,9 @@ def _load_hf_anything(name: str) -> LoadedModel:
         raise AnatomistError(unknown)  # a mistyped path: don't ask the hub about it
     # offline, a name the local hub cache lacks fails now (the hub client would retry for half a minute first),
     # and one it has is read from the cache alone
-    local_only = not folder.is_dir() and not _hub_reachable()
+    local_only = not folder.is_dir() and not hub_reachable()
     if local_only and try_to_load_from_cache(name, "config.json") is None:
-        raise AnatomistError(f"{unknown}: offline (HF_HUB_OFFLINE is set or {_hub_address()[0]} is unreachable) "
+        raise AnatomistError(f"{unknown}: offline (HF_HUB_OFFLINE is set or {hub_address()[0]} is unreachable) "
                              "and not in the local Hugging Face cache")
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=local_only)

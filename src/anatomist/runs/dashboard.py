@@ -13,7 +13,7 @@ from pydantic import Field
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json
 from anatomist.core.provenance import data_record, model_record
-from anatomist.data import load_corpus, load_images
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus, load_images
 from anatomist.features.base import SparseDictionary
 from anatomist.features.formats import load_sae
 from anatomist.nets.assets import LoadedModel, load_model
@@ -29,7 +29,8 @@ class DashboardConfig(RunConfig):
     sae: str = Field(description="a dictionary folder (anatomist, SAELens or sparsify format)")
     model: str | None = Field(None, description="model it reads (null: the one its metadata names)")
     site: str | None = Field(None, description="site it reads (null: the one its metadata names)")
-    corpus: str = Field("wiki", description="packaged corpus the sequences come from")
+    corpus: str = Field("wiki", description=CORPUS_HELP)
+    text_field: str = Field("text", description=TEXT_FIELD_HELP)
     n_seqs: int = Field(256, gt=0, description="sequences of the corpus to pass over")
     seq_len: int = Field(128, gt=1, description="tokens per sequence (BOS included, left out of the rows)")
     block_seqs: int = Field(32, gt=0, description="sequences per harvested block; a training run's value reuses "
@@ -56,7 +57,7 @@ def dashboard(cfg: DashboardConfig, ctx: Context) -> Outcome:
         return _image_dashboard(cfg, ctx, sae, loaded, site)
     if loaded.tokenizer is None:
         raise AnatomistError(f"model '{model}' has no tokenizer: token dashboards need one")
-    tokens = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, seq_len=cfg.seq_len, n_seqs=cfg.n_seqs)
+    tokens = load_corpus(cfg.corpus, cfg.text_field).tokenize(loaded.tokenizer, seq_len=cfg.seq_len, n_seqs=cfg.n_seqs)
     times = lm_dashboard(sae, ctx.out, model_name=model, site=site, tokens=tokens, loaded=loaded,
                          block_seqs=cfg.block_seqs)
     rows = int(times["rows"])

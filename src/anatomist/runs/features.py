@@ -20,7 +20,7 @@ from pydantic import Field
 from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
 from anatomist.core.provenance import data_record, model_record
-from anatomist.data import load_corpus
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus
 from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import load_sae
 from anatomist.features.train import TrainConfig, load_data, split_held_out, train_sae, training_tokens
@@ -87,7 +87,8 @@ class SAEEvalConfig(RunConfig):
     model: str = Field(description="model name (smollm2, a local HF folder, ...)")
     site: str = Field(description="site the dictionary reads, e.g. model.layers.6")
     target_site: str | None = Field(None, description="transcoder: site it predicts")
-    corpus: str = Field("wiki", description="packaged corpus")
+    corpus: str = Field("wiki", description=CORPUS_HELP)
+    text_field: str = Field("text", description=TEXT_FIELD_HELP)
     n_seqs: int = Field(16, gt=0, description="sequences evaluated")
     seq_len: int = Field(128, gt=1, description="tokens per sequence")
     skip_seqs: int | None = Field(None, ge=0, description="leave out the corpus' first sequences; null: those the "
@@ -136,7 +137,7 @@ def evaluate(cfg: SAEEvalConfig, ctx: Context) -> Outcome:
         raise AnatomistError(f"model '{cfg.model}' has no tokenizer: sae-eval runs language models on a corpus")
     trained = trained_rows(cfg.path, cfg.corpus, cfg.seq_len, loaded.tokenizer.bos_token_id is not None)
     skip = cfg.skip_seqs if cfg.skip_seqs is not None else trained or 0
-    ids = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, cfg.seq_len, skip + cfg.n_seqs)[skip:]
+    ids = load_corpus(cfg.corpus, cfg.text_field).tokenize(loaded.tokenizer, cfg.seq_len, skip + cfg.n_seqs)[skip:]
     metrics = evaluate_dictionary(sae, loaded.model, ids, cfg.site, target_site=cfg.target_site,
                                   batch_size=cfg.batch_size, spliced_seqs=cfg.spliced_seqs)
     rows = rows_used(skip, len(ids), trained)

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from anatomist.core.provenance import data_record, model_record
-from anatomist.data import load_corpus
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus
 from anatomist.nets import Site, capture, load_model
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 from anatomist.runs.plots import pyplot, save_figure
@@ -21,7 +21,8 @@ class SiteReadConfig(RunConfig):
     kind: Literal["site-read"] = "site-read"
     model: str = Field("smollm2", description="packaged model name or a local Hugging Face folder")
     site: str = Field("model.layers.6", description="site to read, e.g. model.layers.6 (a decoder layer's output)")
-    corpus: str = Field("wiki", description="packaged corpus name")
+    corpus: str = Field("wiki", description=CORPUS_HELP)
+    text_field: str = Field("text", description=TEXT_FIELD_HELP)
     n_seqs: int = Field(32, gt=0, description="sequences read")
     seq_len: int = Field(128, gt=1, description="tokens per sequence (BOS included; left out of the statistics)")
     batch_size: int = Field(8, gt=0, description="sequences per forward")
@@ -31,7 +32,7 @@ class SiteReadConfig(RunConfig):
 @register(SiteReadConfig)
 def read_site(cfg: SiteReadConfig, ctx: Context) -> Outcome:
     lm = load_model(cfg.model)
-    tokens = load_corpus(cfg.corpus).tokenize(lm.tokenizer, seq_len=cfg.seq_len, n_seqs=cfg.n_seqs)
+    tokens = load_corpus(cfg.corpus, cfg.text_field).tokenize(lm.tokenizer, seq_len=cfg.seq_len, n_seqs=cfg.n_seqs)
     batches = tokens.split(cfg.batch_size)
     site = Site.parse(cfg.site)
     start = time.perf_counter()
