@@ -45,6 +45,8 @@ test-slow: setup
 
 test-peers: setup
 	$(PIP) install -q -c constraints.txt -e ".[bench]"
+	# dictionary_learning without its dependencies: they pin an old nnsight that only its activation buffer uses
+	$(PIP) install -q -c constraints.txt --no-deps dictionary-learning einops
 	$(BIN)/pytest -q -m peers
 
 clean:

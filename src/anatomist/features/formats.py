@@ -1,4 +1,5 @@
-"""Sparse dictionaries on disk: anatomist's folder, SAELens folders (read and write), sparsify folders (read).
+"""Sparse dictionaries on disk: anatomist's folder, SAELens folders (read and write), sparsify and
+dictionary_learning folders (read).
 
 anatomist folder (written by `save_sae(..., format="anatomist")`):
 
@@ -29,6 +30,17 @@ sparsify folder (one per hook point; a parent folder holding several is refused 
 
     cfg.json          {"d_in", "k", "num_latents" | "expansion_factor", "activation": "topk", "transcode", ...}
     sae.safetensors   encoder.weight [d_sae, d_in], encoder.bias [d_sae], W_dec [d_sae, d_in], b_dec [d_in]
+
+dictionary_learning folder (Marks et al.'s `dictionary_learning` trainers; one per trainer):
+
+    config.json       {"trainer": {"dict_class", "activation_dim", "dict_size", ["k"], "lm_name", "layer",
+                       "submodule_name", ...}, "buffer": {...}}
+    ae.pt             the dictionary's state dict, read with torch.load(weights_only=True) (never unpickled)
+
+    AutoEncoder -> relu (encoder/decoder nn.Linear, `bias` subtracted from the input and added back);
+    AutoEncoderTopK -> topk; BatchTopKSAE and MatryoshkaBatchTopKSAE -> batchtopk (their scalar inference
+    threshold for every latent); JumpReluAutoEncoder -> jumprelu (no input centring, as that class).
+    GatedAutoEncoder and the others are refused by name.
 """
 
 from __future__ import annotations
@@ -64,8 +76,11 @@ _DTYPES = {
 }
 
 
-def detect_format(path: str | Path) -> Literal["anatomist", "saelens", "sparsify"]:
-    """Which of the three folder formats `path` holds; an error says what was expected otherwise."""
+Format = Literal["anatomist", "saelens", "sparsify", "dictionary_learning"]
+
+
+def detect_format(path: str | Path) -> Format:
+    """Which of the four folder formats `path` holds; an error says what was expected otherwise."""
     folder = Path(path)
     if (folder / "weights.safetensors").is_file() and (folder / "config.yaml").is_file():
         return "anatomist"
@@ -73,6 +88,8 @@ def detect_format(path: str | Path) -> Literal["anatomist", "saelens", "sparsify
         return "saelens"
     if (folder / "cfg.json").is_file() and (folder / "sae.safetensors").is_file():
         return "sparsify"
+    if (folder / "config.json").is_file() and (folder / "ae.pt").is_file():
+        return "dictionary_learning"
     if not folder.is_dir():
         raise AnatomistError(f"{folder}: no such folder (expected a folder holding a sparse dictionary)")
     inner = sorted(p.name for p in folder.iterdir() if p.is_dir() and _looks_like_sae(p))
@@ -80,23 +97,26 @@ def detect_format(path: str | Path) -> Literal["anatomist", "saelens", "sparsify
         raise AnatomistError(f"{folder}: holds several dictionaries (one per hook point); load one of {inner}")
     raise AnatomistError(
         f"{folder}: not a sparse-dictionary folder; expected config.yaml + weights.safetensors (anatomist), "
-        f"cfg.json + sae_weights.safetensors (SAELens) or cfg.json + sae.safetensors (sparsify); "
+        f"cfg.json + sae_weights.safetensors (SAELens), cfg.json + sae.safetensors (sparsify) or "
+        f"config.json + ae.pt (dictionary_learning); "
         f"found {sorted(p.name for p in folder.iterdir())}"
     )
 
 
 def _looks_like_sae(folder: Path) -> bool:
     names = {p.name for p in folder.iterdir()}
-    return bool({"weights.safetensors", "sae_weights.safetensors", "sae.safetensors"} & names)
+    return bool({"weights.safetensors", "sae_weights.safetensors", "sae.safetensors", "ae.pt"} & names)
 
 
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseDictionary:
-    """Load a dictionary from an anatomist, SAELens or sparsify folder (detected); `.metadata` holds its info."""
+    """Load a dictionary from an anatomist, SAELens, sparsify or dictionary_learning folder (detected);
+    `.metadata` holds its info."""
     folder = Path(path)
     if folder.is_file():
         folder = folder.parent
     fmt = detect_format(folder)
-    loader = {"anatomist": _load_anatomist, "saelens": _load_saelens, "sparsify": _load_sparsify}[fmt]
+    loader = {"anatomist": _load_anatomist, "saelens": _load_saelens, "sparsify": _load_sparsify,
+              "dictionary_learning": _load_dictionary_learning}[fmt]
     sae = loader(folder)
     sae.metadata = {**sae.metadata, "source_format": fmt, "source_path": str(folder)}
     return sae.to(device).eval()
@@ -336,3 +356,60 @@ def _load_sparsify(folder: Path) -> SparseDictionary:
         source=str(cfg_path),
     )
     return _build(sae_cfg, weights, w_path, {"site": folder.name})
+
+
+# ---- dictionary_learning ---------------------------------------------------------------------------------------
+_DL_ARCHS = {"AutoEncoder": "relu", "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk",
+             "MatryoshkaBatchTopKSAE": "batchtopk", "JumpReluAutoEncoder": "jumprelu"}
+
+
+def _dl_state(path: Path) -> dict[str, Tensor]:
+    """ae.pt as tensors, read by torch's weights-only loader (a pickle that is more than tensors is refused)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError, by what is wrong
+        raise AnatomistError(f"{path}: not a weights-only state dict ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise AnatomistError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def _dl_weights(arch: str, w: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """dictionary_learning's tensors as the canonical W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec."""
+    linear = {"relu": ("encoder.weight", "encoder.bias", "decoder.weight", "bias"),
+              "topk": ("encoder.weight", "encoder.bias", "decoder.weight", "b_dec"),
+              "batchtopk": ("encoder.weight", "encoder.bias", "decoder.weight", "b_dec")}
+    keys = linear.get(arch, ("W_enc", "b_enc", "W_dec", "b_dec"))
+    missing = [k for k in keys if k not in w]
+    if missing:
+        raise AnatomistError(f"{path}: missing {missing} for a {arch} dictionary; it holds {sorted(w)}")
+    if arch in linear:  # nn.Linear weights are [out, in]
+        return {"W_enc": w[keys[0]].t(), "b_enc": w[keys[1]], "W_dec": w[keys[2]].t(), "b_dec": w[keys[3]]}
+    return {"W_enc": w["W_enc"], "b_enc": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+
+
+def _load_dictionary_learning(folder: Path) -> SparseDictionary:
+    cfg_path, w_path = folder / "config.json", folder / "ae.pt"
+    trainer = load_json(cfg_path).get("trainer")
+    if not isinstance(trainer, dict) or "dict_class" not in trainer:
+        raise AnatomistError(f"{cfg_path}: expected a dictionary_learning config with trainer.dict_class")
+    dict_class = str(trainer["dict_class"])
+    if dict_class not in _DL_ARCHS:
+        raise AnatomistError(f"{cfg_path}: dictionary_learning class '{dict_class}' is not supported "
+                             f"(supported: {sorted(_DL_ARCHS)})")
+    arch, state = _DL_ARCHS[dict_class], _dl_state(w_path)
+    weights = _dl_weights(arch, state, w_path)
+    d_in, d_sae = weights["W_enc"].shape
+    fields: dict[str, Any] = {"arch": arch, "d_in": d_in, "d_sae": d_sae, "normalize_decoder": _unit_rows(
+        weights["W_dec"]), "apply_b_dec_to_input": arch != "jumprelu"}
+    if arch in ("topk", "batchtopk"):
+        fields["k"] = int(state["k"]) if "k" in state else int(trainer.get("k", 0))
+    if arch == "batchtopk":
+        weights["threshold"] = state["threshold"].float().expand(d_sae).clone()  # one threshold for all latents
+    if arch == "jumprelu":
+        weights["threshold"] = state["threshold"]
+    meta = {k: trainer[k] for k in ("lm_name", "layer", "submodule_name") if k in trainer}
+    if "lm_name" in meta:
+        meta["model_name"] = meta["lm_name"]
+    return _build(SAEConfig.parse(fields, source=str(cfg_path)), weights, w_path, meta)
