@@ -35,8 +35,8 @@ def _perturbed(module: nn.Module) -> nn.Module:
 def _save(module: nn.Module, folder: Path, dict_class: str, **trainer: object) -> Path:
     """What their training loop writes: config.json {"trainer": {...}} and ae.pt = torch.save(state_dict)."""
     folder.mkdir(parents=True)
-    config = {"trainer": {"dict_class": dict_class, "lm_name": "tiny", "layer": 2, "submodule_name": "resid_post_layer_2",
-                          **trainer}}
+    config = {"trainer": {"dict_class": dict_class, "lm_name": "tiny", "layer": 2,
+                          "submodule_name": "resid_post_layer_2", **trainer}}
     (folder / "config.json").write_text(json.dumps(config))
     torch.save(module.state_dict(), folder / "ae.pt")
     return folder
