@@ -3,6 +3,7 @@ folders give errors that name the file, the key or the shape."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 from safetensors.torch import save_file
 
 from anatomist.core import AnatomistError
-from anatomist.features import SAEConfig, SparseDictionary, detect_format, load_sae, make_sae, save_sae
+from anatomist.features import SAEConfig, SparseDictionary, detect_format, formats, load_sae, make_sae, save_sae
 
 
 def _k(arch: str, k: int) -> dict[str, int]:
@@ -258,3 +259,14 @@ def test_jumprelu_thresholds_load_bit_for_bit(tmp_path: Path) -> None:
     save_sae(sae, tmp_path / "back", format="saelens")
     again = load_sae(tmp_path / "back")
     assert torch.equal(again.threshold.detach(), w["threshold"])
+
+
+def test_hub_references_fail_at_once_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formats, "hub_reachable", lambda: False)
+    with pytest.raises(AnatomistError, match=r"hf://org/saes/layer_6: the Hugging Face hub is unreachable"):
+        load_sae("hf://org/saes/layer_6")
+    with pytest.raises(AnatomistError, match=r"hf://org: a hub reference is hf://ORG/REPO\[/SUBFOLDER\]"):
+        load_sae("hf://org")
+    if importlib.util.find_spec("sae_lens") is None:
+        with pytest.raises(AnatomistError, match="SAELens release names need sae_lens installed"):
+            load_sae("saelens:gpt2-small-res-jb:blocks.8.hook_resid_pre")

@@ -55,6 +55,7 @@ from torch import Tensor
 
 from anatomist.core import AnatomistError, load_json, load_tensors, save_json, save_tensors
 from anatomist.core.config import read_yaml_mapping
+from anatomist.core.hub import hub_reachable
 from anatomist.features.archs import TopKConfig
 from anatomist.features.base import SAEConfig, SparseDictionary, make_sae, upgrade_legacy
 
@@ -108,10 +109,53 @@ def _looks_like_sae(folder: Path) -> bool:
     return bool({"weights.safetensors", "sae_weights.safetensors", "sae.safetensors", "ae.pt"} & names)
 
 
+HUB_SCHEME, SAELENS_SCHEME = "hf://", "saelens:"
+
+
+def _hub_folder(repo_id: str, subfolder: str, what: str) -> Path:
+    """The local copy of `subfolder` of a hub repository (downloaded once into the Hugging Face cache)."""
+    from huggingface_hub import snapshot_download  # only hub references need it
+
+    if not hub_reachable():
+        raise AnatomistError(f"{what}: the Hugging Face hub is unreachable from this machine (offline); download "
+                             f"the folder elsewhere and pass its path")
+    pattern = f"{subfolder.strip('/')}/*" if subfolder.strip("/") else "*"
+    try:
+        root = Path(snapshot_download(repo_id, allow_patterns=[pattern]))
+    except Exception as exc:  # the hub client raises its own errors for unknown repositories and files
+        raise AnatomistError(f"{what}: could not be downloaded ({type(exc).__name__}: {exc})") from None
+    return root / subfolder.strip("/")
+
+
+def resolve_reference(path: str | Path) -> Path:
+    """A local folder for `path`: itself, `hf://ORG/REPO/SUBFOLDER` from the hub, or `saelens:RELEASE:SAE_ID`
+    looked up in SAELens's directory of pretrained SAEs (needs sae_lens installed) and fetched from the hub."""
+    text = str(path)
+    if text.startswith(HUB_SCHEME):
+        parts = text.removeprefix(HUB_SCHEME).split("/", 2)
+        if len(parts) < 2:
+            raise AnatomistError(f"{text}: a hub reference is hf://ORG/REPO[/SUBFOLDER]")
+        return _hub_folder(f"{parts[0]}/{parts[1]}", parts[2] if len(parts) > 2 else "", text)
+    if text.startswith(SAELENS_SCHEME):
+        release, _, sae_id = text.removeprefix(SAELENS_SCHEME).partition(":")
+        try:
+            from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+        except ImportError:
+            raise AnatomistError(f"{text}: SAELens release names need sae_lens installed (pip install sae-lens), "
+                                 f"or use hf://ORG/REPO/SUBFOLDER") from None
+        lookup = get_pretrained_saes_directory().get(release)
+        if lookup is None or sae_id not in lookup.saes_map:
+            known = sorted(lookup.saes_map)[:5] if lookup is not None else []
+            raise AnatomistError(f"{text}: no SAE '{sae_id}' in SAELens release '{release}'"
+                                 + (f" (e.g. {known})" if known else " (unknown release)"))
+        return _hub_folder(lookup.repo_id, lookup.saes_map[sae_id], text)
+    return Path(path)
+
+
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SparseDictionary:
-    """Load a dictionary from an anatomist, SAELens, sparsify or dictionary_learning folder (detected);
-    `.metadata` holds its info."""
-    folder = Path(path)
+    """Load a dictionary from an anatomist, SAELens, sparsify or dictionary_learning folder (detected), or from
+    a hub reference (`resolve_reference`); `.metadata` holds its info."""
+    folder = resolve_reference(path)
     if folder.is_file():
         folder = folder.parent
     fmt = detect_format(folder)
