@@ -16,6 +16,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     regions,
     routes,
     sites,
+    steer,
     sweep,
     toys,
 )
