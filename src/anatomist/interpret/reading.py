@@ -16,6 +16,7 @@ from torch import nn
 from anatomist.core.errors import AnatomistError
 from anatomist.data.store import position_mask
 from anatomist.features import BASES, SparseDictionary, fit_basis, load_sae
+from anatomist.features.bases import Basis
 from anatomist.nets.sites import Site, capture
 
 BASIS_PREFIX = "basis:"
@@ -40,7 +41,14 @@ def open_dictionary(spec: str, site: str | None, rows: Callable[[Site], torch.Te
     where = dictionary_site(spec, folder, site)
     if folder is not None:
         return folder, where
-    return fit_basis(name, rows(where).float(), seed=seed), where  # type: ignore[arg-type]
+    return fit_baseline(name, rows(where), seed), where  # type: ignore[arg-type]
+
+
+def fit_baseline(name: Basis, rows: torch.Tensor, seed: int = 0) -> SparseDictionary:
+    """`fit_basis` with as many directions as the site is wide, or as the rows allow (PCA of n rows has at most
+    n directions, ICA fewer than n)."""
+    cap = {"pca": len(rows), "ica": len(rows) - 1}.get(name, rows.shape[1])
+    return fit_basis(name, rows.float(), n=max(1, min(rows.shape[1], cap)), seed=seed)
 
 
 def dictionary_site(spec: str, sae: SparseDictionary | None, site: str | None) -> Site:

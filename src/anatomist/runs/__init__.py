@@ -15,6 +15,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     mechanisms,
     regions,
     routes,
+    saebench,
     sites,
     steer,
     sweep,

@@ -8,6 +8,7 @@ method and the units of alpha are in `anatomist.interpret.steer`. `anatomist ste
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -94,19 +95,17 @@ def _results_metrics(results: list[SteerResult], amount: float, norm: float | No
 def steer(cfg: SteerConfig, ctx: Context) -> Outcome:
     loaded = _loaded_lm(cfg.model, cfg.device)
     ids = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, cfg.seq_len, cfg.norm_seqs)
-    rows_cache: dict[Site, torch.Tensor] = {}
 
-    def rows(site: Site) -> torch.Tensor:  # harvested once, only if a basis is fitted or alpha is in norm units
-        if site not in rows_cache:
-            rows_cache[site] = site_rows(loaded.model, ids, site)
-        return rows_cache[site]
+    @cache  # harvested once, and only if a basis is fitted or alpha is in norm units
+    def rows(site: Site) -> torch.Tensor:
+        return site_rows(loaded.model, ids, site)
 
     sae, site = open_dictionary(cfg.path, cfg.site, rows, seed=cfg.seed)
     sae = sae.to(loaded.device)
     unembed = unembedding(loaded.model)
     norm = typical_norm(rows(site)) if cfg.mode == "add" and cfg.scale == "norm" else None
-    if site in rows_cache:
-        check_width(sae, rows_cache[site], site)
+    if rows.cache_info().currsize:
+        check_width(sae, rows(site), site)
     amount = cfg.alpha * norm if norm is not None else cfg.alpha  # add in norm units; else raw (or the clamp value)
     latents = list(cfg.latents) or (clearest_latents(sae, unembed, cfg.auto_latents) if unembed is not None
                                     else list(range(cfg.auto_latents)))
