@@ -19,12 +19,12 @@ def steer(
     model: Annotated[str, typer.Option(help="causal language model (smollm2, a local HF folder, ...)")] = "smollm2",
     latent: Annotated[list[int] | None, typer.Option(help="latent to steer with (repeatable; default: the 3 "
                                                      "latents with the clearest promoted tokens)")] = None,
-    alpha: Annotated[float, typer.Option(help="add: strength in units of the site's mean norm (raw with --scale "
+    alpha: Annotated[float, typer.Option(help="add: strength in units of the site's median norm (raw with --scale "
                                          "raw); clamp: the latent's value")] = 1.0,
     prompt: Annotated[list[str] | None, typer.Option(help="prompt to continue (repeatable)")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="tokens generated per continuation")] = 20,
     mode: Annotated[str, typer.Option(help="add (the decoder direction) or clamp (the latent's value)")] = "add",
-    scale: Annotated[str, typer.Option(help="add: norm (alpha x the site's mean norm) or raw")] = "norm",
+    scale: Annotated[str, typer.Option(help="add: norm (alpha x the site's median norm) or raw")] = "norm",
     site: Annotated[str | None, typer.Option(help="site (default: the one the dictionary's metadata names)")] = None,
     sample: Annotated[bool, typer.Option(help="sample (seeded) instead of greedy decoding")] = False,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,

@@ -5,8 +5,8 @@ Two interventions at the dictionary's site, applied at every position of every f
 prompt's positions in the first forward, each new token's in the next ones, so the KV cache holds steered keys):
 
 - add:   v <- v + amount * d_i, with d_i the latent's decoder row scaled to unit norm. `amount` is alpha times
-         the site's typical norm (the mean L2 norm of its activations on corpus text, BOS left out: the residual
-         stream's scale grows with depth, so alpha = 0.5 means "half an average activation" at any layer) or,
+         the site's typical norm (the median L2 norm of its activations on corpus text, BOS left out: the residual
+         stream's scale grows with depth, so alpha = 0.5 means "half a typical activation" at any layer) or,
          with `scale="raw"`, alpha itself.
 - clamp: encode v, set latent i to `value`, decode, and keep the dictionary's error term (v - decode(encode(v))).
          As decoding is linear, that is v + (value - a_i(v)) * W_dec[i] exactly, which is how it is computed:
@@ -54,10 +54,11 @@ def unit_direction(sae: SparseDictionary, latent: int) -> Tensor:
 
 
 def typical_norm(rows: Tensor) -> float:
-    """The mean L2 norm of activation rows [n, d]: the unit of alpha when steering with scale='norm'."""
+    """The median L2 norm of activation rows [n, d]: the unit of alpha when steering with scale='norm' (the median,
+    as a few positions of a residual stream carry norms many times the rest)."""
     if rows.ndim != 2 or len(rows) == 0:
         raise AnatomistError(f"typical_norm: need activation rows [n, d], got shape {list(rows.shape)}")
-    return float(rows.float().norm(dim=-1).mean())
+    return float(rows.float().norm(dim=-1).median())
 
 
 def add_direction(direction: Tensor, amount: float) -> SiteFn:

@@ -52,7 +52,7 @@ class SteerConfig(RunConfig):
     mode: Mode = Field("add", description="add: add alpha x the unit decoder direction; clamp: set the latent "
                        "to alpha (encode, set, decode, keep the error term)")
     alpha: float = Field(1.0, description="add: steering strength (see scale); clamp: the latent's value")
-    scale: Scale = Field("norm", description="add: alpha in units of the site's mean activation norm (norm) or "
+    scale: Scale = Field("norm", description="add: alpha in units of the site's median activation norm (norm) or "
                          "as is (raw)")
     max_new_tokens: int = Field(20, gt=0, description="tokens generated per continuation")
     sample: bool = Field(False, description="sample (seeded) instead of greedy decoding")
