@@ -17,6 +17,7 @@ from anatomist.cli.report import dashboard, report, serve
 from anatomist.cli.routes import routes_app
 from anatomist.cli.run import run_command
 from anatomist.cli.sae import sae_app
+from anatomist.cli.steer import steer
 from anatomist.cli.toy import toy_app
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import dumps
@@ -32,7 +33,7 @@ app.command("run", add_help_option=False, context_settings={"allow_interspersed_
 for sub, name in [(toy_app, "toy"), (sae_app, "sae"), (spd_app, "spd"), (apd_app, "apd"), (l3d_app, "l3d"),
                   (bilinear_app, "bilinear"), (regions_app, "regions"), (routes_app, "routes")]:
     app.add_typer(sub, name=name)
-for command in (report, serve, dashboard):
+for command in (report, serve, dashboard, steer):
     app.command()(command)
 for name in dictionaries.DICTIONARY_COMMANDS:  # one command each: `anatomist mdl PATH...`
     app.command(name)(getattr(dictionaries, name))

@@ -15,7 +15,9 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     mechanisms,
     regions,
     routes,
+    saebench,
     sites,
+    steer,
     sweep,
     toys,
 )
