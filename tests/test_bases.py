@@ -65,7 +65,8 @@ def test_a_basis_saves_and_loads(tmp_path: Path) -> None:
 
 def test_bad_widths_are_named() -> None:
     x, _ = _planted()
-    with pytest.raises(AnatomistError, match="7 directions for a site of width 6"):
+    with pytest.raises(AnatomistError, match="7 pca directions from 4000 rows of width 6; need 1..6"):
         fit_basis("pca", x, n=7)
+    assert fit_basis("pca", x[:4]).cfg.d_sae == 4  # fewer rows than the width: as many directions as rows
     with pytest.raises(AnatomistError, match="rows have shape"):
         fit_basis("pca", x[0])

@@ -62,13 +62,17 @@ def _basis(kind: Basis, d_in: int, n: int, w_enc: Tensor, w_dec: Tensor, mean: T
 
 
 def fit_basis(kind: Basis, rows: Tensor, n: int | None = None, seed: int = 0) -> LinearBasis:
-    """A `kind` basis of `n` directions (default: the site's width) fitted on activation rows [N, d_in]."""
+    """A `kind` basis of `n` directions fitted on activation rows [N, d_in]; default: the site's width (PCA and
+    ICA: at most N and N - 1, what the rows can define)."""
     if rows.ndim != 2:
         raise AnatomistError(f"fit_basis: rows have shape {list(rows.shape)}; need [n_rows, d_in]")
     d_in = rows.shape[1]
-    n = d_in if n is None else n
-    if not 0 < n <= d_in:
-        raise AnatomistError(f"fit_basis: {n} directions for a site of width {d_in}; need 1..{d_in}")
+    # PCA has no direction past the rows' rank, and FastICA needs more rows than directions
+    most = {"pca": min(d_in, len(rows)), "ica": min(d_in, len(rows) - 1)}.get(kind, d_in)
+    n = most if n is None else n
+    if not 0 < n <= most:
+        raise AnatomistError(f"fit_basis: {n} {kind} directions from {len(rows)} rows of width {d_in}; "
+                             f"need 1..{most}")
     x = rows.double()
     mean = x.mean(0)
     if kind == "neurons":
@@ -85,8 +89,6 @@ def fit_basis(kind: Basis, rows: Tensor, n: int | None = None, seed: int = 0) ->
         v = q.T[:n]
         return _basis(kind, d_in, n, v.T.float(), v.float(), mean.float())
     if kind == "ica":
-        if len(rows) <= n:
-            raise AnatomistError(f"fit_basis: ICA of {n} directions needs more than {n} rows, got {len(rows)}")
         ica = FastICA(n_components=n, whiten="unit-variance", random_state=seed, max_iter=1000, tol=1e-4)
         ica.fit(x.numpy())
         unmix = torch.from_numpy(np.asarray(ica.components_))  # [n, d_in]: sources = (x - mean) @ unmix.T

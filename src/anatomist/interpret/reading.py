@@ -45,10 +45,8 @@ def open_dictionary(spec: str, site: str | None, rows: Callable[[Site], torch.Te
 
 
 def fit_baseline(name: Basis, rows: torch.Tensor, seed: int = 0) -> SparseDictionary:
-    """`fit_basis` with as many directions as the site is wide, or as the rows allow (PCA of n rows has at most
-    n directions, ICA fewer than n)."""
-    cap = {"pca": len(rows), "ica": len(rows) - 1}.get(name, rows.shape[1])
-    return fit_basis(name, rows.float(), n=max(1, min(rows.shape[1], cap)), seed=seed)
+    """`fit_basis` with as many directions as the site is wide, or as the rows allow."""
+    return fit_basis(name, rows.float(), seed=seed)
 
 
 def dictionary_site(spec: str, sae: SparseDictionary | None, site: str | None) -> Site:
