@@ -264,7 +264,8 @@ def test_gemma3_270m_loads_offline_and_knows_things() -> None:
     lm = load_model("gemma3-270m")
     assert type(lm.model).__name__ == "Gemma3ForCausalLM" and lm.layers_path == "model.layers"
     assert (lm.model.config.num_hidden_layers, lm.model.config.hidden_size) == (18, 640)
-    for prompt, answer in [("Monday, Tuesday, Wednesday,", " Thursday"), ("The Eiffel Tower is in the city of", " Paris")]:
+    known = [("Monday, Tuesday, Wednesday,", " Thursday"), ("The Eiffel Tower is in the city of", " Paris")]
+    for prompt, answer in known:
         ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
             top = lm.model(ids).logits[0, -1].argmax()
