@@ -23,7 +23,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar, Union
@@ -31,6 +31,7 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union
 import yaml
 from pydantic import Field, TypeAdapter
 
+from anatomist.core import distributed
 from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.config import Config, read_yaml_mapping
 from anatomist.core.errors import AnatomistError, nearest
@@ -260,7 +261,8 @@ def run_or_continue(config: RunConfig, out: Path, threads: int = 0) -> RunResult
     again redoes nothing finished in training parts, reruns the other parts, and replaces a part whose config
     changed (`replace=True`).
     """
-    same = (out / CONFIG).is_file() and read_yaml_mapping(out / CONFIG) == config.model_dump(mode="json")
+    same = distributed.main_decides(  # rank 0's reading: it may be rewriting config.yaml as the others read it
+        lambda: (out / CONFIG).is_file() and read_yaml_mapping(out / CONFIG) == config.model_dump(mode="json"))
     return run(config, out, resume=same and get_kind(config.kind).trains, threads=threads, replace=True)
 
 
@@ -269,31 +271,69 @@ def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: in
     """Run any kind into folder `out` and write its config.yaml, metrics.json and provenance.json.
 
     A folder that holds a run is continued with `resume=True` (training kinds), replaced with `replace=True`
-    (its checkpoints, loss log and results go first), and otherwise refused.
+    (its checkpoints, loss log and results go first), and otherwise refused. Launched by torchrun, every rank
+    runs the kind (data-parallel kinds split their batches) and rank 0 alone writes the folder (`_run_folder`).
     """
     kind = get_kind(config.kind)
     out = Path(out)
     if resume and not kind.trains:
         raise AnatomistError(f"run kind '{kind.name}' does not train, so it has nothing to resume")
-    with folder_lock(out, "running"):  # two runs into one folder would interleave their checkpoints and logs
-        if resume:
-            _check_resume(config, out)
-        elif started(out) and not kind.composite:
-            if not replace:
-                _refuse_rerun(kind, config, out)
-            _clear_run(out)
-        remove_temporaries(out)  # what a killed write left (config, metrics, a dictionary folder being swapped in)
+    distributed.init_from_env()
+    with _run_folder(kind, config, out, resume, replace) as result:
+        start = time.perf_counter()
+        with torch_threads(threads):
+            outcome = kind.execute(config, Context(out, resume))
+        result.seconds = time.perf_counter() - start
+        result.outcome, result.metrics = outcome, Metrics.from_nested(outcome.metrics)
+    return RunResult(kind.name, out, config, result.metrics, outcome.summary, result.seconds, outcome.value)
+
+
+@dataclass
+class _Finished:
+    """What the body of `_run_folder` hands back for the folder's result files."""
+
+    outcome: Outcome = field(default_factory=lambda: Outcome({}))
+    metrics: Metrics = field(default_factory=Metrics)
+    seconds: float = 0.0
+
+
+@contextmanager
+def _run_folder(kind: Kind, config: RunConfig, out: Path, resume: bool, replace: bool) -> Iterator[_Finished]:
+    """The one place a run writes its folder's contract files, around the body that executes the kind.
+
+    Rank 0 (every plain process) locks the folder, checks it (resume, refusal, replacement), writes config.yaml,
+    and after the body metrics.json and provenance.json. Under torch.distributed the other ranks write nothing:
+    they get rank 0's verdict on the folder (its refusal, or a lock held elsewhere, raised on every rank), run the
+    body in step with it, and leave once the folder is complete.
+    """
+    result = _Finished()
+    if not distributed.is_main():
+        distributed.main_decides(lambda: None)
+        yield result
+        distributed.barrier()
+        return
+    with ExitStack() as held:
+        distributed.main_decides(lambda: _start_folder(held, kind, config, out, resume, replace))
         with _taken_back_on_failure(out):
             atomic_write_text(out / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-            start = time.perf_counter()
-            with torch_threads(threads):
-                outcome = kind.execute(config, Context(out, resume))
-        seconds = time.perf_counter() - start
-        metrics = Metrics.from_nested(outcome.metrics)
-        write_metrics(out, kind.name, metrics, outcome.summary)
+            yield result
+        outcome = result.outcome
+        write_metrics(out, kind.name, result.metrics, outcome.summary)
         write_provenance(out, models=outcome.models, data=outcome.data, config=config,
                          seed=getattr(config, "seed", None), access=outcome.access, parts=collect_parts(out))
-    return RunResult(kind.name, out, config, metrics, outcome.summary, seconds, outcome.value)
+    distributed.barrier()
+
+
+def _start_folder(held: ExitStack, kind: Kind, config: RunConfig, out: Path, resume: bool, replace: bool) -> None:
+    """Lock the folder for the run (held until `held` closes), check it, and clear what an earlier run left."""
+    held.enter_context(folder_lock(out, "running"))  # two runs into one folder would interleave checkpoints, logs
+    if resume:
+        _check_resume(config, out)
+    elif started(out) and not kind.composite:
+        if not replace:
+            _refuse_rerun(kind, config, out)
+        _clear_run(out)
+    remove_temporaries(out)  # what a killed write left (config, metrics, a dictionary folder being swapped in)
 
 
 @contextmanager
