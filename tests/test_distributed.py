@@ -25,7 +25,7 @@ from anatomist.core import Checkpointer
 from anatomist.core.distributed import world_size
 from anatomist.data.store import ActivationStore
 from anatomist.features.train import TrainConfig, train_sae
-from anatomist.runs import load_run_config, run
+from anatomist.runs import load_run_config, parse_run_config, run
 from conftest import tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,6 +103,10 @@ def _every_run(root: str, config: str) -> None:
     except AnatomistError as e:  # each rank says it was refused: neither was left waiting for the other
         (out / f"refused-{os.environ['RANK']}.txt").write_text(str(e))
     run(load_run_config(config), out / "stopped", resume=True)
+    try:  # a kind that does not split its work over ranks is refused on every rank, before it writes anything
+        run(parse_run_config({"kind": "sae-eval", "path": "x", "model": "tiny", "site": "x"}), out / "eval")
+    except AnatomistError as e:
+        (out / f"not-parallel-{os.environ['RANK']}.txt").write_text(str(e))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +195,10 @@ def test_only_rank_0_writes_the_run_folder(ranks: Path, tiny_run: Path) -> None:
     assert Checkpointer(full).steps() == [8, 12]
     assert json.loads((full / "metrics.json").read_text())["numbers"]["steps"] == STEPS
     assert json.loads((tiny_run.parent / "acts" / "manifest.json").read_text())["complete"]
+    for r in (0, 1):
+        said = (ranks / f"not-parallel-{r}.txt").read_text()
+        assert "'sae-eval' does not run data-parallel" in said and "sae-train" in said
+    assert not (ranks / "eval").exists()
 
 
 def test_two_ranks_stopped_after_a_checkpoint_resume_to_the_uninterrupted_weights(ranks: Path) -> None:

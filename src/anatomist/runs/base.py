@@ -105,6 +105,7 @@ class Kind:
     execute: Callable[[Any, Context], Outcome]
     trains: bool  # writes checkpoints and honours --resume
     composite: bool = False  # made of runs in sub-folders (demo, sweep): a rerun continues it, part by part
+    data_parallel: bool = False  # launched by torchrun, its ranks split the batches (the others are refused there)
 
     @property
     def help(self) -> str:
@@ -121,7 +122,7 @@ def kind_name(config_cls: type[RunConfig]) -> str:
     return default
 
 
-def register(config_cls: type[C], *, trains: bool = False, composite: bool = False,
+def register(config_cls: type[C], *, trains: bool = False, composite: bool = False, data_parallel: bool = False,
              ) -> Callable[[Callable[[C, Context], Outcome]], Any]:
     """Decorator: `@register(SPDToyConfig, trains=True)` over `def execute(cfg, ctx) -> Outcome`."""
 
@@ -129,7 +130,7 @@ def register(config_cls: type[C], *, trains: bool = False, composite: bool = Fal
         name = kind_name(config_cls)
         if name in KINDS:
             raise TypeError(f"run kind '{name}' registered twice")
-        KINDS[name] = Kind(name, config_cls, execute, trains, composite)
+        KINDS[name] = Kind(name, config_cls, execute, trains, composite, data_parallel)
         return execute
 
     return add
@@ -278,7 +279,11 @@ def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: in
     out = Path(out)
     if resume and not kind.trains:
         raise AnatomistError(f"run kind '{kind.name}' does not train, so it has nothing to resume")
-    distributed.init_from_env()
+    if distributed.init_from_env() and distributed.world_size() > 1 and not kind.data_parallel:
+        # N ranks would each run the whole kind and write its own files over the others'
+        able = ", ".join(sorted(k.name for k in KINDS.values() if k.data_parallel))
+        raise AnatomistError(f"run kind '{kind.name}' does not run data-parallel: start it without torchrun "
+                             f"(kinds that do: {able})")
     with _run_folder(kind, config, out, resume, replace) as result:
         start = time.perf_counter()
         with torch_threads(threads):
