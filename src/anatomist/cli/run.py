@@ -18,6 +18,7 @@ from rich.table import Table
 
 from anatomist.cli.output import console, print_result
 from anatomist.core.config import Config
+from anatomist.core.distributed import is_main
 from anatomist.runs import KINDS, get_kind, load_run_config, run
 from anatomist.runs.base import RunConfig
 
@@ -132,4 +133,5 @@ def invoke(target: str, sets: list[str], out: Path | str | None, *, resume: bool
     assignments = list(sets) + [f"{k}={json.dumps(v)}" for k, v in (extra or {}).items() if v is not None]
     config = load_run_config(target, assignments)
     result = run(config, out if out is not None else Path("runs") / config.kind, resume=resume, threads=threads)
-    print_result(result, as_json)
+    if is_main():  # launched by torchrun, every rank holds the result: one prints it
+        print_result(result, as_json)

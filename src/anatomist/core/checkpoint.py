@@ -11,6 +11,9 @@ behind; the temporary folders of killed writes are removed when the next run sta
 
 A newest checkpoint that cannot be read (a truncated file: a disk filled up, a copy cut short) is skipped
 with a warning on stderr, and the run resumes from the previous intact one.
+
+Under torch.distributed only rank 0 writes (`save`, and the clean-up in `prepare`): data-parallel ranks hold the
+same state after every step, so rank 0's checkpoint is every rank's, and every rank loads it to resume.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from anatomist.core.distributed import is_main
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import fsync_dir, load_json, load_tensors, remove_temporaries, save_json, save_tensors
 from anatomist.core.seed import rng_state, set_rng_state
@@ -102,7 +106,8 @@ class Checkpointer:
         A fresh start would mix its checkpoints with the old run's (or, with `keep`, delete them): the caller
         continues with `resume=True`, or writes into another folder.
         """
-        remove_temporaries(self.dir)
+        if is_main():
+            remove_temporaries(self.dir)
         if not resume and self.steps():
             raise AnatomistError(f"{self.dir}: holds checkpoints of an earlier run (newest: step {self.latest()}); "
                                  "resume it, or start the new run in another folder")
@@ -124,7 +129,10 @@ class Checkpointer:
         generators: dict[str, torch.Generator] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Path:
+        """Write the checkpoint of `step` (rank 0 only: the other ranks return its folder and write nothing)."""
         final = self.folder(step)
+        if not is_main():
+            return final
         tmp = self.dir / f".tmp-{_PREFIX}{step:08d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

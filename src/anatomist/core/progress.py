@@ -7,6 +7,9 @@
 
 `ANATOMIST_PROGRESS=0` silences both the bar and the stderr lines (metrics.jsonl is still written);
 `ANATOMIST_PROGRESS=1` draws the bar even when stderr is not a terminal.
+
+Under torch.distributed only rank 0 draws, prints and appends to metrics.jsonl (the ranks train one model in step,
+so one account of it is the account): every training loop that reports through here is rank-safe as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from anatomist.core.distributed import is_main
 from anatomist.core.io import dumps
 
 T = TypeVar("T")
@@ -32,6 +36,8 @@ _OFF = ("0", "false", "no", "")
 def progress_enabled() -> bool:
     """Whether to draw progress bars: ANATOMIST_PROGRESS when set, else whether stderr is a terminal."""
     forced = os.environ.get("ANATOMIST_PROGRESS")
+    if not is_main():
+        return False
     if forced is not None:
         return forced not in _OFF
     return sys.stderr.isatty()
@@ -43,7 +49,7 @@ _muted = 0  # > 0 inside `lines_to_log_only()`
 def progress_lines_enabled() -> bool:
     """Whether training loops print their progress lines on stderr: always, unless ANATOMIST_PROGRESS turns it off
     (or a caller that reports in its own words, like the demo, sends them to the run's metrics.jsonl only)."""
-    return _muted == 0 and os.environ.get("ANATOMIST_PROGRESS", "1") not in _OFF
+    return _muted == 0 and is_main() and os.environ.get("ANATOMIST_PROGRESS", "1") not in _OFF
 
 
 @contextmanager
@@ -98,7 +104,7 @@ class TrainingLog:
         self.t0 = time.perf_counter()
 
     def event(self, record: Mapping[str, Any]) -> None:
-        if self.path is None:
+        if self.path is None or not is_main():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:

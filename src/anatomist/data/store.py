@@ -20,6 +20,10 @@ first missing shard; a second run reads everything from disk and never calls the
 Row layout of a site's value: [batch, d] is one row per example; [batch, pos, d] one row per
 position (BOS / padding positions dropped when asked); [batch, C, *spatial] (conv maps) one row
 per spatial position with the C channels as features.
+
+Data parallelism: a store made with `rank` r of `world_size` N draws the same global batches of `batch_size` rows
+as a store of one process (same windows, same permutations, same position) and yields the r-th of N equal slices
+of each, so the N ranks together see every row of every global batch once.
 """
 
 from __future__ import annotations
@@ -122,6 +126,8 @@ class ActivationStore:
         model_name: str = "",
         seed: int = 0,
         device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.model = model
         self.inputs = inputs
@@ -132,6 +138,9 @@ class ActivationStore:
             raise AnatomistError(f"ActivationStore: a site is listed twice in {[str(s) for s in self.sites]}")
         if batch_size < 1 or buffer_rows < 1 or block_seqs < 1 or model_batch_size < 1:
             raise AnatomistError("ActivationStore: batch_size, buffer_rows, block_seqs, model_batch_size must be >= 1")
+        if not 0 <= rank < world_size or batch_size % world_size:
+            raise AnatomistError(f"ActivationStore: batch_size {batch_size} must split evenly over world_size "
+                                 f"{world_size}, and rank {rank} must be below it")
         if inputs is not None and len(inputs) == 0:
             raise AnatomistError(f"ActivationStore: no inputs (shape {list(inputs.shape)}): nothing to harvest")
         if attention_mask is not None and inputs is not None and attention_mask.shape != inputs.shape[:2]:
@@ -150,6 +159,7 @@ class ActivationStore:
         self.model_name = model_name
         self.seed = seed
         self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
         self._manifest: dict[str, Any] | None = None
         self._model_id: str | None = None
         self._pos = {"epoch": 0, "block": 0, "window": 0, "batch": 0}
@@ -200,6 +210,11 @@ class ActivationStore:
         if self._model_id is None and self.model is not None:
             self._model_id = model_fingerprint(self.model)
         return self._model_id
+
+    @property
+    def harvested(self) -> bool:
+        """Whether the cache folder holds every block (read from its manifest when the store was made)."""
+        return self._manifest is not None and bool(self._manifest.get("complete"))
 
     def widths(self) -> dict[Site, int]:
         """Row width d of every site (from the manifest, or one small forward)."""
@@ -307,7 +322,10 @@ class ActivationStore:
         self._pos = {k: int(state[k]) for k in ("epoch", "block", "window", "batch")}
 
     def __iter__(self) -> Iterator[dict[Site, torch.Tensor]]:
-        """Batches forever (epoch after epoch), from the current position; advances `state_dict()`."""
+        """Batches forever (epoch after epoch), from the current position; advances `state_dict()`.
+
+        With `world_size` N, each is this rank's batch_size / N rows of the global batch."""
+        share = self.batch_size // self.world_size
         while True:
             pos = self._pos
             fresh = pos["block"] == 0 and pos["batch"] == 0
@@ -318,7 +336,8 @@ class ActivationStore:
                 n = next(iter(window.values())).shape[0]
                 perm = torch.randperm(n, generator=seeded_generator(self.seed, pos["epoch"], pos["window"]))
                 for b in range(pos["batch"], n // self.batch_size):
-                    idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+                    first = b * self.batch_size + self.rank * share
+                    idx = perm[first : first + share]
                     batch = {s: w[idx].to(self.device, torch.float32) for s, w in window.items()}
                     pos["batch"] = b + 1  # counted before the yield: a checkpoint taken now resumes after it
                     any_batch = True

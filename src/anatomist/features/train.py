@@ -16,6 +16,16 @@ append-only loss log written by `core.progress.TrainingLog`, which also prints e
 (a resumed run appends a `{"event": "resume"}` line and then repeats the steps after the checkpoint: the last
 line for a step counts). The final metrics are returned, not written: the `sae-train` run
 kind (`anatomist.runs.features`) writes metrics.json and provenance.json.
+
+Data parallel (launched by torchrun; `anatomist.core.distributed`): each of N ranks takes its B/N rows of every
+global batch of `batch_size` rows (e2e: its `batch_seqs`/N sequences), and the ranks average their gradients,
+OR their fired-latent masks and average the statistics a forward keeps (BatchTopK's threshold), so every rank holds
+the same dictionary after every step and N ranks train what one process with the same batch would (up to float
+summation order). Exact for per-row losses (recon, L1, L0, KL); AuxK's variance normalisation, BatchTopK's
+selection and the e2e+ds fvu form use per-rank batch statistics (as BatchNorm does under DistributedDataParallel).
+Rank 0 alone writes the loss log, checkpoints, the dictionary and the activation cache (the other ranks wait for
+the cache, then read it); every rank resumes from the same checkpoint, so `out` (and a cache) must be on a file
+system every rank sees.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from anatomist.core import (
     Checkpointer,
     Config,
     cache_dir,
+    distributed,
     load_tensors,
     progress,
     resolve_device,
@@ -261,11 +272,16 @@ def train_sae(
     `run_dir/sae`) and the final metrics. `on_step(step, last_logged)` runs after every step. Without `resume`,
     a folder that holds checkpoints is refused (nothing already trained is thrown away).
     """
+    distributed.init_from_env()
+    if cfg.end_to_end:  # refused before any harvest when the ranks cannot split the global batch evenly
+        distributed.per_rank(cfg.batch_seqs, "batch_seqs")
+    else:
+        distributed.per_rank(cfg.batch_size, "batch_size")
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(run, keep=2)
     ckpt.prepare(resume)
-    if ckpt.latest() is None:
+    if ckpt.latest() is None and distributed.is_main():
         clear_unstarted(run)
     if model is None or inputs is None:
         loaded_model, loaded_inputs = load_data(cfg)
@@ -302,6 +318,8 @@ def train_sae(
         if cfg.init_b_dec == "mean" and sae.has_decoder_bias:
             with torch.no_grad():
                 sae.b_dec.copy_(first[target].double().mean(0).to(sae.b_dec) * s_out)
+    distributed.check_same(start, "the step to resume from")  # ranks at different steps would wait on each other
+    distributed.broadcast_module_(trainee)  # one starting point for every rank, whatever its random state
 
     progress_log = TrainingLog(run, "sae", cfg.steps, start)
     if start:
@@ -328,7 +346,7 @@ def train_sae(
                                     dead_mask=trainee.since_fired >= cfg.dead_tokens)
             values = StepValues(out, target=y * s_out)
         else:
-            idx = next(seq_batches)
+            idx = distributed.my_part(next(seq_batches))
             ids = train_ids[idx].to(device)
             a = _site_values(store, model, ids, idx, site)
             _finite(a, "activations", step, site, ckpt)
@@ -339,18 +357,27 @@ def train_sae(
         _finite(loss.detach(), "the loss", step, site, ckpt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        # An explicit all-reduce of the gradients rather than DistributedDataParallel: the loop calls
+        # `train_forward`, not `forward` (DDP's hooks would need a wrapper module, and its search for unused
+        # parameters), the decoder-sphere projection and clipping work on `.grad` after it, and a dictionary is a
+        # few large tensors, so DDP's bucketed overlap of backward and communication buys little. One averaged
+        # flat buffer is the same arithmetic, serves e2e (gradients through the frozen model) unchanged, and is
+        # skipped entirely in a world of 1.
+        distributed.average_gradients(sae.parameters())
         sae.before_step()
         gnorm = torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip if cfg.grad_clip else math.inf)
         _finite(gnorm, "the gradients", step, site, ckpt)
         opt.step()
         sae.after_step()
+        distributed.average_buffers(sae)
         sched.step()
         with torch.no_grad():
-            trainee.since_fired += out.acts.shape[0]
-            trainee.since_fired[out.fired] = 0
+            trainee.since_fired += out.acts.shape[0] * distributed.world_size()  # every rank: as many rows
+            trainee.since_fired[distributed.any_rank(out.fired)] = 0
         if step % cfg.log_every == 0 or step == cfg.steps:
-            log = {"step": step, "loss": loss.item(), **terms,
-                   "l0": float((out.acts != 0).sum(-1).float().mean()), "lr": float(sched.get_last_lr()[0]),
+            shared = distributed.mean_values({"loss": loss.item(), **terms,
+                                              "l0": float((out.acts != 0).sum(-1).float().mean())})
+            log = {"step": step, **shared, "lr": float(sched.get_last_lr()[0]),
                    "grad_norm": float(gnorm),
                    "dead_fraction": float((trainee.since_fired >= cfg.dead_tokens).float().mean()),
                    "seconds": round(time.perf_counter() - t0, 2)}
@@ -369,7 +396,9 @@ def train_sae(
     metadata = {"model": cfg.model, "site": str(site), "objective": cfg.objective, "steps": str(cfg.steps)}
     if target != site:
         metadata["target_site"] = str(target)
-    save_sae(sae, run / "sae", metadata=metadata)
+    if distributed.is_main():
+        save_sae(sae, run / "sae", metadata=metadata)
+    distributed.barrier()  # every rank returns with the dictionary on disk
     metrics: dict[str, Any] = {"steps": cfg.steps, "objective": cfg.objective}
     if start:  # a resumed run says so: its steps before `start` ran in an earlier process (maybe with fewer steps)
         metrics["resumed_from_step"] = start
@@ -400,7 +429,7 @@ def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Si
     args: dict[str, Any] = dict(
         exclude_bos=cfg.data.exclude_bos and not e2e, batch_size=cfg.batch_size, buffer_rows=cfg.data.buffer_rows,
         block_seqs=cfg.data.block_seqs, model_batch_size=cfg.data.model_batch_size, model_name=cfg.model,
-        seed=cfg.seed, device=device,
+        seed=cfg.seed, device=device, rank=distributed.rank(), world_size=distributed.world_size(),
     )
     store = ActivationStore(model, train_ids, sites, **args)
     widths = store.widths()
@@ -410,8 +439,12 @@ def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Si
         return store
     folder = (cache_dir("activations") / f"{cfg.model}-{site.module}-{store.cache_key()}"
               if cfg.data.cache == "auto" else Path(cfg.data.cache))
-    store = ActivationStore(model, train_ids, sites, cache=folder, **args)
-    store.harvest()
+    with distributed.main_first():  # rank 0 harvests; the others then find the cache complete and only read it
+        store = ActivationStore(model, train_ids, sites, cache=folder, **args)
+        if not (distributed.is_main() or store.harvested):  # else each rank would harvest it again, all at once
+            raise AnatomistError(f"{folder}: rank {distributed.rank()} does not see the activation cache that rank 0 "
+                                 "harvested; across machines, set data.cache to a folder every machine shares")
+        store.harvest()
     return store
 
 

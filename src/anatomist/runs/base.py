@@ -23,7 +23,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, TypeVar, Union
@@ -31,6 +31,7 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union
 import yaml
 from pydantic import Field, TypeAdapter
 
+from anatomist.core import distributed
 from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.config import Config, read_yaml_mapping
 from anatomist.core.errors import AnatomistError, nearest
@@ -104,6 +105,7 @@ class Kind:
     execute: Callable[[Any, Context], Outcome]
     trains: bool  # writes checkpoints and honours --resume
     composite: bool = False  # made of runs in sub-folders (demo, sweep): a rerun continues it, part by part
+    data_parallel: bool = False  # launched by torchrun, its ranks split the batches (the others are refused there)
 
     @property
     def help(self) -> str:
@@ -120,7 +122,7 @@ def kind_name(config_cls: type[RunConfig]) -> str:
     return default
 
 
-def register(config_cls: type[C], *, trains: bool = False, composite: bool = False,
+def register(config_cls: type[C], *, trains: bool = False, composite: bool = False, data_parallel: bool = False,
              ) -> Callable[[Callable[[C, Context], Outcome]], Any]:
     """Decorator: `@register(SPDToyConfig, trains=True)` over `def execute(cfg, ctx) -> Outcome`."""
 
@@ -128,7 +130,7 @@ def register(config_cls: type[C], *, trains: bool = False, composite: bool = Fal
         name = kind_name(config_cls)
         if name in KINDS:
             raise TypeError(f"run kind '{name}' registered twice")
-        KINDS[name] = Kind(name, config_cls, execute, trains, composite)
+        KINDS[name] = Kind(name, config_cls, execute, trains, composite, data_parallel)
         return execute
 
     return add
@@ -260,7 +262,8 @@ def run_or_continue(config: RunConfig, out: Path, threads: int = 0) -> RunResult
     again redoes nothing finished in training parts, reruns the other parts, and replaces a part whose config
     changed (`replace=True`).
     """
-    same = (out / CONFIG).is_file() and read_yaml_mapping(out / CONFIG) == config.model_dump(mode="json")
+    same = distributed.main_decides(  # rank 0's reading: it may be rewriting config.yaml as the others read it
+        lambda: (out / CONFIG).is_file() and read_yaml_mapping(out / CONFIG) == config.model_dump(mode="json"))
     return run(config, out, resume=same and get_kind(config.kind).trains, threads=threads, replace=True)
 
 
@@ -269,31 +272,73 @@ def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: in
     """Run any kind into folder `out` and write its config.yaml, metrics.json and provenance.json.
 
     A folder that holds a run is continued with `resume=True` (training kinds), replaced with `replace=True`
-    (its checkpoints, loss log and results go first), and otherwise refused.
+    (its checkpoints, loss log and results go first), and otherwise refused. Launched by torchrun, every rank
+    runs the kind (data-parallel kinds split their batches) and rank 0 alone writes the folder (`_run_folder`).
     """
     kind = get_kind(config.kind)
     out = Path(out)
     if resume and not kind.trains:
         raise AnatomistError(f"run kind '{kind.name}' does not train, so it has nothing to resume")
-    with folder_lock(out, "running"):  # two runs into one folder would interleave their checkpoints and logs
-        if resume:
-            _check_resume(config, out)
-        elif started(out) and not kind.composite:
-            if not replace:
-                _refuse_rerun(kind, config, out)
-            _clear_run(out)
-        remove_temporaries(out)  # what a killed write left (config, metrics, a dictionary folder being swapped in)
+    if distributed.init_from_env() and distributed.world_size() > 1 and not kind.data_parallel:
+        # N ranks would each run the whole kind and write its own files over the others'
+        able = ", ".join(sorted(k.name for k in KINDS.values() if k.data_parallel))
+        raise AnatomistError(f"run kind '{kind.name}' does not run data-parallel: start it without torchrun "
+                             f"(kinds that do: {able})")
+    with _run_folder(kind, config, out, resume, replace) as result:
+        start = time.perf_counter()
+        with torch_threads(threads):
+            outcome = kind.execute(config, Context(out, resume))
+        result.seconds = time.perf_counter() - start
+        result.outcome, result.metrics = outcome, Metrics.from_nested(outcome.metrics)
+    return RunResult(kind.name, out, config, result.metrics, outcome.summary, result.seconds, outcome.value)
+
+
+@dataclass
+class _Finished:
+    """What the body of `_run_folder` hands back for the folder's result files."""
+
+    outcome: Outcome = field(default_factory=lambda: Outcome({}))
+    metrics: Metrics = field(default_factory=Metrics)
+    seconds: float = 0.0
+
+
+@contextmanager
+def _run_folder(kind: Kind, config: RunConfig, out: Path, resume: bool, replace: bool) -> Iterator[_Finished]:
+    """The one place a run writes its folder's contract files, around the body that executes the kind.
+
+    Rank 0 (every plain process) locks the folder, checks it (resume, refusal, replacement), writes config.yaml,
+    and after the body metrics.json and provenance.json. Under torch.distributed the other ranks write nothing:
+    they get rank 0's verdict on the folder (its refusal, or a lock held elsewhere, raised on every rank), run the
+    body in step with it, and leave once the folder is complete.
+    """
+    result = _Finished()
+    if not distributed.is_main():
+        distributed.main_decides(lambda: None)
+        yield result
+        distributed.barrier()
+        return
+    with ExitStack() as held:
+        distributed.main_decides(lambda: _start_folder(held, kind, config, out, resume, replace))
         with _taken_back_on_failure(out):
             atomic_write_text(out / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-            start = time.perf_counter()
-            with torch_threads(threads):
-                outcome = kind.execute(config, Context(out, resume))
-        seconds = time.perf_counter() - start
-        metrics = Metrics.from_nested(outcome.metrics)
-        write_metrics(out, kind.name, metrics, outcome.summary)
+            yield result
+        outcome = result.outcome
+        write_metrics(out, kind.name, result.metrics, outcome.summary)
         write_provenance(out, models=outcome.models, data=outcome.data, config=config,
                          seed=getattr(config, "seed", None), access=outcome.access, parts=collect_parts(out))
-    return RunResult(kind.name, out, config, metrics, outcome.summary, seconds, outcome.value)
+    distributed.barrier()
+
+
+def _start_folder(held: ExitStack, kind: Kind, config: RunConfig, out: Path, resume: bool, replace: bool) -> None:
+    """Lock the folder for the run (held until `held` closes), check it, and clear what an earlier run left."""
+    held.enter_context(folder_lock(out, "running"))  # two runs into one folder would interleave checkpoints, logs
+    if resume:
+        _check_resume(config, out)
+    elif started(out) and not kind.composite:
+        if not replace:
+            _refuse_rerun(kind, config, out)
+        _clear_run(out)
+    remove_temporaries(out)  # what a killed write left (config, metrics, a dictionary folder being swapped in)
 
 
 @contextmanager

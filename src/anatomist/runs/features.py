@@ -66,7 +66,7 @@ def _data_records(cfg: TrainConfig, train: torch.Tensor, held_out: torch.Tensor)
             for part, (x, rows) in parts.items()]
 
 
-@register(SAETrainConfig, trains=True)
+@register(SAETrainConfig, trains=True, data_parallel=True)
 def train(cfg: SAETrainConfig, ctx: Context) -> Outcome:
     model, inputs = load_data(cfg)
     sae, metrics = train_sae(cfg, ctx.out, model, inputs, resume=ctx.resume)

@@ -61,7 +61,8 @@ def _row(numbers: dict[str, Any], columns: list[str]) -> dict[str, Any]:
     return {c: numbers.get(c) for c in columns}
 
 
-@register(SweepConfig, composite=True)
+# data-parallel when its runs are (each part is refused under torchrun unless its kind is): it writes only through them
+@register(SweepConfig, composite=True, data_parallel=True)
 def sweep(cfg: SweepConfig, ctx: Context) -> Outcome:
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     results = {}
