@@ -78,6 +78,8 @@ class AutointerpConfig(RunConfig):
     block_seqs: int = Field(32, gt=0, description="sequences per harvested activation block")
     basis_rows: int = Field(8192, gt=0, description="activation rows the bases are fitted on (ICA needs more rows "
                                                     "than the site is wide)")
+    ica_directions: int = Field(128, gt=0, description="directions ICA finds (in the span of as many principal "
+                                "directions); the other bases take every direction of the site")
     n_features: int = Field(25, gt=0, description="features sampled per dictionary (seeded) among those active on "
                                                   "at least min_active tokens")
     min_active: int = Field(20, gt=0, description="tokens a feature must be positive on to be sampled")
@@ -134,8 +136,10 @@ def dictionary(spec: str, rows: Tensor, cfg: AutointerpConfig) -> SparseDictiona
     """A saved dictionary, or a basis fitted on `basis_rows` rows drawn (seeded) from `rows` [n, d]."""
     if spec in BASES:
         pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.basis_rows]
-        # PCA and ICA find at most one direction fewer than the rows they see
-        n = rows.shape[1] if spec in ("neurons", "random") else min(rows.shape[1], len(pick) - 1)
+        # PCA and ICA find at most one direction fewer than the rows they see; ICA is capped (its cost grows with
+        # the square of the directions: FastICA of all 576 directions of SmolLM2 takes hours on one core)
+        cap = {"pca": len(pick) - 1, "ica": min(len(pick) - 1, cfg.ica_directions)}.get(spec, rows.shape[1])
+        n = min(rows.shape[1], cap)
         return fit_basis(spec, rows[pick], n, seed=cfg.seed)  # type: ignore[arg-type]
     sae = load_sae(spec)
     if sae.cfg.d_in != rows.shape[1]:
