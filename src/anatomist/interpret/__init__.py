@@ -1,2 +1,2 @@
-"""Interpreting a dictionary's latents: steering with them, and the standard SAE evaluations built on them
-(sparse probing, feature absorption, autointerp, feature patching)."""
+"""Interpreting a dictionary's latents: automated explanations and their scores (autointerp, llm), steering,
+the standard SAE evaluations (sparse probing, feature absorption) and causal localisation by feature patching."""

@@ -15,9 +15,30 @@ from anatomist.core.io import atomic_write_text, load_json
 from anatomist.report.dashboard import FORMAT, INDEX, chunk_name
 from anatomist.report.html import esc, js_json, kv_table, page, problems_box
 
+EXPLANATIONS = "explanations.json"  # written beside a dashboard by an `autointerp` run
+
 
 def _js(path: Path, key: str, obj: Any) -> None:
     atomic_write_text(path, f"anatomist.data({js_json(key)}, {js_json(obj)});\n")
+
+
+def _explanations(dash_dir: Path, problems: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per latent, the explanations and scores an `autointerp` run wrote beside the dashboard (explanations.json):
+    {"12": [{"dictionary": name, "explanation": ..., "scores": {...}}]}; empty without the file."""
+    path = dash_dir / EXPLANATIONS
+    if not path.is_file():
+        return {}
+    try:
+        doc = load_json(path)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name, part in doc["dictionaries"].items():
+            for latent, entry in part["latents"].items():
+                out.setdefault(str(latent), []).append({"dictionary": name, "explanation": entry["explanation"],
+                                                        "scores": entry.get("scores", {})})
+        return out
+    except (AnatomistError, KeyError, TypeError, AttributeError) as e:
+        problems.append(f"{path}: unreadable explanations ({e})")
+        return {}
 
 
 def write_feature_pages(dash_dir: Path, out: Path, title: str, root: str) -> list[str]:
@@ -39,6 +60,7 @@ def write_feature_pages(dash_dir: Path, out: Path, title: str, root: str) -> lis
             missing[c] = str(e)
             problems.append(str(e))
     index["missing_chunks"] = {str(c): m for c, m in missing.items()}
+    index["explanations"] = _explanations(dash_dir, problems)
     _js(out / "data" / "index.js", "index", index)
     meta = index.get("meta", {})
     head = (f"<h1>{esc(title)}</h1>" + problems_box(problems) + kv_table(

@@ -52,6 +52,21 @@ def store_blocks(store: ActivationStore, site: Site, positions: Tensor) -> Itera
         raise AnatomistError(f"the activations hold {start} rows, the tokens {len(positions)} positions")
 
 
+def harvested_store(model: nn.Module, tokens: Tensor, site: Site, *, model_name: str, exclude_bos: bool = True,
+                    block_seqs: int = 32, cache: str | Path | None = "auto") -> ActivationStore:
+    """The activations of `site` over token ids [n_seqs, L], harvested once into an ActivationStore cache ("auto":
+    the folder `anatomist sae train` uses for the same tokens; None: none, blocks are computed when read)."""
+    args: dict[str, Any] = dict(exclude_bos=exclude_bos, block_seqs=block_seqs, model_name=model_name)
+    store = ActivationStore(model, tokens, [site], **args)
+    if cache is None:
+        return store
+    folder = (cache_dir("activations") / f"{model_name}-{site.module}-{store.cache_key()}"
+              if cache == "auto" else Path(cache))
+    store = ActivationStore(model, tokens, [site], cache=folder, **args)
+    store.harvest()
+    return store
+
+
 def lm_dashboard(sae: SparseDictionary, out: str | Path, *, model_name: str, site: str | Site, tokens: Tensor,
                  loaded: Any = None, exclude_bos: bool = True, block_seqs: int = 32, cache: str | Path | None = "auto",
                  **stats_kw: Any) -> dict[str, float]:
@@ -62,15 +77,9 @@ def lm_dashboard(sae: SparseDictionary, out: str | Path, *, model_name: str, sit
     """
     site = Site.parse(site) if isinstance(site, str) else site
     loaded = loaded or load_model(model_name)
-    args: dict[str, Any] = dict(exclude_bos=exclude_bos, block_seqs=block_seqs, model_name=model_name)
-    store = ActivationStore(loaded.model, tokens, [site], **args)
-    if cache is not None:
-        folder = (cache_dir("activations") / f"{model_name}-{site.module}-{store.cache_key()}"
-                  if cache == "auto" else Path(cache))
-        store = ActivationStore(loaded.model, tokens, [site], cache=folder, **args)
     start = time.perf_counter()
-    if cache is not None:
-        store.harvest()
+    store = harvested_store(loaded.model, tokens, site, model_name=model_name, exclude_bos=exclude_bos,
+                            block_seqs=block_seqs, cache=cache)
     harvest_s = time.perf_counter() - start
     keep = position_mask(tokens, None, None, exclude_bos)
     positions = keep.nonzero() if keep is not None else torch.empty(0, 2, dtype=torch.long)  # [n_rows, 2]

@@ -185,6 +185,19 @@ function tokenList(pairs, chunk) {
   return ul;
 }
 
+function explanations(list) {
+  var box = el("div", { id: "explanations" });
+  list.forEach(function (e) {
+    var p = el("p", { "class": "explanation" });
+    if (list.length > 1) { p.appendChild(el("span", { "class": "q" }, e.dictionary + ": ")); }
+    p.appendChild(el("q", null, e.explanation));
+    var scores = Object.keys(e.scores || {}).map(function (k) { return k + " " + fmt(e.scores[k]); });
+    if (scores.length) { p.appendChild(el("span", { "class": "muted" }, " \u00b7 " + scores.join(" \u00b7 "))); }
+    box.appendChild(p);
+  });
+  return box;
+}
+
 function section(title, child) {
   var s = el("section"); s.appendChild(el("h2", null, title)); s.appendChild(child); return s;
 }
@@ -203,6 +216,8 @@ function renderLatent(i, chunk, index) {
   head.appendChild(el("p", { id: "summary" }, "density " + fmt(L.density[i]) + " \u00b7 mean activation " +
     fmt(L.mean[i]) + " \u00b7 max " + fmt(L.max[i]) + " \u00b7 over " + index.n_rows + " rows"));
   root.appendChild(head);
+  var said = (index.explanations || {})[String(i)];
+  if (said) { root.appendChild(section("Explanation (autointerp)", explanations(said))); }
   var maxAct = L.max[i] || 0;
   root.appendChild(section("Top activations", examples(rec.top, chunk, index, maxAct, null)));
   root.appendChild(section("Samples across the activation distribution", examples(rec.quantiles, chunk, index, maxAct,
