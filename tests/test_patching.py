@@ -123,6 +123,15 @@ def test_last_token_logits_of_a_padded_batch_are_each_prompts_own(tiny: LoadedMo
         torch.testing.assert_close(got[row], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_after_the_last_block_the_whole_change_sits_at_the_last_token(tiny: LoadedModel,
+                                                                       ioi_pairs: list[PromptPair]) -> None:
+    """The logits of the last token read only its own final residual; earlier ones carry it in block 1."""
+    last_block = localisation_curve(tiny.model, ioi_pairs, IOITask(), _decompositions(tiny)["pca"], CurveSpec([0]))
+    assert last_block.fraction(last_block.baselines["last_token"][0]) == pytest.approx(1, abs=1e-4)
+    first_block = localisation_curve(tiny.model, ioi_pairs, IOITask(), _decompositions(tiny)["sae"], CurveSpec([0]))
+    assert first_block.fraction(first_block.baselines["last_token"][0]) != pytest.approx(1, abs=1e-3)
+
+
 class LinearToyLM(nn.Module):
     """A language model linear in its site `mix` (positions mixed causally by a running sum): the logit
     difference is linear in the site's value, so attribution patching is exact there."""

@@ -213,6 +213,12 @@ class UnitDeltas:
         mask[..., -1] = True
         return mask
 
+    def at_positions(self, positions: Tensor) -> Tensor:
+        """Every unit at one position per prompt (`positions` [b]), e.g. each prompt's last token."""
+        mask = torch.zeros(*self.features.shape[:2], self.units_per_position, dtype=torch.bool)
+        mask[torch.arange(len(mask)), positions.cpu()] = True
+        return mask
+
 
 def patched_logits(model: nn.Module, ids: Tensor, lengths: Tensor, site: Site, value: Tensor) -> Tensor:
     """Each prompt's last-token logits [b, vocab] of a run whose `site` value is replaced by `value`."""
@@ -277,7 +283,8 @@ class Curve:
 
     `metric` and `kl` are [n_counts, n_prompts]; a count above a prompt's number of units patches all of them.
     `baselines` holds whole-node patches: "site" (every unit: the site's value becomes the counterfactual's),
-    "features" (every feature, no error) and "error" (the error nodes only).
+    "features" (every feature, no error), "error" (the error nodes only) and "last_token" (every unit at the
+    prompt's last token: whether the behaviour has reached the answer's position at this site).
     `attribution`/`effect` pair the estimate and the measured single-unit effect of re-measured candidates.
     """
 
@@ -418,7 +425,8 @@ def _run_batch(model: nn.Module, batch: PairBatch, task: Task, dec: Decompositio
         points = [done[min(n, max(masks))] for n in grid]
         active = deltas.active()
         site = next((done[n] for n, mask in masks.items() if torch.equal(mask, active)), None) or outcome(active)
-        wholes = {"site": site, "features": outcome(deltas.all_features()), "error": outcome(deltas.all_errors())}
+        wholes = {"site": site, "features": outcome(deltas.all_features()), "error": outcome(deltas.all_errors()),
+                  "last_token": outcome(deltas.at_positions(batch.lengths - 1))}
         for name, (m, k) in wholes.items():
             acc.baselines.setdefault(name, ([], []))[0].append(m)
             acc.baselines[name][1].append(k)

@@ -6,7 +6,8 @@ against the number of its units patched from the counterfactual run into the cle
 units ordered by attribution patching. The run writes each curve as a table, the units needed to reach 50% and 90%
 of the change (of the logit difference and of the KL), and `localise.png`. Per decomposition it also patches whole
 nodes: the site (every unit; the fraction a site that does not cut the model, like an MLP's output, can carry at
-most: `units_50_of_site` counts against it), all features, all error nodes (how much goes through the error).
+most: `units_50_of_site` counts against it), all features, all error nodes (how much goes through the error), and
+every unit at the last token (whether the behaviour has reached the answer's position at this site).
 
 Each finished decomposition's curve is saved under `curves/` (and each fitted basis under `bases/`), so `--resume`
 continues an interrupted run where it stopped.
