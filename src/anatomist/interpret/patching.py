@@ -92,7 +92,7 @@ class Decomposition:
         if not dictionary.cfg.is_transcoder and write != read:
             raise AnatomistError(f"dictionary '{label}' reconstructs the site it reads ('{read}'); target_site "
                                  f"'{write}' is for transcoders")
-        return cls(dictionary, read, write, name or dictionary.arch)
+        return cls(dictionary, read, write, label)
 
     @property
     def sites(self) -> list[Site]:
