@@ -230,7 +230,8 @@ def test_dashboard_kind_writes_a_run_folder_the_report_links(tmp_path: Path, tmp
     model = tiny_llama(2, 16, 32, 50)
     ids = torch.randint(1, 50, (6, 9), generator=torch.Generator().manual_seed(1))
     monkeypatch.setattr(kind, "load_model", lambda name: SimpleNamespace(model=model, tokenizer=_BosTok()))
-    monkeypatch.setattr(kind, "load_corpus", lambda name, *_: SimpleNamespace(tokenize=lambda tok, seq_len, n_seqs: ids))
+    corpus = SimpleNamespace(tokenize=lambda tok, seq_len, n_seqs: ids)
+    monkeypatch.setattr(kind, "load_corpus", lambda name, *_: corpus)
     save_sae(make_sae(SAEConfig(arch="topk", d_in=16, d_sae=12, k=3)), tmp_path / "run" / "sae",
              metadata={"model": "tiny", "site": "model.layers.0"})
     out = tmp_path / "run" / "dashboard"

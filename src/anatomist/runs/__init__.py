@@ -13,6 +13,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     dictionaries_experiments,
     features,
     lm_mlp,
+    localise,
     mechanisms,
     regions,
     routes,
