@@ -63,6 +63,7 @@ def _stream(toy, batch_size: int, seed: int):  # type: ignore[no-untyped-def]
         yield toy.sample_batch(batch_size, g)[0]
 
 
+@pytest.mark.slow  # 3,000 steps; the fast tests check APD's attributions and components against their definitions
 def test_recovers_tms_5_2() -> None:
     toy = load_toy("tms-5-2")
     truth = toy.ground_truth.components["linear1"]

@@ -66,7 +66,12 @@ def final_state(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.usefixtures("pentagon_in_cache")
-@pytest.mark.parametrize(("kind", "section"), [("spd-toy", "spd"), ("apd-toy", "apd"), ("l3d-toy", "l3d")])
+@pytest.mark.parametrize(("kind", "section"), [
+    ("spd-toy", "spd"),
+    # APD and L3D resume through the same fit loop and checkpointer as SPD: their kill tests are the slow variants
+    pytest.param("apd-toy", "apd", marks=pytest.mark.slow),
+    pytest.param("l3d-toy", "l3d", marks=pytest.mark.slow),
+])
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path: Path, kind: str, section: str) -> None:
     whole = run(load_run_config(kind, sets(section)), tmp_path / "whole", threads=1)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1",

@@ -234,6 +234,7 @@ def test_e2e_from_the_cache_matches_streaming(tmp_path: Path, script: Any) -> No
     assert '"skip_blocks_before_site": true' in (tmp_path / "c" / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow  # the same kill-and-resume through `anatomist run` is in the fast suite (below)
 def test_sigkill_then_resume_gives_identical_weights(tmp_path: Path, script: Any) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
            "OMP_NUM_THREADS": str(torch.get_num_threads()), "ANATOMIST_PROGRESS": "0"}
