@@ -63,7 +63,7 @@ class AutointerpConfig(RunConfig):
     kind: Literal["autointerp"] = "autointerp"
     smoke: ClassVar[tuple[str, ...]] = ("n_seqs=6", "seq_len=24", "skip_seqs=0", "dictionaries={pca: pca}",
                                         "n_features=1", "n_explain=2", "n_score=2", "basis_rows=100",
-                                        "explain_tokens=4", "min_active=2", "cache=null")
+                                        "scorers=[simulation]", "explain_tokens=4", "min_active=2", "cache=null")
     model: str = Field("smollm2", description="model whose site the dictionaries read")
     site: str = Field("model.layers.6", description="the site, e.g. model.layers.6")
     dictionaries: dict[str, str] = Field(
