@@ -28,7 +28,7 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.io import save_json
 from anatomist.core.progress import TrainingLog
 from anatomist.core.provenance import data_record, model_record
-from anatomist.data import load_corpus
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus
 from anatomist.features import load_sae
 from anatomist.features.base import SparseDictionary
 from anatomist.features.bases import BASES, fit_basis
@@ -70,7 +70,8 @@ class AutointerpConfig(RunConfig):
         default_factory=lambda: {str(b): str(b) for b in BASES},
         description="name -> a dictionary folder (anatomist, SAELens or sparsify) or a basis fitted here: neurons, "
                     "pca, ica or random (every direction of the site; scored on its positive side)")
-    corpus: str = Field("wiki", description="packaged corpus")
+    corpus: str = Field("wiki", description=CORPUS_HELP)
+    text_field: str = Field("text", description=TEXT_FIELD_HELP)
     n_seqs: int = Field(128, gt=0, description="sequences whose activations the contexts come from")
     seq_len: int = Field(64, gt=1, description="tokens per sequence (BOS included, left out of the rows)")
     skip_seqs: int | None = Field(None, ge=0, description="leave out the corpus' first sequences; null: those any "
@@ -113,7 +114,7 @@ def _tokens(cfg: AutointerpConfig, loaded: LoadedModel) -> tuple[Tensor, int]:
         bos = getattr(loaded.tokenizer, "bos_token_id", None) is not None
         skip = max([trained_rows(p, cfg.corpus, cfg.seq_len, bos) or 0 for p in cfg.dictionaries.values()
                     if p not in BASES] or [0])
-    ids = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, cfg.seq_len, skip + cfg.n_seqs)[skip:]
+    ids = load_corpus(cfg.corpus, cfg.text_field).tokenize(loaded.tokenizer, cfg.seq_len, skip + cfg.n_seqs)[skip:]
     if len(ids) < cfg.n_seqs:
         raise AnatomistError(f"corpus '{cfg.corpus}' holds {len(ids) + skip} sequences of {cfg.seq_len} tokens; "
                              f"skip_seqs {skip} + n_seqs {cfg.n_seqs} need more")

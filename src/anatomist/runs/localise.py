@@ -29,7 +29,7 @@ from anatomist.core.io import load_tensors, save_tensors
 from anatomist.core.progress import TrainingLog
 from anatomist.core.provenance import data_record, model_record
 from anatomist.core.seed import seed_everything
-from anatomist.data import load_corpus
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus
 from anatomist.features import load_sae, save_sae
 from anatomist.features.base import SparseDictionary
 from anatomist.features.bases import Basis, fit_basis
@@ -116,7 +116,8 @@ class DecompositionSpec(Config):
 class BasisData(Config):
     """The activations bases are fitted on: corpus rows read at the basis's site (BOS positions left out)."""
 
-    corpus: str = Field("wiki", description="packaged corpus")
+    corpus: str = Field("wiki", description=CORPUS_HELP)
+    text_field: str = Field("text", description=TEXT_FIELD_HELP)
     n_seqs: int = Field(64, gt=0, description="sequences read")
     seq_len: int = Field(128, gt=1, description="tokens per sequence")
     max_rows: int = Field(8192, gt=0, description="at most this many rows (a random subset), for ICA's sake")
@@ -175,7 +176,7 @@ class LocaliseConfig(RunConfig):
 
 def _site_rows(lm: LoadedModel, site: Site, data: BasisData, seed: int) -> torch.Tensor:
     """Activation rows [n, width] of `site` over corpus text, BOS positions left out, at most `max_rows`."""
-    ids = load_corpus(data.corpus).tokenize(lm.tokenizer, data.seq_len, data.n_seqs)
+    ids = load_corpus(data.corpus, data.text_field).tokenize(lm.tokenizer, data.seq_len, data.n_seqs)
     device = next(iter(lm.model.parameters())).device
     values = torch.cat([capture(lm.model, batch.to(device), site)[site].cpu() for batch in ids.split(8)])
     rows = values[:, 1:].reshape(-1, values.shape[-1])
@@ -342,7 +343,7 @@ def _data_records(cfg: LocaliseConfig, pairs: list[PromptPair], lm: LoadedModel)
     records = [data_record(f"{cfg.task.describe()} prompt pairs", ids, n_examples=len(pairs))]
     if any(d.basis is not None for d in cfg.decompositions):
         b = cfg.basis_data
-        tokens = load_corpus(b.corpus).tokenize(lm.tokenizer, b.seq_len, b.n_seqs)
+        tokens = load_corpus(b.corpus, b.text_field).tokenize(lm.tokenizer, b.seq_len, b.n_seqs)
         records.append(data_record(f"{b.corpus} corpus (first {b.n_seqs} sequences; bases fitted on at most "
                                    f"{b.max_rows} of their rows, BOS left out)", tokens, n_tokens=int(tokens.numel())))
     return records

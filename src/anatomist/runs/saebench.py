@@ -19,7 +19,7 @@ from pydantic import Field
 
 from anatomist.core.errors import AnatomistError
 from anatomist.core.provenance import data_record, model_record
-from anatomist.data import load_corpus
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus
 from anatomist.features import SparseDictionary
 from anatomist.features.bases import Basis
 from anatomist.interpret.absorption import (
@@ -69,7 +69,8 @@ class SparseProbingConfig(DictionaryOnLM):
     kind: Literal["sparse-probing"] = "sparse-probing"
     smoke: ClassVar[tuple[str, ...]] = ("path=basis:pca", "n_seqs=4", "seq_len=32", "n_per_class=20", "ks=[1, 2]",
                                         "baselines=[\"neurons\"]")
-    corpus: str = Field("wiki", description="packaged corpus the tasks are built from")
+    corpus: str = Field("wiki", description=f"the tasks' text: {CORPUS_HELP}")
+    text_field: str = Field("text", description=TEXT_FIELD_HELP)
     n_seqs: int = Field(128, gt=0, description="corpus rows read")
     seq_len: int = Field(128, gt=1, description="tokens per row")
     skip_seqs: int | None = Field(None, ge=0, description="leave out the corpus' first rows; null: those the "
@@ -102,7 +103,7 @@ def probe(cfg: SparseProbingConfig, ctx: Context) -> Outcome:
     bos = getattr(loaded.tokenizer, "bos_token_id", None) is not None
     trained = None if basis_name(cfg.path) else trained_rows(cfg.path, cfg.corpus, cfg.seq_len, bos)
     skip = cfg.skip_seqs if cfg.skip_seqs is not None else trained or 0
-    ids = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, cfg.seq_len, skip + cfg.n_seqs)[skip:]
+    ids = load_corpus(cfg.corpus, cfg.text_field).tokenize(loaded.tokenizer, cfg.seq_len, skip + cfg.n_seqs)[skip:]
 
     @cache  # harvested once per site
     def rows(site: Site) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from anatomist.core.errors import AnatomistError
 from anatomist.core.provenance import data_record, model_record
-from anatomist.data import load_corpus
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus
 from anatomist.interpret.reading import check_width, open_dictionary, site_rows
 from anatomist.interpret.steer import (
     Mode,
@@ -59,7 +59,8 @@ class SteerConfig(RunConfig):
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     seed: int = Field(0, description="sampling seed (and the random basis' seed)")
     top_tokens: int = Field(10, gt=0, description="promoted tokens reported per latent")
-    corpus: str = Field("wiki", description="packaged corpus for the typical norm (and fitting a basis)")
+    corpus: str = Field("wiki", description=f"text for the typical norm (and fitting a basis): {CORPUS_HELP}")
+    text_field: str = Field("text", description=TEXT_FIELD_HELP)
     norm_seqs: int = Field(8, gt=0, description="corpus rows for the site's typical norm")
     seq_len: int = Field(128, gt=1, description="tokens per corpus row")
     device: str = Field("cpu", description="cpu, cuda or auto")
@@ -94,7 +95,7 @@ def _results_metrics(results: list[SteerResult], amount: float, norm: float | No
 @register(SteerConfig)
 def steer(cfg: SteerConfig, ctx: Context) -> Outcome:
     loaded = _loaded_lm(cfg.model, cfg.device)
-    ids = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, cfg.seq_len, cfg.norm_seqs)
+    ids = load_corpus(cfg.corpus, cfg.text_field).tokenize(loaded.tokenizer, cfg.seq_len, cfg.norm_seqs)
 
     @cache  # harvested once, and only if a basis is fitted or alpha is in norm units
     def rows(site: Site) -> torch.Tensor:
