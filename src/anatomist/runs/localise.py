@@ -41,9 +41,10 @@ from anatomist.interpret.patching import (
     agreement,
     localisation_curve,
 )
+from anatomist.interpret.reading import site_rows
 from anatomist.interpret.tasks import IOI_TEMPLATES, IOITask, PairsTask, PromptPair, Task
 from anatomist.nets.assets import LoadedModel, load_model
-from anatomist.nets.sites import Site, capture
+from anatomist.nets.sites import Site
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 from anatomist.runs.plots.localise import plot_curves
 
@@ -178,8 +179,7 @@ def _site_rows(lm: LoadedModel, site: Site, data: BasisData, seed: int) -> torch
     """Activation rows [n, width] of `site` over corpus text, BOS positions left out, at most `max_rows`."""
     ids = load_corpus(data.corpus, data.text_field).tokenize(lm.tokenizer, data.seq_len, data.n_seqs)
     device = next(iter(lm.model.parameters())).device
-    values = torch.cat([capture(lm.model, batch.to(device), site)[site].cpu() for batch in ids.split(8)])
-    rows = values[:, 1:].reshape(-1, values.shape[-1])
+    rows = site_rows(lm.model, ids.to(device), site).cpu()
     if len(rows) > data.max_rows:
         keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:data.max_rows]
         rows = rows[keep.sort().values]
