@@ -53,8 +53,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# Two workers: CI has two cores, and most tests are single-threaded small nets (conftest gives each worker its share).
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 test-slow: setup
 	$(BIN)/pytest -q -m slow

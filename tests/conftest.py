@@ -19,6 +19,14 @@ from anatomist.nets.assets import LoadedModel, load_model
 _USER_CACHE = os.environ.get("ANATOMIST_CACHE")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets its share of the cores: n workers with torch's default thread count
+    each would oversubscribe the CPU, and OpenMP barriers then make every step several times slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture
 def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty ANATOMIST_CACHE for one test, so tests never write into the user's cache."""

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 IDS = torch.randint(1, 50, (40, 8), generator=torch.Generator().manual_seed(1))  # 36 train + 4 held out
 STEPS = 12
+SITES = ["model.layers.0", "model.layers.2"]
 
 
 def _config(objective: str = "local", **kw: Any) -> dict[str, Any]:
@@ -103,6 +104,7 @@ def _every_run(root: str, config: str) -> None:
     except AnatomistError as e:  # each rank says it was refused: neither was left waiting for the other
         (out / f"refused-{os.environ['RANK']}.txt").write_text(str(e))
     run(load_run_config(config), out / "stopped", resume=True)
+    run(load_run_config(str(Path(config).parent / "sites.yaml")), out / "sites")  # module-parallel: a site per rank
     try:  # a kind that does not split its work over ranks is refused on every rank, before it writes anything
         run(parse_run_config({"kind": "sae-eval", "path": "x", "model": "tiny", "site": "x"}), out / "eval")
     except AnatomistError as e:
@@ -159,6 +161,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = _config(model=str(folder / "model"), grad_clip=1.0)
     cfg["data"].update(inputs=str(folder / "ids.safetensors"), cache=str(folder / "acts"))
     (folder / "sae.yaml").write_text(yaml.safe_dump({"kind": "sae-train", **cfg}))
+    sites = {k: v for k, v in cfg.items() if k != "site"}
+    sites["data"] = {**cfg["data"], "cache": str(folder / "sites-acts")}
+    (folder / "sites.yaml").write_text(yaml.safe_dump({"kind": "sae-train-sites", **sites, "sites": SITES,
+                                                       "distribute_sites": True}))
     return folder / "sae.yaml"
 
 
@@ -209,3 +215,19 @@ def test_two_ranks_stopped_after_a_checkpoint_resume_to_the_uninterrupted_weight
     assert log.count('"event": "resume", "step": 4') == 1
     a, b = _tensors(ranks / "full" / "sae"), _tensors(stopped / "sae")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_ranks_one_site_each_train_what_one_process_trains_site_by_site(ranks: Path, tiny_run: Path,
+                                                                            tmp_path: Path) -> None:
+    sites = ranks / "sites"
+    recipe = {k: v for k, v in yaml.safe_load((tiny_run.parent / "sites.yaml").read_text()).items()
+              if k not in ("kind", "sites", "distribute_sites")}
+    for site in SITES:
+        alone = {**recipe, "kind": "sae-train", "site": site, "data": {**recipe["data"], "cache": None}}
+        run(parse_run_config(alone), tmp_path / site)
+        _assert_close(_tensors(sites / site / "sae"), _tensors(tmp_path / site / "sae"))
+        assert [r["step"] for r in _steps(sites / site)] == list(range(1, STEPS + 1))  # its rank's log, alone
+    table = json.loads((sites / "metrics.json").read_text())["tables"]["sites"]
+    assert set(table) == set(SITES)  # rank 0 gathered the site rank 1 trained
+    manifest = json.loads((tiny_run.parent / "sites-acts" / "manifest.json").read_text())
+    assert manifest["sites"] == [f"{s}:output" for s in SITES]  # one harvest, one forward per batch, both sites

@@ -38,19 +38,35 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 _DEFAULT_TIMEOUT_S = 7200.0
 
 
+_alone = False  # set by `alone()`: this rank works by itself for a while, a world of one
+
+
 def is_initialized() -> bool:
     """Whether this process is in a torch.distributed process group."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    """This process's rank in the group (0 when not distributed)."""
-    return dist.get_rank() if is_initialized() else 0
+    """This process's rank in the group (0 when not distributed, or inside `alone()`)."""
+    return dist.get_rank() if is_initialized() and not _alone else 0
 
 
 def world_size() -> int:
-    """How many processes train together (1 when not distributed)."""
-    return dist.get_world_size() if is_initialized() else 1
+    """How many processes train together (1 when not distributed, or inside `alone()`)."""
+    return dist.get_world_size() if is_initialized() and not _alone else 1
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Inside, this rank acts as a process of its own (rank 0 of a world of 1): every collective is the identity
+    and it writes its own files. For work split over ranks by a rule every rank knows (module-parallel training:
+    each rank trains its own sites), where the ranks must not wait on each other."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
 
 
 def is_main() -> bool:

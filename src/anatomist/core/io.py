@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from anatomist.core.errors import AnatomistError
@@ -134,17 +134,27 @@ def save_tensors(
 
 
 def load_tensors(
-    path: str | Path, device: str | torch.device = "cpu", required: list[str] | None = None
+    path: str | Path, device: str | torch.device = "cpu", required: list[str] | None = None, only: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing, truncated or corrupted file, or a missing key, names the file."""
+    """Load a safetensors file (with `only`, just the `required` tensors: the others are never read from disk);
+    a missing, truncated or corrupted file, or a missing key, names the file."""
     path = Path(path)
     if not path.is_file():
         raise AnatomistError(f"{path}: file not found")
     try:
-        out = load_file(str(path), device=str(device))
+        if only and required is not None:
+            out = _read_some(path, device, required)
+        else:
+            out = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise AnatomistError(f"{path}: corrupted or truncated safetensors file ({e})") from None
     missing = [k for k in (required or []) if k not in out]
     if missing:
         raise AnatomistError(f"{path}: missing tensor key(s) {missing}; found {sorted(out)}")
     return out
+
+
+def _read_some(path: Path, device: str | torch.device, keys: list[str]) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        stored = set(f.keys())  # a missing key is reported by the caller, with the file's name
+        return {k: f.get_tensor(k) for k in keys if k in stored}

@@ -189,13 +189,14 @@ class ActivationStore:
             return int(self._manifest["n_blocks"])
         return -(-len(self.inputs) // self.block_seqs)
 
-    def fingerprint(self) -> str:
-        """Identity of what is harvested: the inputs, masks, sites, dtype and blocking (not the batch size)."""
+    def fingerprint(self, sites: Sequence[Site] | None = None) -> str:
+        """Identity of what is harvested: the inputs, masks, sites (default: this store's), dtype and blocking
+        (not the batch size)."""
         if self.inputs is None:
             assert self._manifest is not None
             return str(self._manifest["fingerprint"])
         return _fingerprint(
-            self.inputs, self.attention_mask, self.pad_id, self.exclude_bos, [str(s) for s in self.sites],
+            self.inputs, self.attention_mask, self.pad_id, self.exclude_bos, [str(s) for s in sites or self.sites],
             str(self.dtype), self.block_seqs, self.model_name,
         )[:16]
 
@@ -229,12 +230,13 @@ class ActivationStore:
         path = self.cache / MANIFEST
         if m.get("format") != _FORMAT:
             raise AnatomistError(f"{path}: not an anatomist activation cache (format {m.get('format')!r})")
-        if [Site.parse(s) for s in m["sites"]] != self.sites:
+        cached = [Site.parse(s) for s in m["sites"]]
+        if not set(self.sites) <= set(cached):  # a store may read some of a cache's sites (one forward fed them all)
             raise AnatomistError(f"{path}: cache holds sites {m['sites']}, asked for {[str(s) for s in self.sites]}")
-        if self.inputs is not None and m["fingerprint"] != self.fingerprint():
+        if self.inputs is not None and m["fingerprint"] != self.fingerprint(cached):
             raise AnatomistError(
                 f"{path}: cache was harvested from other data/settings (fingerprint {m['fingerprint']}, "
-                f"now {self.fingerprint()}); use another cache folder or delete this one"
+                f"now {self.fingerprint(cached)}); use another cache folder or delete this one"
             )
         if self.model is not None and m.get("model_fingerprint") not in (None, self._weights_id()):
             raise AnatomistError(f"{path}: cache was harvested from another model's weights ({m.get('model')})")
@@ -275,6 +277,9 @@ class ActivationStore:
             return self.cache
         if self.model is None or self.inputs is None:
             raise AnatomistError(f"{self.cache / MANIFEST}: cache is incomplete and no model/inputs were given")
+        if self._manifest is not None and [Site.parse(s) for s in self._manifest["sites"]] != self.sites:
+            raise AnatomistError(f"{self.cache / MANIFEST}: cache of sites {self._manifest['sites']} is incomplete; "
+                                 "finish its harvest with a store of all those sites before reading some of them")
         from anatomist.core.progress import progress
 
         m = self._manifest or {
@@ -300,7 +305,7 @@ class ActivationStore:
             self.harvest()
             assert self._manifest is not None
             path = self.cache / shard_name(i)
-            t = load_tensors(path, required=[str(s) for s in self.sites])
+            t = load_tensors(path, required=[str(s) for s in self.sites], only=True)
             rows = self._manifest["rows"][i]
             for s in self.sites:
                 want = (rows, self._manifest["widths"][str(s)])

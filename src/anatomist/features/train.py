@@ -101,12 +101,10 @@ class DataConfig(Config):
     )
 
 
-class TrainConfig(Config):
-    """One training run of one sparse dictionary."""
+class TrainRecipe(Config):
+    """How sparse dictionaries train on a model: everything but the site (`TrainConfig` adds it)."""
 
     model: str = Field(description="model to load (anatomist.nets.assets.load_model), e.g. smollm2")
-    site: str = Field(description="site the dictionary reads, e.g. model.layers.6 (output) or model.layers.6.mlp:input")
-    target_site: str | None = Field(None, description="transcoder: site it predicts (e.g. model.layers.6.mlp:output)")
     data: DataConfig = Field(
         default_factory=lambda: DataConfig.model_validate({}), description="training and evaluation tokens"
     )
@@ -144,14 +142,6 @@ class TrainConfig(Config):
     seed: int = Field(0, description="seed of the dictionary init and every shuffle")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
 
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.end_to_end and self.target_site is not None:
-            raise ValueError("e2e objectives train SAEs on one site; target_site (a transcoder) needs objective local")
-        if (self.target_site is None) != (self.sae.d_out is None):
-            raise ValueError("set sae.d_out exactly when target_site is set (a transcoder)")
-        return self
-
     @property
     def losses(self) -> tuple[LossTerm, ...]:
         """The objective's loss terms with their coefficients."""
@@ -161,6 +151,21 @@ class TrainConfig(Config):
     def end_to_end(self) -> bool:
         """Trained through the model's forward (on whole sequences) rather than on activation rows."""
         return any(t.spliced for t in self.losses)
+
+
+class TrainConfig(TrainRecipe):
+    """One training run of one sparse dictionary."""
+
+    site: str = Field(description="site the dictionary reads, e.g. model.layers.6 (output) or model.layers.6.mlp:input")
+    target_site: str | None = Field(None, description="transcoder: site it predicts (e.g. model.layers.6.mlp:output)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.end_to_end and self.target_site is not None:
+            raise ValueError("e2e objectives train SAEs on one site; target_site (a transcoder) needs objective local")
+        if (self.target_site is None) != (self.sae.d_out is None):
+            raise ValueError("set sae.d_out exactly when target_site is set (a transcoder)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +234,7 @@ def fold_scale(sae: SparseDictionary, s_in: float, s_out: float) -> None:
     sae.import_weights(w, source="fold_scale")
 
 
-def load_data(cfg: TrainConfig) -> tuple[nn.Module, torch.Tensor]:
+def load_data(cfg: TrainRecipe) -> tuple[nn.Module, torch.Tensor]:
     """The model `cfg.model` and its inputs: the tensor file `cfg.data.inputs`, else the tokenised corpus."""
     loaded = load_model(cfg.model, device=cfg.device)
     if cfg.data.inputs is not None:
@@ -243,7 +248,7 @@ def load_data(cfg: TrainConfig) -> tuple[nn.Module, torch.Tensor]:
     return loaded.model, corpus.tokenize(loaded.tokenizer, cfg.data.seq_len, total)
 
 
-def split_held_out(cfg: TrainConfig, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_held_out(cfg: TrainRecipe, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(training inputs, held-out inputs): the last `cfg.data.eval_seqs` rows are held out (at least one trains)."""
     n_eval = min(cfg.data.eval_seqs, max(0, len(inputs) - 1))
     return inputs[: len(inputs) - n_eval], inputs[len(inputs) - n_eval :]
@@ -413,9 +418,19 @@ def train_sae(
     return sae, metrics
 
 
-def training_tokens(cfg: TrainConfig, train_ids: torch.Tensor) -> int:
+def training_tokens(cfg: TrainRecipe, train_ids: torch.Tensor) -> int:
     """Tokens (or rows) the dictionary trained on: BOS positions left out when the config drops them."""
     return int(train_ids.numel() - (len(train_ids) if cfg.data.exclude_bos and train_ids.ndim == 2 else 0))
+
+
+def store_args(cfg: TrainRecipe, device: torch.device) -> dict[str, Any]:
+    """ActivationStore settings of a training run (e2e stores keep BOS rows: whole sequences go through the model)."""
+    return dict(
+        exclude_bos=cfg.data.exclude_bos and not cfg.end_to_end, batch_size=cfg.batch_size,
+        buffer_rows=cfg.data.buffer_rows, block_seqs=cfg.data.block_seqs, model_batch_size=cfg.data.model_batch_size,
+        model_name=cfg.model, seed=cfg.seed, device=device, rank=distributed.rank(),
+        world_size=distributed.world_size(),
+    )
 
 
 def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Site, target: Site,
@@ -424,21 +439,28 @@ def _store(cfg: TrainConfig, model: nn.Module, train_ids: torch.Tensor, site: Si
 
     A dictionary whose width does not fit the site fails here, after one small forward, before any harvest.
     """
-    e2e = cfg.end_to_end
     sites = [site] if target == site else [site, target]
-    args: dict[str, Any] = dict(
-        exclude_bos=cfg.data.exclude_bos and not e2e, batch_size=cfg.batch_size, buffer_rows=cfg.data.buffer_rows,
-        block_seqs=cfg.data.block_seqs, model_batch_size=cfg.data.model_batch_size, model_name=cfg.model,
-        seed=cfg.seed, device=device, rank=distributed.rank(), world_size=distributed.world_size(),
-    )
+    args = store_args(cfg, device)
     store = ActivationStore(model, train_ids, sites, **args)
     widths = store.widths()
     check_width(_WidthOnly(cfg.sae), site, widths[site], "input")
     check_width(_WidthOnly(cfg.sae), target, widths[target], "output")
     if cfg.data.cache is None:
         return store
-    folder = (cache_dir("activations") / f"{cfg.model}-{site.module}-{store.cache_key()}"
-              if cfg.data.cache == "auto" else Path(cfg.data.cache))
+    return harvested_store(model, train_ids, sites, cache_folder(cfg, store, site.module), args)
+
+
+def cache_folder(cfg: TrainRecipe, store: ActivationStore, label: str) -> Path:
+    """The activation cache of a run: `data.cache`, or for 'auto' a folder named by the model, `label` and the
+    store's key (data and weights) under the anatomist cache."""
+    if cfg.data.cache != "auto":
+        return Path(str(cfg.data.cache))
+    return cache_dir("activations") / f"{cfg.model}-{label}-{store.cache_key()}"
+
+
+def harvested_store(model: nn.Module, train_ids: torch.Tensor, sites: list[Site], folder: Path,
+                    args: dict[str, Any]) -> ActivationStore:
+    """A store over the cache `folder`, harvested (one forward per batch feeding every site) unless complete."""
     with distributed.main_first():  # rank 0 harvests; the others then find the cache complete and only read it
         store = ActivationStore(model, train_ids, sites, cache=folder, **args)
         if not (distributed.is_main() or store.harvested):  # else each rank would harvest it again, all at once

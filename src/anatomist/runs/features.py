@@ -1,8 +1,13 @@
-"""Run kinds `sae-train` and `sae-eval`, and the demo's SAE step.
+"""Run kinds `sae-train`, `sae-train-sites` and `sae-eval`, and the demo's SAE step.
 
 - sae-train: train one sparse dictionary (SAE or transcoder; objectives local, e2e, e2e+ds) on a model's site.
   The run folder gets `sae/` (the dictionary), `checkpoints/`, the loss log `metrics.jsonl`, and the three
   files every run has. `--resume` continues from the newest checkpoint.
+- sae-train-sites: one SAE per site (sparsify's hookpoints), each an `sae-train` run in `out/<site>`, fed by one
+  shared activation cache that a single forward per batch fills for every site. Under torchrun the sites either
+  train one after another, each data-parallel over all ranks, or (`distribute_sites`, sparsify's
+  --distribute_modules) site i trains on rank i mod N by itself: no gradient traffic, N sites at once. Either
+  way a site's SAE is the one `sae-train` would train on that site alone (same batches, same seed).
 - sae-eval: reconstruction, sparsity and spliced-model losses of a saved dictionary on held-out corpus text:
   by default the rows after those its `sae-train` run trained on (when the dictionary sits in such a run's
   folder); the metrics say which rows were used.
@@ -11,21 +16,37 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from anatomist.core import distributed, resolve_device
 from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
+from anatomist.core.io import load_json
+from anatomist.core.metrics import METRICS
 from anatomist.core.provenance import data_record, model_record
 from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus
+from anatomist.data.store import ActivationStore
 from anatomist.evaluate import evaluate_dictionary
 from anatomist.features import load_sae
-from anatomist.features.train import TrainConfig, load_data, split_held_out, train_sae, training_tokens
+from anatomist.features.train import (
+    TrainConfig,
+    TrainRecipe,
+    cache_folder,
+    harvested_store,
+    load_data,
+    split_held_out,
+    store_args,
+    train_sae,
+    training_tokens,
+)
 from anatomist.nets.assets import load_model
-from anatomist.runs.base import CONFIG, Context, Outcome, RunConfig, register
+from anatomist.nets.sites import Site
+from anatomist.runs.base import CONFIG, Context, Outcome, RunConfig, register, run_or_continue
 
 
 class SAETrainConfig(TrainConfig, RunConfig):
@@ -42,11 +63,11 @@ def _words(m: dict[str, Any]) -> str:
     """The final metrics in words: FVU and L0, with the spliced loss when the model is a language model."""
     text = f"FVU {m['fvu']:.3g} at L0 {m['l0']:.3g}" if "fvu" in m else "no held-out rows evaluated"
     if "loss_recovered" in m:
-        text += f", CE +{m['ce_increase']:.3g}, loss recovered {100 * m['loss_recovered']:.0f}%"
+        text += f", CE {m['ce_increase']:+.3g}, loss recovered {100 * m['loss_recovered']:.0f}%"
     return text
 
 
-def _data_records(cfg: TrainConfig, train: torch.Tensor, held_out: torch.Tensor) -> list[dict[str, Any]]:
+def _data_records(cfg: TrainRecipe, train: torch.Tensor, held_out: torch.Tensor) -> list[dict[str, Any]]:
     """The data actually used, named by where it came from and with the rows it took: the image set, the inputs
     file (token ids counted as tokens, other inputs as examples), else the corpus."""
     n = len(train)
@@ -77,6 +98,68 @@ def train(cfg: SAETrainConfig, ctx: Context) -> Outcome:
                f"{_words(metrics)} after {cfg.steps} steps")
     return Outcome(metrics, summary, models=[model_record(cfg.model, model)],
                    data=_data_records(cfg, train_ids, eval_ids), access=access, value=sae)
+
+
+class SAETrainSitesConfig(TrainRecipe, RunConfig):
+    """Train one SAE per site from one shared harvest; over N ranks, data-parallel or one site per rank."""
+
+    kind: Literal["sae-train-sites"] = "sae-train-sites"
+    sites: list[str] = Field(min_length=1, description="sites to train an SAE on, e.g. [model.layers.4, "
+                             "model.layers.8]; every one must have width sae.d_in")
+    distribute_sites: bool = Field(False, description="under torchrun: site i trains on rank i mod N by itself "
+                                   "(false: each site in turn, data-parallel over every rank)")
+    smoke: ClassVar[tuple[str, ...]] = SAETrainConfig.smoke
+
+    @model_validator(mode="after")
+    def _check_sites(self) -> SAETrainSitesConfig:
+        if self.sae.d_out is not None:
+            raise ValueError("sae.d_out is set: sae-train-sites trains SAEs; train a transcoder with sae-train")
+        parsed = [Site.parse(s) for s in self.sites]
+        if len(set(parsed)) != len(parsed):
+            raise ValueError(f"sites: a site is listed twice in {self.sites}")
+        return self
+
+    def site_config(self, site: str, cache: Path | None) -> SAETrainConfig:
+        """The `sae-train` run of one site: this recipe, that site, reading the shared cache."""
+        recipe = self.model_dump(mode="json", include=set(TrainRecipe.model_fields))
+        recipe["data"]["cache"] = None if cache is None else str(cache)
+        return SAETrainConfig.model_validate({**recipe, "site": site})
+
+
+def site_folder(out: Path, site: str) -> Path:
+    """A site's run folder: `out/model.layers.6`, `out/model.layers.6.mlp_input` (no ':' in folder names)."""
+    return out / str(Site.parse(site)).removesuffix(":output").replace(":", "_")
+
+
+def shared_cache(cfg: SAETrainSitesConfig) -> Path | None:
+    """The cache every site reads, harvested here with one forward per batch for all sites (rank 0 harvests);
+    None when the run streams (then each site's run computes its own activations)."""
+    if cfg.data.cache is None:
+        return None
+    model, inputs = load_data(cfg)
+    train_ids, _ = split_held_out(cfg, inputs)
+    sites = [Site.parse(s) for s in cfg.sites]
+    args = store_args(cfg, resolve_device(cfg.device))
+    folder = cache_folder(cfg, ActivationStore(model, train_ids, sites, **args), f"{len(sites)}sites")
+    return harvested_store(model, train_ids, sites, folder, args).cache
+
+
+@register(SAETrainSitesConfig, composite=True, data_parallel=True)
+def train_sites(cfg: SAETrainSitesConfig, ctx: Context) -> Outcome:
+    cache = shared_cache(cfg)
+    mine = [s for i, s in enumerate(cfg.sites)
+            if not cfg.distribute_sites or i % distributed.world_size() == distributed.rank()]
+    with distributed.alone() if cfg.distribute_sites else nullcontext():
+        for site in mine:
+            run_or_continue(cfg.site_config(site, cache), site_folder(ctx.out, site))
+    distributed.barrier()  # every site's run folder is written before rank 0 reads them
+    numbers = {s: load_json(site_folder(ctx.out, s) / METRICS)["numbers"] for s in cfg.sites}
+    table = {s: {k: n.get(k) for k in ("fvu", "l0", "ce_increase", "loss_recovered", "dead_fraction")}
+             for s, n in numbers.items()}
+    summary = f"{cfg.sae.arch} SAEs on {len(cfg.sites)} sites of {cfg.model}: " + "; ".join(
+        f"{s}: {_words(n)}" for s, n in numbers.items())
+    return Outcome({"sites": table, "n_sites": len(cfg.sites), "shared_cache": str(cache) if cache else "none"},
+                   summary)
 
 
 class SAEEvalConfig(RunConfig):
