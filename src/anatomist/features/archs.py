@@ -25,7 +25,14 @@ from torch import Tensor, nn
 
 from anatomist.core import AnatomistError
 from anatomist.features.base import SAEConfig, SparseDictionary, TrainOutput, register
-from anatomist.features.kernels import SparseCode, batch_topk_code, dead_topk_code, sparse_decode, topk_code
+from anatomist.features.kernels import (
+    SparseCode,
+    batch_topk_code,
+    dead_topk_code,
+    exact_values,
+    sparse_decode,
+    topk_code,
+)
 
 L1_HELP = "L1 coefficient (Cunningham et al.); the usual scale when E||x||^2 = d_in"
 
@@ -187,7 +194,7 @@ class _SparseCodeSAE(SparseDictionary):
         with torch.no_grad():  # no graph: gradients go through the chosen pairs only
             x_in = x - self.b_dec if self.cfg.centers_input else x  # [batch, d_in]
             pre = self._train_pre_acts(x, x_in)  # [batch, d_sae]
-        code = self.select(pre)
+        code = self._exact(self.select(pre), x_in)
         recon = self._decode_code(x, code, x_in) + self.b_dec  # [batch, d_out]
         fired = torch.zeros(self.cfg.d_sae, dtype=code.acts.dtype, device=x.device).index_add_(0, code.cols, code.acts)
         aux = self._auxk(x, x_in, pre, target, recon, dead_mask)
@@ -202,10 +209,20 @@ class _SparseCodeSAE(SparseDictionary):
         return buf, fresh
 
     def _train_pre_acts(self, x: Tensor, x_in: Tensor) -> Tensor:
-        if self.cfg.autocast_bf16 or x.dim() != 2 or x.dtype != self.W_enc.dtype:
+        if x.dim() != 2 or x.dtype != self.W_enc.dtype:
             return self.pre_acts(x)
+        if self.cfg.autocast_bf16:  # kept in bf16: they only pick the pairs (`_exact` gives the values)
+            buf, _ = self._buffer("pre_bf16", (x.shape[0], self.cfg.d_sae), x_in.new_empty((), dtype=torch.bfloat16))
+            return torch.addmm(self.b_enc.bfloat16(), x_in.bfloat16(), self.W_enc.bfloat16(), out=buf)
         buf, _ = self._buffer("pre", (x.shape[0], self.cfg.d_sae), x_in)
         return torch.addmm(self.b_enc, x_in, self.W_enc, out=buf)
+
+    def _exact(self, code: SparseCode, x_in: Tensor) -> SparseCode:
+        """Pairs picked from bf16 pre-activations get their values in the parameters' precision (an fp32 copy
+        of the whole [batch, d_sae] pre-activations would cost as much as the rest of a bf16 step)."""
+        if code.acts.dtype == x_in.dtype:
+            return code
+        return exact_values(code, x_in, self.W_enc, self.b_enc)
 
     @torch.no_grad()
     def _dense_acts(self, code: SparseCode) -> Tensor:
@@ -240,6 +257,7 @@ class _SparseCodeSAE(SparseDictionary):
         code = dead_topk_code(pre, dead_mask.to(pre.device), self.cfg.aux_k)
         if code is None:
             return zero
+        code = self._exact(code, x_in)
         err = (target - recon).detach()  # [batch, d_out]
         err_hat = self._decode_code(x, code, x_in)
         var_err = (err - err.mean(0)).pow(2).sum(-1).mean()

@@ -94,6 +94,15 @@ def dead_topk_code(pre: Tensor, dead_mask: Tensor, k: int) -> SparseCode | None:
     return code._replace(cols=dead[code.cols])
 
 
+@torch.no_grad()
+def exact_values(code: SparseCode, x_in: Tensor, W_enc: Tensor, b_enc: Tensor) -> SparseCode:
+    """`code` with each pair's activation recomputed in x_in's precision, relu(<x_in[row], W_enc[:, col]> +
+    b_enc[col]): a dense product sampled at the nnz pairs, k / d_sae of the encoder matmul's work. For pairs
+    picked from low-precision (bf16) pre-activations, so that the values the step trains on are full precision."""
+    pre = sampled_dot(x_in, W_enc.t(), code.cols, code.crow, code.acts) + b_enc[code.cols]
+    return code._replace(acts=pre.relu_())
+
+
 class _SparseDecode(torch.autograd.Function):
     """recon[b] = sum over the row's pairs of act * W_dec[col], with gradients to the encoder params."""
 
