@@ -358,7 +358,7 @@ def pgd_sources(
         with torch.set_grad_enabled(step < cfg.pgd_steps):
             loss = _masked_loss(dec, inputs, target_out, *_split_sources(fixed, leaves))
         if float(loss.detach()) > worst_loss:
-            best, worst_loss = sources, float(loss)
+            best, worst_loss = sources, float(loss.detach())
         if step == cfg.pgd_steps:
             break
         grads = torch.autograd.grad(loss, list(leaves.values()))
