@@ -63,8 +63,8 @@ class SPDLMConfig(RunConfig):
     n_described: int = Field(default=3, description="Subcomponents described per matrix (the most used ones).", ge=0)
     spd: SPDConfig = Field(
         default_factory=lambda: SPDConfig(
-            # schedule: 2,000 steps of 8 rows (504 tokens), KL to the model's next-token distribution
-            C=128, steps=2000, batch_size=8, lr=2e-3, lr_warmup=0.02, output_loss="kl", log_every=50,
+            # schedule: 800 steps of 8 rows (504 tokens), KL to the model's next-token distribution
+            C=128, steps=800, batch_size=8, lr=2e-3, lr_warmup=0.02, output_loss="kl", log_every=50,
             checkpoint_every=250,
             # faithfulness: the delta components carry W − ΣUVᵀ; the factors start fitted to the weights
             delta_component=True, faithfulness_coeff=0.0, faithfulness_warmup_steps=400, faithfulness_warmup_lr=1e-2,

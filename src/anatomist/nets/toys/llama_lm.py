@@ -44,7 +44,7 @@ class LlamaLMConfig(ToyConfig):
     seq_len: int = _moe("seq_len")
     n_test_seqs: int = _moe("n_test_seqs")
     warmup: int = _moe("warmup")
-    steps: int = Field(default=1500, gt=0, description="optimizer steps")
+    steps: int = Field(default=600, gt=0, description="optimizer steps")
     batch_size: int = _moe("batch_size")
     lr: float = _moe("lr")
     lr_schedule: Literal["constant", "cosine"] = _moe("lr_schedule")
