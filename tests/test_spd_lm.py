@@ -56,3 +56,15 @@ def test_describe_finds_the_token_a_subcomponent_is_planted_on() -> None:
     row = found["model.layers.0.mlp.down_proj"][0]
     assert row["subcomponent"] == 2 and row["mean_ci"] == pytest.approx(float(planted.float().mean()))
     assert row["top_tokens"][0]["token"] == "0" and row["top_tokens"][0]["next"] == str(int(ids[1, 6]))
+
+
+def test_sparse_subcomponents_skip_the_always_on_ones() -> None:
+    from anatomist.runs.spd_lm import sparse_subcomponents
+
+    ci = torch.zeros(2, 50, 5)
+    ci[..., 0] = 1.0  # always on
+    ci[0, :3, 1] = 0.9  # on for 3 of 100 tokens
+    ci[1, :7, 3] = 0.8  # on for 7
+    ci[0, :40, 4] = 0.7  # on for 40: not sparse
+    assert sparse_subcomponents(ci, 2) == [3, 1]
+    assert sparse_subcomponents(ci, 4) == [3, 1, 0, 4]  # then the most used of the rest

@@ -150,14 +150,15 @@ def score_lm(dec: SPDDecomposition, inputs: Tensor) -> dict[str, Any]:
 def describe(
     dec: SPDDecomposition, inputs: Tensor, labels: Tensor, smol: Tensor, tokenizer: Any, n: int, top: int = 5
 ) -> dict[str, list[dict[str, Any]]]:
-    """For the `n` most used subcomponents of each matrix: the tokens where it is most important, and the
-    tokens whose next-token loss rises most when it alone is switched off (every other mask 1, deltas on)."""
+    """For `n` sparse subcomponents of each matrix (`sparse_subcomponents`): the tokens where it is most
+    important, and the tokens whose next-token loss rises most when it alone is switched off (every other
+    mask 1, deltas on)."""
     ci = dec.importances(inputs)
     base = token_losses(dec, inputs, labels, {m: torch.ones_like(c) for m, c in ci.items()})
     out: dict[str, list[dict[str, Any]]] = {}
     for name, c in ci.items():
         rows = []
-        for idx in c.flatten(0, -2).mean(0).topk(min(n, dec.C)).indices.tolist():
+        for idx in sparse_subcomponents(c, n):
             masks = {m: torch.ones_like(v) for m, v in ci.items()}
             masks[name][..., idx] = 0.0
             rise = token_losses(dec, inputs, labels, masks) - base  # [n, T]
@@ -170,6 +171,20 @@ def describe(
             })
         out[name] = rows
     return out
+
+
+def sparse_subcomponents(ci: Tensor, n: int, most: float = 0.1) -> list[int]:
+    """The `n` subcomponents on (CI > 0.5) on the most tokens among those on for at most `most` of them.
+
+    Always-on subcomponents (a fair share on a language model: biases, the BOS token) say nothing
+    about which token needs them, so the described ones are chosen among the sparse ones; if fewer
+    than `n` are sparse, the rest are the most used.
+    """
+    share = (ci > 0.5).flatten(0, -2).float().mean(0)  # [C]
+    sparse = torch.where((share > 0) & (share <= most), share, torch.full_like(share, -1.0))
+    chosen = [int(i) for i in sparse.argsort(descending=True, stable=True)[:n] if sparse[i] > 0]
+    rest = [int(i) for i in share.argsort(descending=True, stable=True) if int(i) not in chosen]
+    return chosen + rest[: n - len(chosen)]
 
 
 def _row(found: dict[str, Any]) -> dict[str, Any]:
