@@ -13,6 +13,13 @@ unchanged model), squashed by a lower-leaky hard sigmoid. Training asks that
 
 with AdamW (no weight decay) on the factors and the CI MLPs, the target model frozen.
 
+The reference's later improvements, which make LMs work, are options (off by default): a delta
+component W − ΣUVᵀ per target instead of the faithfulness loss (`delta_component`), stochastic masks on
+random subsets of the targets (`stochastic_recon_subset_coeff`), adversarial PGD masks
+(`pgd_recon_coeff`, `pgd_steps`, `pgd_step_size`, `pgd_scope`), a frequency term and an annealing end for
+the minimality loss (`importance_minimality_beta`, `pnorm_anneal_end`) and a faithfulness warm-up
+(`faithfulness_warmup_steps`). `runs.spd_lm` uses them on a whole Llama.
+
 >>> from anatomist.mechanisms import spd
 >>> dec = spd.decompose(model, batches, targets=["linear1", "linear2"], config=spd.SPDConfig(C=20))
 >>> dec.matrices("linear1")        # [C, d_out, d_in]
