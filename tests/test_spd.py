@@ -211,3 +211,126 @@ def test_paper_rows_score_ignores_leakage_the_flattened_score_sees() -> None:
     assert rows["min_cosine_rows"] == pytest.approx(1.0) and rows["ml2r_rows"] == pytest.approx(1.2)
     assert flat.worst < 0.97  # the flattened score sees component 0 reading two features
 
+
+
+# --- the reference's later improvements (options of SPDConfig) -------------------------------------------
+
+
+class EmbedThenLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 4)
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.proj(torch.relu(self.embed(ids)))
+
+
+def test_delta_component_makes_the_unmasked_model_the_target_exactly() -> None:
+    torch.manual_seed(0)
+    net, ids = EmbedThenLinear(), torch.randint(0, 7, (5, 6))
+    cfg = spd.SPDConfig(C=2, delta_component=True)  # C = 2 < rank: the factors alone cannot be W
+    dec = spd.initial_decomposition(net, ["embed", "proj"], cfg)
+    assert dec.faithfulness_loss() > 1e-2
+    torch.testing.assert_close(dec.run_with_masks(ids, dict.fromkeys(dec.targets)), net(ids), rtol=0, atol=1e-6)
+    ones = {n: torch.ones(5, 6, 2) for n in dec.targets}
+    torch.testing.assert_close(dec.run_with_masks(ids, ones), net(ids), rtol=0, atol=1e-6)
+    without = dec.run_with_masks(ids, ones, delta_masks={})  # the delta dropped: the factors alone
+    assert (without - net(ids)).abs().max() > 1e-2
+    half = {n: torch.full((5, 6), 0.5) for n in dec.targets}  # half the delta on proj alone: linear in the mask
+    expected = (dec.run_with_masks(ids, {"proj": ones["proj"]}) + dec.run_with_masks(ids, {"proj": ones["proj"]},
+                                                                                      delta_masks={})) / 2
+    torch.testing.assert_close(dec.run_with_masks(ids, {"proj": ones["proj"]}, half), expected)
+
+
+def _exact_diagonal(scales: tuple[float, ...], cfg: spd.SPDConfig) -> tuple[nn.Module, spd.SPDDecomposition]:
+    """y = diag(scales) x, decomposed exactly into its orthogonal rank-one pieces (V = I, U = diag)."""
+    n = len(scales)
+    net = nn.Sequential(nn.Linear(n, n, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.diag(torch.tensor(scales)))
+    dec = spd.initial_decomposition(net, ["0"], cfg.replace(C=n))
+    with torch.no_grad():
+        dec.V["0"].copy_(torch.eye(n))
+        dec.U["0"].copy_(torch.diag(torch.tensor(scales)))
+    return net, dec
+
+
+@pytest.mark.parametrize("scope", ["input", "batch"])
+def test_pgd_finds_the_worst_mask(scope: str) -> None:
+    # pieces that only ever help: the worst mask between g = 0 and 1 switches every piece off (sources 0),
+    # and the loss there is the ablation's, mean((W x)²)
+    cfg = spd.SPDConfig(pgd_recon_coeff=1.0, pgd_steps=3, pgd_step_size=0.5, pgd_scope=scope)
+    net, dec = _exact_diagonal((1.0, 2.0, 3.0), cfg)
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+    g = {"0": torch.zeros(16, 3)}
+    target = net(x).detach()
+    sources, deltas = spd.pgd_sources(dec, x, target, g, torch.Generator().manual_seed(1))
+    assert deltas == {} and sources["0"].shape == ((16, 3) if scope == "input" else (1, 3))
+    assert torch.equal(sources["0"], torch.zeros_like(sources["0"]))
+    found = spd._masked_loss(dec, x, target, {"0": spd.mix(g["0"], sources["0"])}, {})
+    torch.testing.assert_close(found, target.square().mean())
+
+
+def test_pgd_mask_is_at_least_as_bad_as_its_random_start() -> None:
+    torch.manual_seed(0)
+    net = Planted()
+    cfg = spd.SPDConfig(C=5, pgd_recon_coeff=1.0, pgd_steps=2, pgd_step_size=0.05, delta_component=True)
+    dec = spd.initial_decomposition(net, ["read", "write"], cfg)
+    x = torch.rand(32, 3)
+    _, acts = dec.run_capturing_inputs(x)
+    g = {n: spd.lower_leaky(p).detach() for n, p in dec.gate_preactivations(acts).items()}
+    target = net(x).detach()
+    for seed in range(5):
+        start_gen, pgd_gen = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        # the same first draws pgd_sources makes: one source per subcomponent, then one per delta component
+        start = {n: torch.rand(c.shape, generator=start_gen) for n, c in g.items()}
+        start_delta = {n: torch.rand(c.shape[:-1], generator=start_gen) for n, c in g.items()}
+        random_loss = spd._masked_loss(dec, x, target, {n: spd.mix(c, start[n]) for n, c in g.items()}, start_delta)
+        sources, deltas = spd.pgd_sources(dec, x, target, g, pgd_gen)
+        pgd_loss = spd._masked_loss(dec, x, target, {n: spd.mix(c, sources[n]) for n, c in g.items()}, deltas)
+        assert pgd_loss >= random_loss, seed
+        assert set(deltas) == {"read", "write"} and all(((s >= 0) & (s <= 1)).all() for s in sources.values())
+
+
+def test_every_reconstruction_loss_is_zero_for_an_exact_decomposition_with_importance_one() -> None:
+    cfg = spd.SPDConfig(stochastic_recon_subset_coeff=1.0, pgd_recon_coeff=1.0, n_mask_samples=2)
+    _, dec = _exact_diagonal((1.0, -2.0, 0.5), cfg)
+    with torch.no_grad():
+        dec.ci.b_out.fill_(5.0)  # every causal importance 1: every mask between g and 1 is 1
+        dec.ci.w_out.zero_()
+    _, terms = spd.spd_losses(dec, torch.randn(8, 3), 0, torch.Generator().manual_seed(0))
+    for key in ("faithfulness", "stochastic_recon", "stochastic_recon_layerwise", "stochastic_recon_subset",
+                "pgd_recon"):
+        assert float(terms[key].detach()) < 1e-10, (key, terms[key])
+
+
+def test_random_subsets_cover_every_size() -> None:
+    g = torch.Generator().manual_seed(0)
+    names = ["a", "b", "c", "d"]
+    draws = [spd.random_subset(names, g) for _ in range(400)]
+    sizes = torch.bincount(torch.tensor([len(d) for d in draws]), minlength=5)
+    assert sizes[0] == 0 and (sizes[1:] > 70).all(), sizes  # k ~ U{1..4}: about 100 each
+    assert all(d == sorted(set(d)) and set(d) <= set(names) for d in draws)
+
+
+def test_frequency_weighted_minimality_and_annealed_p() -> None:
+    g = {"a": torch.tensor([[1.0, 0.0], [1.0, 1.0]])}
+    assert float(spd.importance_minimality_loss(g, 1.0)) == pytest.approx(1.5)  # means 1 and 0.5
+    # sums over the batch 2 and 1: 1·(1 + ½·log2 3) + ½·(1 + ½·log2 2)
+    expected = 1 + 0.5 * math.log2(3) + 0.5 * 1.5
+    assert float(spd.importance_minimality_loss(g, 1.0, beta=0.5)) == pytest.approx(expected)
+    cfg = spd.SPDConfig(steps=100, pnorm=2.0, pnorm_final=0.3, pnorm_anneal_start=0.1, pnorm_anneal_end=0.5)
+    assert cfg.pnorm_at(0) == cfg.pnorm_at(10) == 2.0
+    assert cfg.pnorm_at(49) == pytest.approx(0.3) and cfg.pnorm_at(90) == pytest.approx(0.3)
+    assert cfg.pnorm_at(30) == pytest.approx(2.0 - 1.7 * 20 / 39)
+
+
+def test_faithfulness_warmup_fits_the_weights_before_training() -> None:
+    net = Planted()
+    cfg = spd.SPDConfig(C=8, faithfulness_warmup_steps=300, faithfulness_warmup_lr=3e-2)
+    cold = spd.initial_decomposition(net, ["read", "write"], cfg)
+    warm = spd.faithfulness_warmup(spd.initial_decomposition(net, ["read", "write"], cfg))
+    assert float(warm.faithfulness_loss()) < 1e-3 * float(cold.faithfulness_loss())
+    ci_before = cold.ci.state_dict()
+    assert all(torch.equal(v, warm.ci.state_dict()[k]) for k, v in ci_before.items())  # only the factors move

@@ -9,7 +9,8 @@ pieces of any shape (matrices, vectors) with the piece index first; they are com
 * `ci_l0`, `alive`: mean number of subcomponents with importance above a threshold per input;
   subcomponents important on at least one input.
 * `identity_pattern_error`: on one-hot inputs each feature should switch on exactly one
-  subcomponent of its own (the importances form a permuted identity).
+  subcomponent of its own (the importances form a permuted identity), judged per feature
+  (how many are on, the largest off-pattern importance), never as a mean over all entries.
 """
 
 from __future__ import annotations
@@ -86,13 +87,20 @@ def alive(importances: Tensor, threshold: float = 0.1) -> Tensor:
     return (importances > threshold).flatten(0, -2).any(dim=0)
 
 
-def identity_pattern_error(importances: Tensor) -> dict[str, float]:
-    """Distance of one-hot importances `[n_features, C]` from the nearest permuted identity.
+ON = 0.5  # an importance above this counts as "on" in the identity-pattern check
 
-    The nearest one assigns each feature a distinct subcomponent (optimal assignment on the
-    importances); `error` is the mean absolute difference over all entries, `max_error` the
-    largest, and `n_distinct` how many features' largest importance sits on a subcomponent no
-    other feature's largest importance sits on.
+
+def identity_pattern_error(importances: Tensor) -> dict[str, float]:
+    """How far one-hot importances `[n_features, C]` are from a permuted identity, feature by feature.
+
+    A mean over all n × C entries cannot tell a clean pattern from one with an extra subcomponent
+    fully on per feature (it is ≤ 2/C for any one-hot-like pattern), so the pattern is judged per
+    feature: `on_min` / `on_max`, the fewest and most subcomponents on (> 0.5) for any feature;
+    `max_off`, the largest importance off the pattern (each feature's own subcomponent is the one
+    the optimal assignment gives it); `min_own`, the smallest importance of a feature's own
+    subcomponent; `n_distinct`, how many features' largest importance sits on a subcomponent no
+    other feature's largest sits on; `clean` (1 or 0), every feature exactly one on, its own, and
+    nothing else above 0.5. `max_error` is the largest |importance − ideal| over all entries.
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -101,9 +109,19 @@ def identity_pattern_error(importances: Tensor) -> dict[str, float]:
     if n > C:
         raise AnatomistError(f"{n} features cannot each get their own subcomponent out of C={C}")
     rows, cols = linear_sum_assignment(-ci.numpy())
-    ideal = torch.zeros_like(ci)
-    ideal[torch.as_tensor(rows), torch.as_tensor(cols)] = 1.0
-    diff = (ci - ideal).abs()
+    own = torch.zeros_like(ci, dtype=torch.bool)
+    own[torch.as_tensor(rows), torch.as_tensor(cols)] = True
+    on = (ci > ON).sum(1)
+    off = ci.masked_fill(own, float("-inf")).max(1).values if C > 1 else torch.zeros(n, dtype=ci.dtype)
     argmax = ci.argmax(dim=1)
     distinct = int(sum(int((argmax == a).sum()) == 1 for a in argmax))
-    return {"error": float(diff.mean()), "max_error": float(diff.max()), "n_distinct": float(distinct)}
+    clean = bool((on == 1).all() and (ci[own] > ON).all() and (off <= ON).all())
+    return {
+        "on_min": float(on.min()),
+        "on_max": float(on.max()),
+        "max_off": float(off.max()),
+        "min_own": float(ci[own].min()),
+        "n_distinct": float(distinct),
+        "clean": float(clean),
+        "max_error": float((ci - own.double()).abs().max()),
+    }

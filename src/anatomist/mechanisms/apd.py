@@ -67,6 +67,11 @@ class APDConfig(
     topk_recon_coeff: float = Field(default=1.0, description="Weight of the top-k reconstruction MSE.", ge=0)
     schatten_coeff: float = Field(default=0.7, description="Weight of the Schatten-p simplicity loss.", ge=0)
     schatten_p: float = Field(default=1.0, description="p of the Schatten norm (p < 2 pushes towards low rank).", gt=0)
+    init: Literal["xavier", "random"] = Field(
+        default="xavier",
+        description="Start of the factors: 'xavier' (the APD reference's: xavier-normal A and B of each component) or "
+        "'random' (SPD's: random unit directions scaled by their overlap with W).",
+    )
 
 
 class APDDecomposition(Decomposition):
@@ -79,10 +84,11 @@ class APDDecomposition(Decomposition):
         C: int,
         rank: int | None = None,
         generator: torch.Generator | None = None,
+        init: str = "random",
     ):
         if rank is None:
             rank = max(min(t.d_in, t.d_out) for t in find_targets(model, targets))
-        super().__init__(model, targets, C, generator, rank=rank)
+        super().__init__(model, targets, C, generator, init=init, rank=rank)
         self.history: list[dict[str, float]] = []
 
     def expand(self, mask: Tensor) -> Tensor:
@@ -194,7 +200,8 @@ Callback = Callable[[int, APDDecomposition, dict[str, float]], None]
 
 def initial_decomposition(model: nn.Module, targets: Sequence[str] | str, config: APDConfig) -> APDDecomposition:
     """The untrained decomposition `decompose` starts from (same seed, same draws): a baseline to score."""
-    return APDDecomposition(model, targets, config.C, config.rank, generator=torch.Generator().manual_seed(config.seed))
+    generator = torch.Generator().manual_seed(config.seed)
+    return APDDecomposition(model, targets, config.C, config.rank, generator=generator, init=config.init)
 
 
 def decompose(

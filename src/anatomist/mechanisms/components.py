@@ -209,13 +209,15 @@ class Decomposition(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None, init: str = "random") -> None:
-        """Start the factors: `"random"` (the SPD paper's) or `"svd"`.
+        """Start the factors: `"random"` (the SPD paper's), `"svd"` or `"xavier"` (the APD reference's).
 
         random: unit-norm random directions, each piece scaled by its overlap u_cᵀ W v_c with the
         target weight, so every piece starts with the size of the part of W it points along.
         svd: the weight's top singular pieces σ_k u_k v_kᵀ (exact when C ≥ rank W; the rest get
         small random pieces). Not in the paper: a faster start on real models, where matching the
         weights from a random start costs thousands of steps.
+        xavier: every factor entry N(0, 2 / (fan_in + fan_out)) of its component's A [d_in, rank] or
+        B [rank, d_out], unrelated to W (the APD reference's start).
         """
         for t in self.owners():
             V, U = self.V[_key(t.name)], self.U[_key(t.name)]
@@ -227,14 +229,20 @@ class Decomposition(nn.Module):
             U.div_(U.norm(dim=1, keepdim=True))
             overlap = ((U @ W) * V.T).sum(1)  # [C]: u_cᵀ W v_c
             U.mul_(overlap[:, None])
-            if init == "svd":
+            if init == "xavier":  # the APD reference's: each component's A [d_in, r] and B [r, d_out] xavier-normal
+                r = self.rank
+                V.copy_(torch.randn(V.shape, generator=generator, device=where, dtype=V.dtype))
+                U.copy_(torch.randn(U.shape, generator=generator, device=where, dtype=U.dtype))
+                V.mul_((2 / (t.d_in + r)) ** 0.5)
+                U.mul_((2 / (r + t.d_out)) ** 0.5)
+            elif init == "svd":
                 u, sv, vh = torch.linalg.svd(W, full_matrices=False)
                 k = min(self.n_subcomponents, int((sv > sv[0] * 1e-6).sum()))
                 U[k:] *= 1e-3  # beyond the rank: tiny random pieces, free to grow
                 V[:, :k] = vh[:k].T
                 U[:k] = (u[:, :k] * sv[:k]).T
             elif init != "random":
-                raise AnatomistError(f"init must be 'random' or 'svd', got '{init}'")
+                raise AnatomistError(f"init must be 'random', 'svd' or 'xavier', got '{init}'")
 
     # --- what a decomposition is made of ------------------------------------------------------------
 
@@ -289,8 +297,29 @@ class Decomposition(nn.Module):
             return V[x]
         return x @ V
 
-    def layer_forward(self, name: str, x: Tensor, mask: Tensor | None) -> Tensor:
-        """The target layer computed from its subcomponents: ((x V) ⊙ mask) U + bias."""
+    def weight_delta(self, name: str) -> Tensor:
+        """W − Σ_c U_c V_cᵀ, `[d_out, d_in]`: what the subcomponents miss (gradients reach the factors)."""
+        return self.target_weight(name) - self.weight(name)
+
+    def delta_forward(self, name: str, x: Tensor) -> Tensor:
+        """The layer's input through W − ΣUVᵀ alone (no bias): `[..., d_out]`."""
+        delta = self.weight_delta(name)
+        if self.target(name).kind == "embedding":
+            return delta.T[x]
+        return x @ delta.T
+
+    def layer_forward(self, name: str, x: Tensor, mask: Tensor | None, delta_mask: Tensor | None = None) -> Tensor:
+        """The target layer computed from its subcomponents: ((x V) ⊙ mask) U + bias.
+
+        With `delta_mask` (`[...]`, the inputs' leading dims, or a scalar tensor) the *delta component*
+        W − ΣUVᵀ is added, scaled by it: with mask and delta mask 1 the layer is exactly the target's.
+        """
+        out = self._components_forward(name, x, mask)
+        if delta_mask is None:
+            return out
+        return out + self.delta_forward(name, x) * delta_mask[..., None]
+
+    def _components_forward(self, name: str, x: Tensor, mask: Tensor | None) -> Tensor:
         _, U = self.factors(name)
         acts = self.inner(name, x)  # [..., C]
         if mask is not None:
@@ -308,26 +337,34 @@ class Decomposition(nn.Module):
         return acts @ U + bias
 
     @contextmanager
-    def masked(self, masks: Mapping[str, Tensor | None]) -> Iterator[nn.Module]:
+    def masked(
+        self, masks: Mapping[str, Tensor | None], delta_masks: Mapping[str, Tensor] | None = None
+    ) -> Iterator[nn.Module]:
         """Inside the block, each target named in `masks` runs through its subcomponents.
 
         A mask is `[..., C]` (broadcast against the inner activations, e.g. `[batch, C]` or
         `[batch, seq, C]`); `None` means all subcomponents unmasked. Targets not named keep their
-        original weight. Yields the model; `nets.sites.replace_forward` restores every forward on exit.
+        original weight. `delta_masks` (`[...]` per target) add the delta component W − ΣUVᵀ to the
+        masked targets they name. Yields the model; `nets.sites.replace_forward` restores every forward on exit.
         """
-        forwards = {self.target(name).name: self._masked_forward(name, mask) for name, mask in masks.items()}
+        deltas = delta_masks or {}
+        forwards = {
+            self.target(name).name: self._masked_forward(name, mask, deltas.get(name)) for name, mask in masks.items()
+        }
         with replace_forward(self.model, forwards) as model:
             yield model
 
-    def _masked_forward(self, name: str, mask: Tensor | None) -> Callable[..., Tensor]:
+    def _masked_forward(self, name: str, mask: Tensor | None, delta_mask: Tensor | None) -> Callable[..., Tensor]:
         def forward(x: Tensor, *_: Any, **__: Any) -> Tensor:
-            return self.layer_forward(name, x, mask)
+            return self.layer_forward(name, x, mask, delta_mask)
 
         return forward
 
-    def run_with_masks(self, inputs: Any, masks: Mapping[str, Tensor | None]) -> Tensor:
+    def run_with_masks(
+        self, inputs: Any, masks: Mapping[str, Tensor | None], delta_masks: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
         """The model's output tensor on `inputs` with the given targets masked (see `masked`)."""
-        with self.masked(masks):
+        with self.masked(masks, delta_masks):
             return model_output(run_model(self.model, inputs))
 
     def run_capturing_inputs(self, inputs: Any, names: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:

@@ -13,6 +13,13 @@ unchanged model), squashed by a lower-leaky hard sigmoid. Training asks that
 
 with AdamW (no weight decay) on the factors and the CI MLPs, the target model frozen.
 
+The reference's later improvements, which make LMs work, are options (off by default): a delta
+component W − ΣUVᵀ per target instead of the faithfulness loss (`delta_component`), stochastic masks on
+random subsets of the targets (`stochastic_recon_subset_coeff`), adversarial PGD masks
+(`pgd_recon_coeff`, `pgd_steps`, `pgd_step_size`, `pgd_scope`), a frequency term and an annealing end for
+the minimality loss (`importance_minimality_beta`, `pnorm_anneal_end`) and a faithfulness warm-up
+(`faithfulness_warmup_steps`). `runs.spd_lm` uses them on a whole Llama.
+
 >>> from anatomist.mechanisms import spd
 >>> dec = spd.decompose(model, batches, targets=["linear1", "linear2"], config=spd.SPDConfig(C=20))
 >>> dec.matrices("linear1")        # [C, d_out, d_in]
@@ -22,7 +29,7 @@ with AdamW (no weight decay) on the factors and the CI MLPs, the target model fr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -71,12 +78,47 @@ class SPDConfig(FitConfig, defaults={"steps": 40_000, "batch_size": 4096, "lr": 
         description="Start of the factors: 'random' (the paper's) or 'svd' (the weight's top singular pieces; "
         "not in the paper, a faster start on real models).",
     )
+    # --- the reference's later improvements (off by default: the defaults are the paper's method) ---
+    pnorm_anneal_end: float = Field(
+        default=1.0, description="Fraction of steps at which p reaches `pnorm_final` and stays (reference: "
+        "p_anneal_end_frac).", gt=0, le=1
+    )
+    importance_minimality_beta: float = Field(
+        default=0.0, description="Frequency term of the minimality loss (reference: beta): each subcomponent's "
+        "mean g^p is weighted by 1 + β·log2(1 + its sum over the batch), so often-used pieces cost more.", ge=0
+    )
+    delta_component: bool = Field(
+        default=False, description="Add W − ΣUVᵀ as one more component of every target (reference: "
+        "use_delta_component): always on in the unmasked model (which then equals the target exactly), "
+        "masked by U(0, 1) in the stochastic and PGD losses. Usually with faithfulness_coeff 0.",
+    )
+    stochastic_recon_subset_coeff: float = Field(
+        default=0.0, description="Weight of the output loss with stochastic masks on a random subset of the "
+        "targets (k ~ U{1..n} of them), the others left as they are (reference: StochasticReconSubsetLoss).", ge=0
+    )
+    pgd_recon_coeff: float = Field(
+        default=0.0, description="Weight of the output loss with adversarial masks m = g + (1 − g)·s, the "
+        "sources s ∈ [0, 1] chosen by projected sign-gradient ascent to make it worst (reference: PGDReconLoss).",
+        ge=0,
+    )
+    pgd_steps: int = Field(default=1, description="Ascent steps of the PGD sources per training step.", ge=1)
+    pgd_step_size: float = Field(default=0.1, description="Step of each PGD ascent (in units of the source).", gt=0)
+    pgd_scope: Literal["input", "batch"] = Field(
+        default="input", description="PGD sources per input and subcomponent ('input', reference: "
+        "unique_per_datapoint) or one per subcomponent shared by the batch ('batch': shared_across_batch).",
+    )
+    faithfulness_warmup_steps: int = Field(
+        default=0, description="Steps of faithfulness-only training of the factors before the main loop "
+        "(reference: faithfulness_warmup_steps).", ge=0
+    )
+    faithfulness_warmup_lr: float = Field(default=1e-3, description="Adam lr of the faithfulness warm-up.", gt=0)
 
     def pnorm_at(self, step: int) -> float:
+        """p at `step`: `pnorm`, then linear to `pnorm_final` between the anneal start and end fractions."""
         if self.pnorm_final is None:
             return self.pnorm
-        start = int(self.steps * self.pnorm_anneal_start)
-        frac = max(0.0, (step - start) / max(self.steps - start - 1, 1))
+        start, end = int(self.steps * self.pnorm_anneal_start), int(self.steps * self.pnorm_anneal_end)
+        frac = min(1.0, max(0.0, (step - start) / max(end - start - 1, 1)))
         return self.pnorm + (self.pnorm_final - self.pnorm) * frac
 
 
@@ -195,6 +237,15 @@ class SPDDecomposition(Decomposition):
         C = self.C
         return {n: self.ci(a, slice(i * C, (i + 1) * C)) for i, (n, a) in enumerate(zip(names, inner, strict=True))}
 
+    def run_with_masks(
+        self, inputs: Any, masks: Mapping[str, Tensor | None], delta_masks: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """As `Decomposition.run_with_masks`; with `config.delta_component` and no `delta_masks` given, every
+        masked target keeps its delta component fully on (it is always available; `delta_masks={}` drops it)."""
+        if delta_masks is None and self.config.delta_component:
+            delta_masks = {n: _ones_like_lead(self, n, m) for n, m in masks.items()}
+        return super().run_with_masks(inputs, masks, delta_masks)
+
     @torch.no_grad()
     def importances(self, inputs: Any) -> dict[str, Tensor]:
         """Causal importances g ∈ [0, 1] (lower-leaky, so slightly negative values are possible) for a batch:
@@ -237,18 +288,96 @@ def output_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     return (logp.exp() * (logp - logq)).sum(-1).mean()
 
 
-def importance_minimality_loss(g_upper: dict[str, Tensor], p: float) -> Tensor:
-    """Σ_layers Σ_c g_c^p, averaged over inputs (g is the upper-leaky CI, ≥ 0)."""
-    losses = [(g if p == 1 else g.pow(p)).sum(-1).mean() for g in g_upper.values()]
+def importance_minimality_loss(g_upper: dict[str, Tensor], p: float, beta: float = 0.0) -> Tensor:
+    """Σ_layers Σ_c mean_x g_c^p (g: the upper-leaky CI, ≥ 0), each term × (1 + β·log2(1 + Σ_x g_c^p)).
+
+    β = 0 is the paper's loss; β > 0 is the reference's later frequency term: a subcomponent's cost
+    grows with how much it is used over the batch, which pushes towards rarely used pieces.
+    """
+    losses = []
+    for g in g_upper.values():
+        per_piece = (g if p == 1 else g.pow(p)).flatten(0, -2)  # [n_inputs, C]
+        mean = per_piece.mean(0)
+        losses.append((mean * (1 + beta * torch.log2(1 + per_piece.sum(0)))).sum() if beta else mean.sum())
     return torch.stack(losses).sum()
 
 
 def stochastic_masks(g: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
     """m = g + (1 − g)·u, u ~ U(0, 1) per input and subcomponent."""
-    return {
-        n: torch.addcmul(c, 1 - c, torch.rand(c.shape, generator=generator, device=c.device, dtype=c.dtype))
-        for n, c in g.items()
-    }
+    return {n: mix(c, _uniform(c.shape, c, generator)) for n, c in g.items()}
+
+
+def mix(g: Tensor, source: Tensor) -> Tensor:
+    """The mask g + (1 − g)·s between the causal importance (s = 0) and one (s = 1)."""
+    return torch.addcmul(g, 1 - g, source)
+
+
+def _uniform(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _ones_like_lead(dec: SPDDecomposition, name: str, mask: Tensor | None) -> Tensor:
+    w = next(iter(dec.V.values()))
+    return torch.ones(() if mask is None else mask.shape[:-1], device=w.device, dtype=w.dtype)
+
+
+def delta_masks(dec: SPDDecomposition, g: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+    """U(0, 1) masks of the delta components ([...] per input), or none without `config.delta_component`."""
+    if not dec.config.delta_component:
+        return {}
+    return {n: _uniform(c.shape[:-1], c, generator) for n, c in g.items()}
+
+
+def _masked_loss(
+    dec: SPDDecomposition, inputs: Any, target_out: Tensor, masks: dict[str, Tensor], deltas: dict[str, Tensor]
+) -> Tensor:
+    out = dec.run_with_masks(inputs, masks, {n: d for n, d in deltas.items() if n in masks})
+    return output_loss(out, target_out, dec.config.output_loss)
+
+
+def random_subset(names: Sequence[str], generator: torch.Generator | None) -> list[str]:
+    """k ~ U{1..n} of the names, chosen uniformly (the layer-subset loss's targets for one step)."""
+    k = int(torch.randint(1, len(names) + 1, (1,), generator=generator))
+    order = torch.randperm(len(names), generator=generator)[:k]
+    return [names[int(i)] for i in sorted(order)]
+
+
+def pgd_sources(
+    dec: SPDDecomposition, inputs: Any, target_out: Tensor, g: dict[str, Tensor], generator: torch.Generator | None
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Adversarial sources s ∈ [0, 1] (masks g + (1 − g)·s; delta masks s) that make the output loss worst.
+
+    Start from uniform random sources, take `pgd_steps` projected sign-gradient ascent steps of size
+    `pgd_step_size` (g held fixed), and return the worst sources seen, the start included, so the
+    result is never better than the random masks it started from. Returns (subcomponent sources,
+    delta-component sources), detached.
+    """
+    cfg = dec.config
+    fixed = {n: c.detach() for n, c in g.items()}
+    lead = 1 if cfg.pgd_scope == "batch" else None
+    shapes = {n: (*(c.shape[:-1] if lead is None else [1] * (c.ndim - 1)), c.shape[-1]) for n, c in fixed.items()}
+    sources = {n: _uniform(shape, fixed[n], generator) for n, shape in shapes.items()}
+    if cfg.delta_component:
+        sources.update({f"delta:{n}": _uniform(shape[:-1], fixed[n], generator) for n, shape in shapes.items()})
+    best, worst_loss = sources, -math.inf
+    for step in range(cfg.pgd_steps + 1):
+        leaves = {k: v.clone().requires_grad_(step < cfg.pgd_steps) for k, v in sources.items()}
+        with torch.set_grad_enabled(step < cfg.pgd_steps):
+            loss = _masked_loss(dec, inputs, target_out, *_split_sources(fixed, leaves))
+        if float(loss.detach()) > worst_loss:
+            best, worst_loss = sources, float(loss.detach())
+        if step == cfg.pgd_steps:
+            break
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        sources = {k: (v + cfg.pgd_step_size * gr.sign()).clamp(0, 1) for (k, v), gr in zip(sources.items(), grads,
+                                                                                           strict=True)}
+    subs = {k: v for k, v in best.items() if not k.startswith("delta:")}
+    return subs, {k.removeprefix("delta:"): v for k, v in best.items() if k.startswith("delta:")}
+
+
+def _split_sources(g: dict[str, Tensor], sources: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    masks = {n: mix(c, sources[n]) for n, c in g.items()}
+    return masks, {n: sources[f"delta:{n}"] for n in g if f"delta:{n}" in sources}
 
 
 def spd_losses(
@@ -263,26 +392,40 @@ def spd_losses(
     terms: dict[str, Tensor] = {}
     terms["faithfulness"] = dec.faithfulness_loss()
     terms["importance_minimality"] = importance_minimality_loss(
-        {n: upper_leaky(p, cfg.leaky_alpha) for n, p in pre.items()}, cfg.pnorm_at(step)
+        {n: upper_leaky(p, cfg.leaky_alpha) for n, p in pre.items()}, cfg.pnorm_at(step), cfg.importance_minimality_beta
     )
-    recon = layerwise = terms["faithfulness"].new_zeros(())
+    zero = terms["faithfulness"].new_zeros(())
+    recon = layerwise = subset = zero
     for _ in range(cfg.n_mask_samples):
         if cfg.stochastic_recon_coeff:
-            out = dec.run_with_masks(inputs, stochastic_masks(g, generator))
-            recon = recon + output_loss(out, target_out, cfg.output_loss)
+            recon = recon + _masked_loss(dec, inputs, target_out, stochastic_masks(g, generator),
+                                         delta_masks(dec, g, generator))
         if cfg.stochastic_recon_layerwise_coeff:
-            masks = stochastic_masks(g, generator)
+            masks, deltas = stochastic_masks(g, generator), delta_masks(dec, g, generator)
             for n, m in masks.items():
-                out = dec.run_with_masks(inputs, {n: m})
-                layerwise = layerwise + output_loss(out, target_out, cfg.output_loss) / len(masks)
+                layerwise = layerwise + _masked_loss(dec, inputs, target_out, {n: m}, deltas) / len(masks)
+        if cfg.stochastic_recon_subset_coeff:
+            chosen = random_subset(list(g), generator)
+            subset = subset + _masked_loss(dec, inputs, target_out, stochastic_masks({n: g[n] for n in chosen},
+                                                                                     generator),
+                                           delta_masks(dec, g, generator))
     terms["stochastic_recon"] = recon / cfg.n_mask_samples
     terms["stochastic_recon_layerwise"] = layerwise / cfg.n_mask_samples
-    total = (
-        cfg.faithfulness_coeff * terms["faithfulness"]
-        + cfg.stochastic_recon_coeff * terms["stochastic_recon"]
-        + cfg.stochastic_recon_layerwise_coeff * terms["stochastic_recon_layerwise"]
-        + cfg.importance_minimality_coeff * terms["importance_minimality"]
-    )
+    if cfg.stochastic_recon_subset_coeff:
+        terms["stochastic_recon_subset"] = subset / cfg.n_mask_samples
+    if cfg.pgd_recon_coeff:
+        sources, deltas = pgd_sources(dec, inputs, target_out, g, generator)
+        terms["pgd_recon"] = _masked_loss(dec, inputs, target_out, {n: mix(c, sources[n]) for n, c in g.items()},
+                                          deltas)
+    coeffs = {
+        "faithfulness": cfg.faithfulness_coeff,
+        "stochastic_recon": cfg.stochastic_recon_coeff,
+        "stochastic_recon_layerwise": cfg.stochastic_recon_layerwise_coeff,
+        "stochastic_recon_subset": cfg.stochastic_recon_subset_coeff,
+        "pgd_recon": cfg.pgd_recon_coeff,
+        "importance_minimality": cfg.importance_minimality_coeff,
+    }
+    total = torch.stack([coeffs[k] * v for k, v in terms.items()]).sum()
     return total, terms
 
 
@@ -295,6 +438,23 @@ Callback = Callable[[int, SPDDecomposition, dict[str, float]], bool | None]
 def initial_decomposition(model: nn.Module, targets: Sequence[str] | str, config: SPDConfig) -> SPDDecomposition:
     """The untrained decomposition `decompose` starts from (same seed, same draws): a baseline to score."""
     return SPDDecomposition(model, targets, config, generator=torch.Generator().manual_seed(config.seed))
+
+
+def faithfulness_warmup(dec: SPDDecomposition) -> SPDDecomposition:
+    """`config.faithfulness_warmup_steps` Adam steps on ‖W − ΣUVᵀ‖² alone (factors only; no data needed).
+
+    The reference's start for LMs: the factors match the weights before any output loss moves them. A
+    resumed run repeats it (it is deterministic and cheap) and then loads the checkpoint over it.
+    """
+    cfg = dec.config
+    if not cfg.faithfulness_warmup_steps:
+        return dec
+    opt = torch.optim.Adam([*dec.V.values(), *dec.U.values()], lr=cfg.faithfulness_warmup_lr)
+    for _ in range(cfg.faithfulness_warmup_steps):
+        opt.zero_grad(set_to_none=True)
+        dec.faithfulness_loss().backward()
+        opt.step()
+    return dec
 
 
 def decompose(
@@ -318,6 +478,7 @@ def decompose(
     """
     cfg = config or SPDConfig()
     dec = initial_decomposition(model, targets, cfg)
+    faithfulness_warmup(dec)
     mask_gen = torch.Generator(next(iter(dec.V.values())).device).manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(dec.parameters(), lr=cfg.lr, weight_decay=0.0, fused=True)
     return fit(

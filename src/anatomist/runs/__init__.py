@@ -19,6 +19,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     routes,
     saebench,
     sites,
+    spd_lm,
     steer,
     sweep,
     toys,

@@ -6,14 +6,14 @@ out/checkpoints/step_N        →  score_spd_checkpoint(out)  →  the same scor
 All three fit through `mechanisms.training.fit`, so each checkpoints and resumes (`--resume`) the same
 way, and are scored by `toy_scoring.toy_report`, so their numbers line up. What plays the role of
 SPD's causal importances: APD's attributions, L3D's |coefficients| (one value per component for the
-whole network, repeated for each target layer). L3D's subnetworks are unit-norm directions, so it
-has no ML2R.
+whole network, repeated for each target layer), each as a share of the input's largest one (`relative`),
+so SPD's thresholds fit them. L3D's subnetworks are unit-norm directions, so it reports no ML2R at all.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -78,8 +78,19 @@ class L3DExperiment(ToyExperiment):
 Scored = tuple[Matrices, Importances]
 
 
+def relative(scores: Tensor) -> Tensor:
+    """Unbounded importances [..., C] as shares of each input's largest one, in [0, 1] (0 for an all-zero input).
+
+    APD's attributions and L3D's coefficients have no fixed scale (they grow with the input and the
+    weights), so the thresholds `toy_report` applies to SPD's causal importances (on > 0.5, alive
+    > 0.1, counted in CI L0 > 0.01) are applied to these shares instead of the raw values.
+    """
+    top = scores.amax(dim=-1, keepdim=True)
+    return torch.where(top > 0, scores / top.clamp_min(torch.finfo(scores.dtype).tiny), torch.zeros_like(scores))
+
+
 def _per_target(names: list[str], per_input: Callable[[Tensor], Tensor]) -> Importances:
-    return lambda x: dict.fromkeys(names, per_input(x))
+    return lambda x: dict.fromkeys(names, relative(per_input(x)))
 
 
 def spd_scored(dec: spd.SPDDecomposition) -> Scored:
@@ -168,13 +179,14 @@ def l3d_toy(exp: L3DExperiment, ctx: Context) -> Outcome:
     """Fit L3D to the toy and score the start and the end (no ML2R: its subnetworks are unit-norm directions)."""
     outcome = decompose_toy(exp, "l3d", exp.l3d, ctx, lambda m, t: l3d.initial_decomposition(m, t, exp.l3d),
                             l3d.decompose, l3d_scored)
-    metrics = dict(outcome.metrics)
-    metrics.pop("ml2r", None)
-    metrics.pop("init_ml2r", None)
-    for row in metrics["layers"].values():
-        row.pop("ml2r", None)
+    metrics = _without_ml2r(outcome.metrics)
     outcome.metrics, outcome.summary = metrics, _summary("l3d", exp.toy, metrics)
     return outcome
+
+
+def _without_ml2r(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics without any norm-ratio entry (ml2r, ml2r_rows, their init_/final_ twins), at any depth."""
+    return {k: _without_ml2r(v) if isinstance(v, dict) else v for k, v in metrics.items() if "ml2r" not in k}
 
 
 def load_spd_run(run_dir: Path) -> SPDExperiment:

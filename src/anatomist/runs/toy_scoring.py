@@ -10,7 +10,9 @@ papers report:
   (`rows_match`: each feature's row of each subcomponent against that feature's column of the
   layer's weight), which a random start already puts ≈ 0.99;
 * per target: CI L0 and alive subcomponents on a batch of the toy's data, and on the toy's
-  `per_feature` layers the identity-pattern error of the importances on one-hot inputs of magnitude 0.75;
+  `per_feature` layers the identity pattern of the importances on one-hot inputs of magnitude 0.75,
+  judged per feature: whether it is clean (each feature exactly one subcomponent on, > 0.5, its
+  own), the fewest and most subcomponents on for any feature, the largest off-pattern importance;
 * `identity` layers (TMS +ID's hidden): how many subcomponents the identity ends up as (alive ones, and
   of those the ones with ≥ 10 % of the largest one's norm), and how far their sum is from I;
 * `owned_per_feature` layers (residual MLP's mlp_in): how many features own exactly one subcomponent
@@ -117,7 +119,9 @@ def toy_report(toy: Any, targets: list[str], matrices: Matrices, importances: Im
         row["alive"] = int(alive(torch.cat([ci, ci_onehot[name]])).sum())
         if name in gt.per_feature and ci.shape[-1] >= gt.n_features:  # one subcomponent per feature expected
             pattern = identity_pattern_error(ci_onehot[name])
-            row["identity_error"] = pattern["error"]
+            row["identity_clean"] = bool(pattern["clean"])
+            row["identity_on_per_feature"] = [int(pattern["on_min"]), int(pattern["on_max"])]
+            row["identity_max_off"] = pattern["max_off"]
             row["identity_n_distinct"] = int(pattern["n_distinct"])
     report["ci_l0_total"] = sum(ci_l0(ci) for ci in ci_data.values())
     for name in [n for n in gt.identity if n in targets]:  # the identity should be n pieces, all in this layer

@@ -68,9 +68,7 @@ class MoELMConfig(ToyConfig):
     max_cpu_threads: ClassVar[int | None] = 1  # small matrices: a second thread only adds OpenMP waits
 
     def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        return super().lr_at(step)
+        return warmed_up(self, step, super().lr_at(step))
 
     def build(self) -> MoELM:
         torch.manual_seed(self.seed)
@@ -80,10 +78,7 @@ class MoELMConfig(ToyConfig):
         self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
     ) -> tuple[Tensor, Tensor]:
         """(inputs, next tokens): random training rows, our ids [batch, seq_len - 1] each."""
-        train = lm_data(self.seq_len, self.vocab_size, self.n_test_seqs).train
-        where = generator.device if generator is not None else torch.device("cpu")
-        rows = train[torch.randint(len(train), (batch_size,), generator=generator, device=where).cpu()].to(device)
-        return rows[:, :-1], rows[:, 1:]
+        return random_rows(self, batch_size, generator, device)
 
     def loss(self, output: Any, labels: Tensor) -> Tensor:
         """Next-token cross-entropy plus the weighted load-balancing loss."""
@@ -261,7 +256,22 @@ def lm_data(seq_len: int, vocab_size: int, n_test_seqs: int) -> LMData:
     return LMData(vocab, remap(train_smol, vocab), remap(test_smol, vocab), test_smol)
 
 
-def held_out(cfg: MoELMConfig, n_seqs: int) -> tuple[Tensor, Tensor, Any]:
+def warmed_up(cfg: Any, step: int, after: float) -> float:
+    """The learning rate of a text LM toy: linear warm-up over `cfg.warmup` steps, then `after` (its schedule)."""
+    return cfg.lr * (step + 1) / cfg.warmup if step < cfg.warmup else after
+
+
+def random_rows(
+    cfg: Any, batch_size: int, generator: torch.Generator | None, device: str | torch.device
+) -> tuple[Tensor, Tensor]:
+    """(inputs, next tokens) of a text LM toy: random training rows, our ids [batch, seq_len - 1] each."""
+    train = lm_data(cfg.seq_len, cfg.vocab_size, cfg.n_test_seqs).train
+    where = generator.device if generator is not None else torch.device("cpu")
+    rows = train[torch.randint(len(train), (batch_size,), generator=generator, device=where).cpu()].to(device)
+    return rows[:, :-1], rows[:, 1:]
+
+
+def held_out(cfg: Any, n_seqs: int) -> tuple[Tensor, Tensor, Any]:
     """Held-out rows: (our ids, SmolLM2 ids) [n_seqs, seq_len] each, and the SmolLM2 tokenizer."""
     data = lm_data(cfg.seq_len, cfg.vocab_size, cfg.n_test_seqs)
     if not 1 <= n_seqs <= len(data.test):
@@ -273,8 +283,8 @@ def held_out(cfg: MoELMConfig, n_seqs: int) -> tuple[Tensor, Tensor, Any]:
 
 
 @torch.no_grad()
-def eval_loss(model: MoELM, ids: Tensor, batch_size: int = 64) -> tuple[float, float]:
-    """(mean next-token cross-entropy in nats, mean balance loss) over rows of our ids [n, T]."""
+def eval_loss(model: nn.Module, ids: Tensor, batch_size: int = 64) -> tuple[float, float]:
+    """(mean next-token cross-entropy in nats, mean balance loss or 0 without a router) over rows of our ids [n, T]."""
     model.eval()
     device = next(model.parameters()).device
     ce, bal, count = 0.0, 0.0, 0
@@ -283,7 +293,7 @@ def eval_loss(model: MoELM, ids: Tensor, batch_size: int = 64) -> tuple[float, f
         out = model(batch[:, :-1])
         n = batch[:, 1:].numel()
         ce += F.cross_entropy(out.logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum").item()
-        bal += out.balance.item() * n
+        bal += float(getattr(out, "balance", 0.0)) * n
         count += n
     return ce / count, bal / count
 
@@ -296,9 +306,10 @@ def unigram_loss(train: Tensor, test: Tensor, vocab_size: int) -> float:
 
 
 def train_moe_lm(
-    cfg: MoELMConfig, device: str | torch.device = "cpu", log_every: int = 100
-) -> tuple[MoELM, float, dict[str, Any]]:
-    """Train on the wiki rows; returns (model, held-out loss, metrics incl. the unigram baseline)."""
+    cfg: Any, device: str | torch.device = "cpu", log_every: int = 100
+) -> tuple[nn.Module, float, dict[str, Any]]:
+    """Train a text LM toy (this MoE, or `llama_lm`'s Llama: any config with this one's data and recipe
+    fields, `build` and `loss`) on the wiki rows; returns (model, held-out loss, metrics incl. the unigram baseline)."""
     data = lm_data(cfg.seq_len, cfg.vocab_size, cfg.n_test_seqs)
     model = cfg.build().to(device)
     model.vocab.copy_(data.vocab)

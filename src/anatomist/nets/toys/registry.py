@@ -9,6 +9,7 @@ from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError, nearest
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.bilinear_mnist import BilinearMNISTConfig
+from anatomist.nets.toys.llama_lm import LlamaLMConfig
 from anatomist.nets.toys.moe_lm import MoELMConfig
 from anatomist.nets.toys.resid_mlp import ResidMLPConfig
 from anatomist.nets.toys.tms import TMSConfig
@@ -19,6 +20,7 @@ KINDS: dict[str, type[ToyConfig]] = {
     "resid_mlp": ResidMLPConfig,
     "bilinear_mnist": BilinearMNISTConfig,
     "moe_lm": MoELMConfig,
+    "llama_lm": LlamaLMConfig,
 }
 
 TOYS: dict[str, ToyConfig] = {
@@ -35,6 +37,8 @@ TOYS: dict[str, ToyConfig] = {
         ResidMLPConfig(name="resid-mlp-3", n_features=102, d_mlp=17, n_layers=3, steps=2000),
         BilinearMNISTConfig(),  # no planted ground truth: read with `anatomist bilinear mnist`
         MoELMConfig(name="moe-lm"),  # a tiny MoE language model on the wiki corpus (routes lens)
+        LlamaLMConfig(name="llama-lm-1", n_layers=1),  # tiny Llamas on the wiki corpus (SPD on a whole LM)
+        LlamaLMConfig(name="llama-lm-2", n_layers=2),
     ]
 }
 

@@ -29,6 +29,7 @@ from anatomist.core.progress import progress
 from anatomist.core.threads import torch_threads
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.ground_truth import GroundTruth
+from anatomist.nets.toys.llama_lm import LlamaLMConfig
 from anatomist.nets.toys.moe_lm import MoELMConfig, train_moe_lm
 from anatomist.nets.toys.registry import load_toy_config, toy_config
 from anatomist.nets.toys.resid_mlp import ResidMLPConfig, monosemantic_loss, naive_loss
@@ -150,7 +151,7 @@ def train_toy(
     """
     config = _resolve(name_or_config, steps, seed)
     dev = resolve_device(device)
-    if isinstance(config, MoELMConfig):  # a language model: its own loop, held-out text, unigram baseline
+    if isinstance(config, MoELMConfig | LlamaLMConfig):  # a language model: its own loop, held-out text, unigram
         with torch_threads(_cpu_threads(config.max_cpu_threads, dev)):
             lm, final, lm_metrics = train_moe_lm(config, dev, log_every)
         return TrainedToy(lm, config, final, lm_metrics)
