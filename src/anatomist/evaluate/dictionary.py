@@ -1,7 +1,8 @@
 """Evaluate a sparse dictionary (SAE or transcoder) on a model: reconstruction, sparsity, spliced loss.
 
 `evaluate_dictionary` runs the model over token sequences (or images with labels) and reports
-the shared metrics (see `anatomist.evaluate.metrics`). With `spliced`, each batch is run three
+the shared metrics (see `anatomist.evaluate.metrics`); a classifier also gets its top-1 accuracy clean,
+spliced and zero-ablated. With `spliced`, each batch is run three
 times in full: clean (reading the site), with the site replaced by the dictionary's
 reconstruction, and with the site zero-ablated; the CE numbers count only the positions whose
 site value was replaced (so with `exclude_bos`, the untouched BOS position does not dilute them).
@@ -129,6 +130,7 @@ def evaluate_dictionary(
     n_spliced = len(inputs) if spliced_seqs is None else min(spliced_seqs, len(inputs))
     stats = ReconstructionStats()
     ce_sum = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    correct = dict.fromkeys(ce_sum, 0)  # classifier: top-1 hits per forward
     kl_sum, n_pred = 0.0, 0
     dev = next(iter(model.parameters()), torch.empty(0)).device
     for start in progress(range(0, len(inputs), batch_size), desc="evaluate"):
@@ -164,6 +166,7 @@ def evaluate_dictionary(
             y = labels[start : start + batch_size].to(dev)
             for name, logits in (("clean", clean), ("spliced", with_sae), ("zero", zeroed)):
                 ce_sum[name] += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+                correct[name] += int((logits.argmax(-1) == y).sum())
             kl_sum += float(kl_div(clean, with_sae).sum())
             n_pred += len(y)
             continue
@@ -195,5 +198,7 @@ def evaluate_dictionary(
             kl=kl_sum / n_pred,
             loss_recovered=loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
         )
+        if labels is not None:
+            out.update({f"accuracy_{k}": v / n_pred for k, v in correct.items()})
     out["density_histogram"] = density_histogram(stats.rates(), bins=histogram_bins)
     return out

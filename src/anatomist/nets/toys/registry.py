@@ -12,6 +12,7 @@ from anatomist.nets.toys.bilinear_mnist import BilinearMNISTConfig
 from anatomist.nets.toys.moe_lm import MoELMConfig
 from anatomist.nets.toys.resid_mlp import ResidMLPConfig
 from anatomist.nets.toys.tms import TMSConfig
+from anatomist.nets.toys.vit_mnist import ViTMNISTConfig
 
 # kind -> config class; a saved config's `kind` picks the class that parses it
 KINDS: dict[str, type[ToyConfig]] = {
@@ -19,6 +20,7 @@ KINDS: dict[str, type[ToyConfig]] = {
     "resid_mlp": ResidMLPConfig,
     "bilinear_mnist": BilinearMNISTConfig,
     "moe_lm": MoELMConfig,
+    "vit_mnist": ViTMNISTConfig,
 }
 
 TOYS: dict[str, ToyConfig] = {
@@ -35,6 +37,7 @@ TOYS: dict[str, ToyConfig] = {
         ResidMLPConfig(name="resid-mlp-3", n_features=102, d_mlp=17, n_layers=3, steps=2000),
         BilinearMNISTConfig(),  # no planted ground truth: read with `anatomist bilinear mnist`
         MoELMConfig(name="moe-lm"),  # a tiny MoE language model on the wiki corpus (routes lens)
+        ViTMNISTConfig(),  # a small HF ViT on the packaged digits (vision lenses)
     ]
 }
 
