@@ -22,6 +22,8 @@ from transformers import (
 )
 
 from anatomist.core.errors import AnatomistError
+from anatomist.evaluate.vision import token_role_metrics
+from anatomist.features.bases import fit_basis
 from anatomist.nets.sites import capture, primary, splice
 from anatomist.nets.vision import VisionLayout, vision_layout
 
@@ -173,3 +175,23 @@ def test_named_sites_and_bad_names() -> None:
         layout.resid(3)
     with pytest.raises(AnatomistError, match="not a vision transformer"):
         vision_layout(nn.Linear(2, 2))
+
+
+# ------------------------------------------------------------------------------------------------ per-role metrics
+
+
+def test_token_role_metrics_known_answers() -> None:
+    """Neurons basis (identity code): FVU 0 on every role. The position-only baseline has nothing to say about the
+    single CLS position (FVU 1 about its own mean) and explains part of the patches (position embeddings)."""
+    model, x = _model("dinov2-registers"), _images(12)
+    layout = vision_layout(model)
+    rows = capture(model, x, [layout.resid(1)])[layout.resid(1)].reshape(-1, 32)
+    got = token_role_metrics(fit_basis("neurons", rows), model, x, layout.resid(1), layout, batch_size=5)
+    assert set(got) == {"position_mean_fvu", "cls", "register", "patch"}
+    assert (got["cls"]["n_rows"], got["register"]["n_rows"], got["patch"]["n_rows"]) == (12, 24, 12 * 16)
+    for role in ("cls", "register", "patch"):
+        assert got[role]["fvu"] == pytest.approx(0.0, abs=1e-9)
+    assert got["cls"]["position_mean_fvu"] == pytest.approx(1.0)
+    assert 0 < got["patch"]["position_mean_fvu"] < 1 and 0 < got["position_mean_fvu"] < 1
+    half = fit_basis("pca", rows, n=2)  # two directions of 32: a large share unexplained on every role
+    assert token_role_metrics(half, model, x, layout.resid(1), layout)["patch"]["fvu"] > 0.2

@@ -107,3 +107,34 @@ def test_a_tiny_vit_toy_learns_digits_and_reports_held_out_accuracy() -> None:
     assert toy.metrics["test_accuracy"] > 0.35
     layout = vision_layout(toy.model)
     assert (layout.layers, layout.n_layers, layout.grid(), layout.has_cls) == ("vit.layers", 1, (4, 4), True)
+
+
+def test_sae_eval_on_images_reports_accuracy_and_token_roles(tmp_path: Path) -> None:
+    """sae-eval with `images` on a saved HF ViT: a PCA basis of full width reconstructs exactly, so the spliced
+    model keeps its accuracy and CE, and the zero-ablated one falls to a constant prediction."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from anatomist.features import save_sae
+    from anatomist.features.bases import fit_basis
+    from anatomist.nets.sites import capture
+    from anatomist.runs import load_run_config, run
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                       image_size=8, patch_size=4, num_channels=1)
+    config.num_labels = 10
+    vit = ViTForImageClassification(config).eval()
+    vit.save_pretrained(tmp_path / "vit")
+    loaded = load_model(str(tmp_path / "vit"))  # the classifier with its head, not the bare ViTModel
+    assert (loaded.kind, loaded.input_shape, loaded.layers_path) == ("image-classifier", (1, 8, 8), "vit.layers")
+    images = load_images("digits").shuffled(seed=0).images[-40:]
+    rows = capture(vit, images, ["vit.layers.0"])
+    basis = fit_basis("pca", next(iter(rows.values())).reshape(-1, 16))
+    save_sae(basis, tmp_path / "basis")
+    cfg = load_run_config("sae-eval", [f"path={tmp_path / 'basis'}", f"model={tmp_path / 'vit'}", "site=vit.layers.0",
+                                       "images=digits", "n_seqs=40", "batch_size=16"])
+    numbers = run(cfg, tmp_path / "out", threads=1).metrics.numbers
+    assert numbers["fvu"] == pytest.approx(0.0, abs=1e-6)
+    assert numbers["accuracy_spliced"] == numbers["accuracy_clean"]
+    assert numbers["ce_spliced"] == pytest.approx(numbers["ce_clean"], abs=1e-5)
+    assert numbers["by_role.cls.n_rows"] == 40 and numbers["by_role.patch.n_rows"] == 40 * 4

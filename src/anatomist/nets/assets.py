@@ -261,7 +261,7 @@ def _looks_like_path(name: str) -> bool:
 
 def _load_hf_anything(name: str) -> LoadedModel:
     """A local folder or hub name: the causal LM its config names, else the bare model (no head)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
 
     folder = Path(name).expanduser()
     where = str(folder) if folder.is_dir() else name
@@ -283,10 +283,12 @@ def _load_hf_anything(name: str) -> LoadedModel:
         # Trust the saved class, not what the model type could be: a saved BertModel must not
         # come back as BertLMHeadModel with a randomly initialised head.
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
+        classifier = any(a.endswith("ForImageClassification") for a in config.architectures or [])
         with _quiet_hf(), warnings.catch_warnings():
             # torch's note on a foreign .bin's pickle protocol: noise before the one-line refusal below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(where, local_files_only=local_only)
+            auto = AutoModelForCausalLM if causal else AutoModelForImageClassification if classifier else AutoModel
+            model = auto.from_pretrained(where, local_files_only=local_only)
     except (OSError, ValueError) as e:  # missing files, no network, not a repo id
         raise AnatomistError(f"{unknown}: {str(e).splitlines()[0]}") from None
     except pickle.UnpicklingError:  # torch.load(weights_only=True) met objects other than tensors: nothing ran
@@ -297,8 +299,20 @@ def _load_hf_anything(name: str) -> LoadedModel:
     if not folder.is_dir() or any(folder.glob("tokenizer*")) or any(folder.glob("vocab*")):
         with suppress(OSError, ValueError, TypeError):
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+    if classifier:  # an image classifier (a ViT with its head): takes pixels [C, H, W]
+        return LoadedModel(model, tokenizer, name, "image-classifier", _find_layers(model), _pixel_shape(config),
+                           source=where)
     kind: Kind = "causal-lm" if causal else "encoder"
     return LoadedModel(model, tokenizer, name, kind, _find_layers(model), source=where)
+
+
+def _pixel_shape(config: Any) -> tuple[int, ...] | None:
+    """(channels, height, width) of a vision config's input images, where it says."""
+    size = getattr(config, "image_size", None)
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else size
+    return (int(getattr(config, "num_channels", 3)), int(h), int(w))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from anatomist.core.errors import AnatomistError
 from anatomist.nets.sites import Site, get_module
@@ -51,6 +51,17 @@ class TokenRole:
     @property
     def label(self) -> str:
         return f"patch ({self.row}, {self.col})" if self.role == "patch" else self.role
+
+
+def image_hw(x: Tensor) -> tuple[int, int]:
+    """(H, W) of images [..., H, W]."""
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
+def is_vision_transformer(model: nn.Module) -> bool:
+    """Whether `model` has a vision transformer's config (a patch size): what `vision_layout` reads."""
+    config = getattr(model, "config", None)
+    return getattr(getattr(config, "vision_config", config), "patch_size", None) is not None
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.io import atomic_write_text, dumps
 from anatomist.features.base import SparseDictionary
 from anatomist.nets.sites import Site, capture
-from anatomist.nets.vision import VisionLayout
+from anatomist.nets.vision import VisionLayout, image_hw
 from anatomist.report.dashboard import IMAGES, Source, write_dashboard
 from anatomist.report.stats import LatentStats
 
@@ -58,11 +58,6 @@ class TokenActs:
                                  f"[batch, {self.layout.n_tokens(image_hw(x))} tokens, d]")
         acts = self.sae.encode(value.reshape(-1, value.shape[-1]).float())
         return acts.view(value.shape[0], value.shape[1], -1).cpu()
-
-
-def image_hw(x: Tensor) -> tuple[int, int]:
-    """(H, W) of images [..., H, W]."""
-    return int(x.shape[-2]), int(x.shape[-1])
 
 
 def heat(acts: Tensor, layout: VisionLayout, grid: tuple[int, int]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus, load_image
 from anatomist.features.base import SparseDictionary
 from anatomist.features.formats import load_sae
 from anatomist.nets.assets import LoadedModel, load_model
-from anatomist.nets.vision import vision_layout
+from anatomist.nets.vision import is_vision_transformer, vision_layout
 from anatomist.report.dashboard import INDEX
 from anatomist.report.sources import image_dashboard, lm_dashboard
 from anatomist.report.vision import vit_dashboard
@@ -84,7 +84,7 @@ def _image_dashboard(cfg: DashboardConfig, ctx: Context, sae: SparseDictionary, 
     data = load_images(cfg.images or "").shuffled(seed=0)
     images, labels = data.images[: cfg.max_images], data.labels[: cfg.max_images]
     meta = {"model": loaded.name, "images": f"{cfg.images} ({len(images):,} images)"}
-    if getattr(getattr(loaded.model, "config", None), "patch_size", None) is not None:  # a vision transformer
+    if is_vision_transformer(loaded.model):
         vit_dashboard(sae, ctx.out, model=loaded.model, site=site, images=images, layout=vision_layout(loaded.model),
                       labels=None if bool((labels < 0).any()) else labels, classes=data.classes, meta=meta)
     else:
