@@ -137,4 +137,33 @@ def test_sae_eval_on_images_reports_accuracy_and_token_roles(tmp_path: Path) -> 
     assert numbers["fvu"] == pytest.approx(0.0, abs=1e-6)
     assert numbers["accuracy_spliced"] == numbers["accuracy_clean"]
     assert numbers["ce_spliced"] == pytest.approx(numbers["ce_clean"], abs=1e-5)
+    assert numbers["ce_increase_se"] == pytest.approx(0.0, abs=1e-5)
     assert numbers["by_role.cls.n_rows"] == 40 and numbers["by_role.patch.n_rows"] == 40 * 4
+
+
+def test_classifier_spliced_metrics_accuracy_and_the_standard_error_of_the_ce_change() -> None:
+    """A 'dictionary' that halves the site: accuracy and the paired standard error of CE(spliced) − CE(clean)
+    equal their textbook formulas computed here on the logits directly."""
+    from torch import nn
+
+    from anatomist.evaluate import evaluate_dictionary
+
+    class Halve:
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * x
+
+        def decode(self, a: torch.Tensor) -> torch.Tensor:
+            return a
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Identity(), nn.Linear(4, 3)).eval()
+    x, y = torch.randn(50, 4), torch.randint(0, 3, (50,))
+    got = evaluate_dictionary(Halve(), model, x, "0", labels=y, batch_size=7)
+    with torch.no_grad():
+        clean, spliced = model(x), model[1](0.5 * x)
+    diff = nn.functional.cross_entropy(spliced, y, reduction="none") - nn.functional.cross_entropy(clean, y,
+                                                                                                reduction="none")
+    assert got["accuracy_clean"] == pytest.approx(float((clean.argmax(-1) == y).float().mean()))
+    assert got["accuracy_spliced"] == pytest.approx(float((spliced.argmax(-1) == y).float().mean()))
+    assert got["ce_increase"] == pytest.approx(float(diff.mean()), abs=1e-6)
+    assert got["ce_increase_se"] == pytest.approx(float(diff.std() / 50**0.5), rel=1e-4)
