@@ -165,6 +165,21 @@ def test_token_roles_name_the_patch_an_image_region_feeds(name: str) -> None:
         assert moved == [role.position], role
 
 
+def test_a_two_tower_model_is_read_at_its_image_tower() -> None:
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=TINY, projection_dim=8)).eval()
+    layout = vision_layout(model)
+    assert (layout.layers, layout.n_layers, layout.d_model, layout.has_cls) == ("vision_model.encoder.layers", 3,
+                                                                               32, True)
+    x, ids = _images(), torch.randint(0, 50, (2, 5))
+    got = capture(model, {"pixel_values": x, "input_ids": ids}, [layout.resid(2)], stop_early=False)
+    with torch.no_grad():
+        hidden = model.vision_model(x, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(got[layout.resid(2)], hidden[3])
+
+
 def test_named_sites_and_bad_names() -> None:
     layout = vision_layout(_model("vit-classifier"))
     assert layout.site("resid.2") == layout.resid(2) and layout.site("mlp.-1") == layout.mlp(2)

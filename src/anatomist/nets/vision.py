@@ -140,9 +140,12 @@ def _child(block: nn.Module, names: tuple[str, ...], what: str, path: str) -> st
                          f"it has {', '.join(children)})")
 
 
-def _find_blocks(model: nn.Module) -> str | None:
-    """The first list of same-class blocks that have an attention child (one block is enough)."""
+def _find_blocks(model: nn.Module, within: str = "") -> str | None:
+    """The first list of same-class blocks that have an attention child (one block is enough), under the path
+    part `within` when given (a two-tower model's image tower)."""
     for path, module in model.named_modules():
+        if within not in path:
+            continue
         blocks = isinstance(module, nn.ModuleList) and len(module) and len({type(m) for m in module}) == 1
         if blocks and any(name in _ATTN_NAMES for name, _ in module[0].named_children()):
             return path
@@ -161,7 +164,8 @@ def _vision_config(model: nn.Module) -> Any:
 def vision_layout(model: nn.Module) -> VisionLayout:
     """The residual-stream, attention and MLP sites and token roles of a Hugging Face ViT-like model."""
     config = _vision_config(model)
-    layers = _find_blocks(model)
+    two_towers = getattr(getattr(model, "config", None), "vision_config", None) is not None
+    layers = _find_blocks(model, "vision" if two_towers else "")
     if layers is None:
         raise AnatomistError(f"{type(model).__name__}: found no list of transformer blocks")
     blocks = get_module(model, layers)
