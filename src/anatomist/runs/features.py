@@ -29,9 +29,10 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json
 from anatomist.core.metrics import METRICS
 from anatomist.core.provenance import data_record, model_record
-from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus
+from anatomist.data import CORPUS_HELP, TEXT_FIELD_HELP, load_corpus, load_images
 from anatomist.data.store import ActivationStore
 from anatomist.evaluate import evaluate_dictionary
+from anatomist.evaluate.vision import token_role_metrics
 from anatomist.features import load_sae
 from anatomist.features.train import (
     TrainConfig,
@@ -44,8 +45,9 @@ from anatomist.features.train import (
     train_sae,
     training_tokens,
 )
-from anatomist.nets.assets import load_model
+from anatomist.nets.assets import LoadedModel, load_model
 from anatomist.nets.sites import Site
+from anatomist.nets.vision import is_vision_transformer, vision_layout
 from anatomist.runs.base import CONFIG, Context, Outcome, RunConfig, register, run_or_continue
 
 
@@ -163,7 +165,8 @@ def train_sites(cfg: SAETrainSitesConfig, ctx: Context) -> Outcome:
 
 
 class SAEEvalConfig(RunConfig):
-    """Evaluate a saved dictionary (anatomist, SAELens or sparsify folder) spliced into a language model."""
+    """Evaluate a saved dictionary (anatomist, SAELens or sparsify folder) spliced into a language model or an image
+    model (`images`)."""
 
     kind: Literal["sae-eval"] = "sae-eval"
     path: str = Field(description="a dictionary folder (anatomist, SAELens or sparsify format)")
@@ -177,6 +180,10 @@ class SAEEvalConfig(RunConfig):
     skip_seqs: int | None = Field(None, ge=0, description="leave out the corpus' first sequences; null: those the "
                                   "dictionary's sae-train run trained on (its folder's parent), else none")
     spliced_seqs: int | None = Field(None, ge=0, description="sequences spliced for CE/KL (null: all)")
+    images: str | None = Field(None, description="an image set (mnist, digits, or a folder) used instead of the "
+                               "corpus: its last n_seqs images in seed-0 shuffled order (the held-out images of an "
+                               "sae-train run on that set with eval_seqs >= n_seqs); CE, KL and accuracy against "
+                               "the labels, and on a vision transformer the metrics per token role (by_role)")
     batch_size: int = Field(8, gt=0, description="sequences per forward")
     device: str = Field("cpu", description="cpu, cuda or auto")
 
@@ -212,10 +219,34 @@ def rows_used(skip: int, n: int, trained: int | None) -> str:
     return f"held out: {rows}"
 
 
+def _evaluate_on_images(cfg: SAEEvalConfig, sae: Any, loaded: LoadedModel) -> Outcome:
+    """sae-eval on the last `n_seqs` images of an image set: CE/KL/accuracy spliced, per token role on a ViT."""
+    data = load_images(cfg.images or "").shuffled(seed=0)
+    images, labels = data.images[-cfg.n_seqs :], data.labels[-cfg.n_seqs :]
+    labelled = not bool((labels < 0).any())
+    metrics = evaluate_dictionary(sae, loaded.model, images, cfg.site, target_site=cfg.target_site,
+                                  labels=labels if labelled else None, batch_size=cfg.batch_size,
+                                  spliced=labelled, spliced_seqs=cfg.spliced_seqs)
+    if is_vision_transformer(loaded.model):
+        metrics["by_role"] = token_role_metrics(sae, loaded.model, images.to(loaded.device), cfg.site,
+                                                vision_layout(loaded.model), target_site=cfg.target_site,
+                                                batch_size=cfg.batch_size)
+    rows = f"the last {len(images)} of {len(data)} images (seed-0 shuffled order)"
+    metrics = {**metrics, "rows": rows}
+    summary = f"{sae.arch} dictionary {Path(cfg.path).name} on {cfg.model} {cfg.site}: {_words(metrics)} ({rows})"
+    if "accuracy_clean" in metrics:
+        summary += f", accuracy {metrics['accuracy_clean']:.3f} -> {metrics['accuracy_spliced']:.3f} spliced"
+    return Outcome(metrics, summary, models=[model_record(cfg.model, loaded.model)],
+                   data=[data_record(f"{cfg.images} images ({rows})", images, n_examples=len(images))],
+                   access=["activations", "outputs"], value=metrics)
+
+
 @register(SAEEvalConfig)
 def evaluate(cfg: SAEEvalConfig, ctx: Context) -> Outcome:
     sae = load_sae(cfg.path, device=cfg.device)
     loaded = load_model(cfg.model, device=cfg.device)
+    if cfg.images is not None:
+        return _evaluate_on_images(cfg, sae, loaded)
     if loaded.tokenizer is None:
         raise AnatomistError(f"model '{cfg.model}' has no tokenizer: sae-eval runs language models on a corpus")
     trained = trained_rows(cfg.path, cfg.corpus, cfg.seq_len, loaded.tokenizer.bos_token_id is not None)

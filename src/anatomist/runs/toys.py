@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from anatomist.core.provenance import model_record
 from anatomist.nets.toys import TMS, load_toy, train_toy
+from anatomist.nets.toys.train import EVAL_SAMPLES
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 from anatomist.runs.plots import pyplot, save_figure
 
@@ -24,18 +25,25 @@ class ToyTrainConfig(RunConfig):
     seed: int = Field(0, description="seed of initialisation, fixed weights and data")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
     use_cache: bool = Field(False, description="reuse the toy trained earlier with this exact config, if cached")
+    eval_samples: int = Field(EVAL_SAMPLES, gt=0, description="fresh samples of the toy's data for its final loss "
+                                                              "(a classifier's test set is scored whole besides)")
+    smoke: ClassVar[tuple[str, ...]] = ("steps=2", "eval_samples=64", "use_cache=false")
 
 
 @register(ToyTrainConfig)
 def train(cfg: ToyTrainConfig, ctx: Context) -> Outcome:
-    make = load_toy if cfg.use_cache else train_toy
-    toy = make(cfg.toy, steps=cfg.steps, seed=cfg.seed, device=cfg.device)
+    if cfg.use_cache:
+        toy = load_toy(cfg.toy, steps=cfg.steps, seed=cfg.seed, device=cfg.device)
+    else:
+        toy = train_toy(cfg.toy, steps=cfg.steps, seed=cfg.seed, device=cfg.device, eval_samples=cfg.eval_samples)
     toy.save(ctx.out)
     numbers = {"final_loss": toy.final_loss, **{k: v for k, v in toy.metrics.items() if k != "loss_curve"}}
     curve = {str(step): {"loss": loss} for step, loss in toy.metrics.get("loss_curve", [])}
     extra = "".join(f", {k} {v:.4g}" for k, v in numbers.items() if k.endswith("_loss") and k != "final_loss")
     how = "loaded from the cache" if toy.from_cache else f"trained {toy.config.steps} steps"
     summary = f"{cfg.toy}: held-out loss {toy.final_loss:.4g} ({how}{extra})"
+    if "test_accuracy" in numbers:  # a classifier: its score on the test images it never trained on
+        summary += f"; accuracy {numbers['test_accuracy']:.3f} on {numbers['test_images']:.0f} held-out images"
     if isinstance(toy.model, TMS) and toy.model.W.shape[0] == 2:
         geometry = tms_geometry(toy.model.W.detach().cpu(), ctx.out / "tms_columns.png", cfg.toy)
         numbers |= geometry

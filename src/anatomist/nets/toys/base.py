@@ -60,6 +60,10 @@ class ToyConfig(Config):
     def ground_truth(self, model: nn.Module) -> GroundTruth:
         """The true mechanisms of a (trained) model of this toy."""
 
+    def held_out(self, model: nn.Module) -> dict[str, float]:
+        """Numbers on data the toy never trains on (a classifier's test accuracy); none for sampled toys."""
+        return {}
+
     def loss(self, output: Tensor, labels: Tensor) -> Tensor:
         """Training loss: squared error averaged over batch and features (both toys' published loss)."""
         return (output - labels).pow(2).mean()

@@ -13,6 +13,7 @@ from anatomist.nets.toys.llama_lm import LlamaLMConfig
 from anatomist.nets.toys.moe_lm import MoELMConfig
 from anatomist.nets.toys.resid_mlp import ResidMLPConfig
 from anatomist.nets.toys.tms import TMSConfig
+from anatomist.nets.toys.vit_mnist import ViTMNISTConfig
 
 # kind -> config class; a saved config's `kind` picks the class that parses it
 KINDS: dict[str, type[ToyConfig]] = {
@@ -21,6 +22,7 @@ KINDS: dict[str, type[ToyConfig]] = {
     "bilinear_mnist": BilinearMNISTConfig,
     "moe_lm": MoELMConfig,
     "llama_lm": LlamaLMConfig,
+    "vit_mnist": ViTMNISTConfig,
 }
 
 TOYS: dict[str, ToyConfig] = {
@@ -39,6 +41,7 @@ TOYS: dict[str, ToyConfig] = {
         MoELMConfig(name="moe-lm"),  # a tiny MoE language model on the wiki corpus (routes lens)
         LlamaLMConfig(name="llama-lm-1", n_layers=1),  # tiny Llamas on the wiki corpus (SPD on a whole LM)
         LlamaLMConfig(name="llama-lm-2", n_layers=2),
+        ViTMNISTConfig(),  # a small HF ViT on the packaged digits (vision lenses)
     ]
 }
 

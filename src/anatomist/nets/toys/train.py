@@ -190,6 +190,7 @@ def train_toy(
         "wall_time_s": round(train_time, 3),
         "eval_samples": eval_samples,
         **baselines(config),
+        **config.held_out(model),
         "loss_curve": curve,
     }
     return TrainedToy(model, config, final, metrics)

@@ -142,17 +142,37 @@ function context(ex, chunk, maxAct, centre) {
   return line;
 }
 
-function imageCanvas(img) {
-  var h = img[0], w = img[1], bytes = atob(img[2]), scale = 3;
+function imageCanvas(img, heat, maxAct) {
+  // img: [h, w, base64 bytes] grayscale (ink dark on white), or [h, w, base64 HWC bytes, 3] colour;
+  // heat (vision dashboards): a latent's activation per patch, drawn over the image in orange
+  var h = img[0], w = img[1], bytes = atob(img[2]), rgb = img[3] === 3, scale = Math.max(1, Math.round(96 / w));
   var c = el("canvas", { width: w * scale, height: h * scale, "class": "digit" });
   var ctx = c.getContext("2d"), data = ctx.createImageData(w, h);
   for (var p = 0; p < w * h; p++) {
-    var v = bytes.charCodeAt(p);
-    data.data[4 * p] = data.data[4 * p + 1] = data.data[4 * p + 2] = 255 - v; data.data[4 * p + 3] = 255;
+    if (rgb) {
+      for (var ch = 0; ch < 3; ch++) { data.data[4 * p + ch] = bytes.charCodeAt(3 * p + ch); }
+    } else {
+      data.data[4 * p] = data.data[4 * p + 1] = data.data[4 * p + 2] = 255 - bytes.charCodeAt(p);
+    }
+    data.data[4 * p + 3] = 255;
   }
   var tmp = el("canvas", { width: w, height: h }); tmp.getContext("2d").putImageData(data, 0, 0);
   ctx.imageSmoothingEnabled = false; ctx.drawImage(tmp, 0, 0, w * scale, h * scale);
+  if (heat && maxAct > 0) {
+    var rows = heat.grid[0], cols = heat.grid[1], ph = h * scale / rows, pw = w * scale / cols;
+    heat.v.forEach(function (v, k) {
+      var alpha = Math.min(1, v / maxAct) * 0.7;
+      if (alpha > 0) {
+        ctx.fillStyle = "rgba(255, 120, 0, " + alpha.toFixed(3) + ")";
+        ctx.fillRect((k % cols) * pw, Math.floor(k / cols) * ph, pw, ph);
+      }
+    });
+  }
   return c;
+}
+
+function heatCaption(heat) {
+  return heat && heat.cls !== null && heat.cls !== undefined ? " \u00b7 CLS " + fmt(heat.cls) : "";
 }
 
 function examples(list, chunk, index, maxAct, label) {
@@ -160,10 +180,10 @@ function examples(list, chunk, index, maxAct, label) {
   if (!list.length) { box.appendChild(el("p", { "class": "muted" }, "none: this latent never fired")); }
   list.forEach(function (ex) {
     if (index.kind === "images") {
-      var fig = el("figure", { "class": "img" });
+      var fig = el("figure", { "class": "img" + (ex.heat ? " heat" : "") });
       var img = chunk.images[String(ex.row)];
-      if (img) { fig.appendChild(imageCanvas(img)); }
-      fig.appendChild(el("figcaption", null, (label ? label(ex) + " " : "") + fmt(ex.act)));
+      if (img) { fig.appendChild(imageCanvas(img, ex.heat, maxAct)); }
+      fig.appendChild(el("figcaption", null, (label ? label(ex) + " " : "") + fmt(ex.act) + heatCaption(ex.heat)));
       box.appendChild(fig);
     } else {
       var line = context(ex, chunk, maxAct, index.window[0]);
@@ -172,6 +192,19 @@ function examples(list, chunk, index, maxAct, label) {
     }
   });
   return box;
+}
+
+function classBars(classes) {
+  var total = classes.reduce(function (s, c) { return s + c[1]; }, 0);
+  var ul = el("ul", { "class": "classes" });
+  classes.forEach(function (c) {
+    var li = el("li");
+    li.appendChild(el("span", { "class": "cls" }, c[0]));
+    var bar = el("span", { "class": "bar" }); bar.style.width = Math.round(160 * c[1] / total) + "px";
+    li.appendChild(bar); li.appendChild(el("span", { "class": "num" }, " " + c[1]));
+    ul.appendChild(li);
+  });
+  return ul;
 }
 
 function tokenList(pairs, chunk) {
@@ -219,7 +252,12 @@ function renderLatent(i, chunk, index) {
   var said = (index.explanations || {})[String(i)];
   if (said) { root.appendChild(section("Explanation (autointerp)", explanations(said))); }
   var maxAct = L.max[i] || 0;
+  if (rec.density_by_role) {
+    var roles = Object.keys(rec.density_by_role).map(function (r) { return r + " tokens " + fmt(rec.density_by_role[r]); });
+    head.appendChild(el("p", { id: "roles" }, "fires on " + roles.join(" \u00b7 ") + " (share of tokens of that role)"));
+  }
   root.appendChild(section("Top activations", examples(rec.top, chunk, index, maxAct, null)));
+  if (rec.classes) { root.appendChild(section("Classes of the top images", classBars(rec.classes))); }
   root.appendChild(section("Samples across the activation distribution", examples(rec.quantiles, chunk, index, maxAct,
     function (ex) { return "q" + Math.round(ex.q * 100) + " [" + fmt(ex.lo) + ", " + fmt(ex.hi) + ")"; })));
   root.appendChild(section("Activation histogram (nonzero activations, log-spaced bins)", histogram(rec.hist, index.hist_log10)));
@@ -262,7 +300,33 @@ function initLatent() {
   show();
 }
 
+/* ---------------------------------------------------------------- per-image view (vision dashboards) */
+
+function initImages() {
+  var index = anatomist.store.index, view = anatomist.store.images;
+  if (!index || !view) { showError("data/index.js or data/images.js is missing: no per-image view to show."); return; }
+  var root = document.getElementById("image-views");
+  view.images.forEach(function (im) {
+    var box = el("section", { "class": "image-view", id: "image-" + im.row });
+    var label = im.label === null ? "" : " \u00b7 class " + (view.classes ? view.classes[im.label] : im.label);
+    box.appendChild(el("h2", null, "image " + im.row + label + " \u00b7 " + fmt(im.l0_per_token) + " latents per token"));
+    var row = el("div", { "class": "examples" });
+    var plain = el("figure", { "class": "img" }); plain.appendChild(imageCanvas(im.image, null, 0));
+    plain.appendChild(el("figcaption", null, "image")); row.appendChild(plain);
+    im.latents.forEach(function (lat) {
+      var fig = el("figure", { "class": "img heat" });
+      fig.appendChild(imageCanvas(im.image, lat.heat, lat.max));
+      var cap = el("figcaption"); cap.appendChild(el("a", { href: "latent.html#" + lat.i }, "latent " + lat.i));
+      cap.appendChild(document.createTextNode(" max " + fmt(lat.max) + heatCaption(lat.heat)));
+      fig.appendChild(cap); row.appendChild(fig);
+    });
+    box.appendChild(row);
+    root.appendChild(box);
+  });
+}
+
 window.addEventListener("DOMContentLoaded", function () {
+  if (anatomist.page === "images") { initImages(); }
   if (anatomist.page === "features-index") { initIndex(); }
   if (anatomist.page === "latent") { initLatent(); }
 });
