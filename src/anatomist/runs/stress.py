@@ -13,15 +13,39 @@ from __future__ import annotations
 import sys
 from typing import Any, ClassVar, Literal
 
+import torch
 from pydantic import Field
 
-from anatomist.core.provenance import data_record
+from anatomist.core.errors import AnatomistError
+from anatomist.core.provenance import data_record, model_record
+from anatomist.data import CORPUS_HELP, load_corpus
+from anatomist.dictionaries.mdl import description_length
+from anatomist.evaluate import evaluate_dictionary
+from anatomist.features.base import SparseDictionary
+from anatomist.features.bases import BASES
+from anatomist.features.train import TrainConfig, train_sae
+from anatomist.interpret.reading import fit_baseline, site_rows
+from anatomist.nets.assets import load_model
+from anatomist.nets.sites import Site
+from anatomist.nets.toys import TOYS, load_toy
 from anatomist.runs.base import Context, Outcome, RunConfig, register
+from anatomist.stress.compare import (
+    add_robustness,
+    dictionary_config,
+    spd_row,
+    stress_robustness,
+    toy_data,
+    toy_row,
+    write_page,
+    write_plots,
+)
+from anatomist.stress.compare import markdown as compare_markdown
 from anatomist.stress.lenses import LENSES, Budget
 from anatomist.stress.stressors import STRESSORS
 from anatomist.stress.table import check_names, markdown, stress_table
 
 TABLE = "stress_table.md"
+COMPARE_TABLE = "compare_table.md"
 
 
 class StressConfig(RunConfig):
@@ -70,3 +94,118 @@ def stress(cfg: StressConfig, ctx: Context) -> Outcome:
     data = [data_record("planted toy data (synthetic, sparse signed features)", n_examples=cfg.budget.rows)]
     return Outcome(metrics, summary, data=data, access=["weights", "activations", "gradients", "training_data"],
                    value=result)
+
+
+class CompareConfig(RunConfig):
+    """Compare decompositions of one model's site on one dataset: FVU, spliced loss, L0, bits, MMCS, robustness."""
+
+    kind: Literal["compare"] = "compare"
+    smoke: ClassVar[tuple[str, ...]] = ("decompositions=[sae_topk,pca,neurons]", "steps=5", "rows=2048",
+                                        "n_seqs=2", "eval_seqs=2", "seq_len=16", "spliced_seqs=1")
+    model: str = Field("tms-40-10", description="a toy (tms-*, resid-mlp-*; trained once, then cached) or a "
+                       "language model (smollm2, ...)")
+    site: str = Field("model.layers.6", description="language model: the site read (toys: where their features live)")
+    transcoder_target: str = Field("model.layers.6.mlp:output", description="language model: what the transcoder "
+                                   "predicts (it reads the same layer's mlp input)")
+    decompositions: list[str] = Field(
+        default_factory=lambda: ["sae_topk", "sae_jumprelu", "transcoder", "neurons", "pca", "ica", "random", "spd"],
+        description="sae_topk, sae_jumprelu, sae_relu, transcoder, spd (toys only), and the bases neurons, pca, ica, "
+        "random")
+    d_sae: int | None = Field(None, gt=0, description="latents per dictionary (null: toy 2 × features, LM 8 × d)")
+    k: int = Field(4, gt=0, description="TopK's active latents per input")
+    steps: int = Field(2000, gt=0, description="training steps of each dictionary")
+    spd_steps: int = Field(2000, gt=0, description="SPD steps (toys)")
+    rows: int = Field(32768, gt=0, description="toy: rows drawn from its data distribution")
+    corpus: str = Field("wiki", description=CORPUS_HELP)
+    seq_len: int = Field(128, gt=1, description="language model: tokens per sequence")
+    n_seqs: int = Field(256, gt=0, description="language model: training sequences")
+    eval_seqs: int = Field(16, gt=0, description="language model: held-out sequences evaluated")
+    spliced_seqs: int = Field(8, gt=0, description="language model: held-out sequences spliced for CE/KL")
+    stress_run: str | None = Field(None, description="a finished `stress` run folder: adds each lens's share of "
+                                   "stress cells found as stress_robustness")
+    seed: int = Field(0, description="seed of the data draws and the fits")
+    device: str = Field("cpu", description="cpu, cuda or auto")
+
+
+def _toy_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], str]:
+    toy = load_toy(cfg.model, device=cfg.device)
+    data = toy_data(toy, cfg.rows, cfg.seed)
+    d_sae = cfg.d_sae or 2 * toy.ground_truth.n_features
+    rows = {}
+    for name in cfg.decompositions:
+        if name == "spd":
+            rows[name] = spd_row(toy, data, cfg.spd_steps, cfg.seed)
+        else:
+            rows[name] = toy_row(name, data, d_sae, cfg.k, cfg.steps, cfg.seed)
+        _say_row(name, rows[name])
+    where = f"{cfg.model} at {data.site}"
+    return rows, [model_record(cfg.model, toy.model)], where
+
+
+def _say_row(name: str, row: dict[str, Any]) -> None:
+    text = ", ".join(f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float))
+    print(f"compare {name}: {text}", file=sys.stderr, flush=True)
+
+
+def _lm_train_config(cfg: CompareConfig, name: str, d: int, d_sae: int) -> TrainConfig:
+    target = cfg.transcoder_target if name == "transcoder" else None
+    site = Site.parse(cfg.transcoder_target).module + ":input" if name == "transcoder" else cfg.site
+    sae = dictionary_config(name, d, d_sae, cfg.k, d_out=d if target else None).model_dump()
+    return TrainConfig.parse({
+        "model": cfg.model, "site": site, "target_site": target, "sae": sae, "steps": cfg.steps,
+        "batch_size": 1024, "lr": 1e-3, "seed": cfg.seed, "device": cfg.device, "log_every": max(1, cfg.steps // 10),
+        "eval_every": 10**9, "checkpoint_every": 10**9, "eval_ce_seqs": 0,
+        "data": {"corpus": cfg.corpus, "seq_len": cfg.seq_len, "n_seqs": cfg.n_seqs, "eval_seqs": cfg.eval_seqs,
+                 "cache": None, "block_seqs": min(32, cfg.n_seqs)}})
+
+
+def _lm_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], str]:
+    if "spd" in cfg.decompositions:
+        raise AnatomistError("compare: spd is offered on toys only (on a language model run `spd-lm` apart)")
+    loaded = load_model(cfg.model, device=cfg.device)
+    if loaded.tokenizer is None:
+        raise AnatomistError(f"compare: model '{cfg.model}' has no tokenizer; give a toy or a language model")
+    model = loaded.model.eval()
+    ids = load_corpus(cfg.corpus).tokenize(loaded.tokenizer, cfg.seq_len, cfg.n_seqs + cfg.eval_seqs)
+    train_ids, eval_ids = ids[: cfg.n_seqs], ids[cfg.n_seqs :]
+    site = Site.parse(cfg.site)
+    train_rows, eval_rows = site_rows(model, train_ids, site), site_rows(model, eval_ids, site)
+    d = train_rows.shape[1]
+    rows = {}
+    for name in cfg.decompositions:
+        if name in BASES:
+            sae: SparseDictionary = fit_baseline(name, train_rows, cfg.seed)  # type: ignore[arg-type]
+            read, write = site, None
+        else:
+            tc = _lm_train_config(cfg, name, d, cfg.d_sae or 8 * d)
+            sae, _ = train_sae(tc, ctx.out / name, model, ids)
+            read, write = Site.parse(tc.site), Site.parse(tc.target_site) if tc.target_site else None
+        numbers = evaluate_dictionary(sae, model, eval_ids, read, target_site=write, spliced_seqs=cfg.spliced_seqs)
+        rows[name] = _lm_numbers(numbers, sae, eval_rows if write is None else None)
+        _say_row(name, rows[name])
+    return rows, [model_record(cfg.model, model)], f"{cfg.model} at {site}"
+
+
+def _lm_numbers(numbers: dict[str, Any], sae: SparseDictionary, rows: torch.Tensor | None) -> dict[str, Any]:
+    keep = ("fvu", "ce_increase", "kl", "loss_recovered", "l0")
+    out: dict[str, Any] = {k: numbers[k] for k in keep if k in numbers}
+    out["dead"], out["dense"] = numbers.get("dead_fraction"), numbers.get("dense_fraction")
+    if rows is not None:
+        out["bits_per_input"] = description_length(sae, rows)["code_bits_per_input"]
+    return out
+
+
+@register(CompareConfig)
+def compare(cfg: CompareConfig, ctx: Context) -> Outcome:
+    is_toy = cfg.model in TOYS
+    rows, models, where = (_toy_rows if is_toy else _lm_rows)(cfg, ctx)
+    add_robustness(rows, stress_robustness(cfg.stress_run))
+    plots = write_plots(rows, ctx.out)
+    write_page(rows, f"Decompositions of {where}", ctx.out, plots)
+    (ctx.out / COMPARE_TABLE).write_text(compare_markdown(rows) + "\n")
+    clean = {n: {k: v for k, v in r.items() if v is not None} for n, r in rows.items()}
+    summary = f"{len(rows)} decompositions of {where}: " + "; ".join(
+        f"{n} FVU {r['fvu']:.3g}" for n, r in rows.items() if r.get("fvu") is not None)
+    access = ["weights", "activations", "outputs"] + (["training_data"] if is_toy else [])
+    return Outcome({"decompositions": clean, "page": "compare.html", "table": COMPARE_TABLE}, summary,
+                   models=models, access=access, value=rows)

@@ -33,7 +33,7 @@ from anatomist.core.config import Config
 from anatomist.dictionaries.fit import fit_rows
 from anatomist.evaluate.recovery import match
 from anatomist.features.archs import JumpReLUConfig, TopKConfig
-from anatomist.features.base import SparseDictionary, make_sae
+from anatomist.features.base import SAEConfig, SparseDictionary, make_sae
 from anatomist.features.bases import fit_basis
 from anatomist.mechanisms import l3d, spd
 from anatomist.mechanisms.bilinear import decompose_mlp
@@ -196,21 +196,28 @@ def _train_dictionary(sae: SparseDictionary, steps: int, lr: float,
     return sae.eval()
 
 
+def fit_transcoder(x: Tensor, y: Tensor, cfg: SAEConfig, *, steps: int, batch_size: int, lr: float = 3e-3,
+                   seed: int = 0) -> SparseDictionary:
+    """A transcoder x [n, d_in] -> y [n, d_out] trained on rows in memory (squared error + the arch's penalties)."""
+    torch.manual_seed(seed)
+    tc = make_sae(cfg)
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss(step: int) -> Tensor:
+        idx = torch.randint(0, len(x), (batch_size,), generator=gen)
+        out = tc.train_forward(x[idx], y[idx])
+        return (out.recon - y[idx]).pow(2).sum(-1).mean() + out.sparsity_loss
+
+    return _train_dictionary(tc, steps, lr, loss)
+
+
 def transcoder(sc: Scenario, budget: Budget, seed: int) -> Reading:
     """A TopK transcoder r0 -> MLP output; its reading is the encoder's directions in r0."""
     _, got = _rows(sc, budget, seed)
     x, y = got[RESID], got[MLP_OUT]
     d = x.shape[1]
-    torch.manual_seed(seed)
-    tc = make_sae(_topk(d, max(_width(sc, budget), 2 * d), d_out=d))
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss(step: int) -> Tensor:
-        idx = torch.randint(0, len(x), (budget.batch_size,), generator=gen)
-        out = tc.train_forward(x[idx], y[idx])
-        return (out.recon - y[idx]).pow(2).sum(-1).mean() + out.sparsity_loss
-
-    _train_dictionary(tc, budget.sae_steps, 3e-3, loss)
+    cfg = _topk(d, max(_width(sc, budget), 2 * d), d_out=d)
+    tc = fit_transcoder(x, y, cfg, steps=budget.sae_steps, batch_size=budget.batch_size, seed=seed)
     return Directions(tc.W_enc.detach().T)
 
 

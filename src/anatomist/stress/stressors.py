@@ -4,7 +4,7 @@ Sharkey, *Circumventing Interpretability: How to Defeat Mind-Readers* (2022), li
 resist a lens. Each function here makes one of them happen on the planted toy (`anatomist.stress.toy`):
 
 exact reparameterisations (the function computed is unchanged to float precision)
-* `permute_rescale`: permute the ReLU neurons and scale each one's input by a > 0 and its output by 1/a
+* `permute_rescale`: permute the ReLU neurons and scale each one's input (and bias) by a > 0 and its output by 1/a
   (ReLU(a z) = a ReLU(z)).
 * `rotate_residual`: an orthogonal change of basis R of the residual stream: writers W -> R W, readers
   W -> W Rᵀ. The stream has no privileged basis, so the function is unchanged and the features leave the axes.
@@ -13,7 +13,7 @@ exact reparameterisations (the function computed is unchanged to float precision
 
 planted mechanisms
 * `backdoor`: a bilinear circuit that reads a trigger direction the data never contain and flips an output;
-  dormant on every input a lens is fitted on.
+  dormant on every input a lens is fitted on (planted in the rotated model, so the trigger is no axis).
 * `superposition`: the features squeezed into half the dimensions, occurring in correlated pairs.
 
 change after the lens was fitted (lenses are fitted on the original model and scored on the new one)
@@ -37,6 +37,7 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import Tensor
 
 from anatomist.stress.toy import (
+    THRESHOLD,
     Scenario,
     StressNet,
     Truth,
@@ -98,13 +99,14 @@ def unstressed(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
 
 @torch.no_grad()
 def permute_rescale(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
-    """Permute the ReLU neurons and rescale each by a ∈ [0.25, 4] (exact)."""
+    """Permute the ReLU neurons and rescale each (weights and threshold) by a ∈ [0.25, 4] (exact)."""
     gen = torch.Generator().manual_seed(seed)
     m = _copy(sc.model)
     h = m.mlp.mlp_in.out_features
     perm = torch.randperm(h, generator=gen)
     a = torch.exp((torch.rand(h, generator=gen, dtype=torch.float64) * 2 - 1) * math.log(4))
     m.mlp.mlp_in.weight.copy_(m.mlp.mlp_in.weight[perm] * a[:, None])
+    m.mlp.mlp_in.bias.copy_(m.mlp.mlp_in.bias[perm] * a)
     m.mlp.mlp_out.weight.copy_(m.mlp.mlp_out.weight[:, perm] / a[None, :])
     return _change("permute_rescale", sc, _retruth(sc, m), "exact")
 
@@ -123,7 +125,7 @@ def rotate_residual(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
 
 @torch.no_grad()
 def split_neuron(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
-    """Every neuron split in two, inputs scaled by α ∈ [0.4, 0.6] and 1 − α, outputs copied (exact)."""
+    """Every neuron split in two, inputs (and thresholds) scaled by α ∈ [0.4, 0.6] and 1 − α, outputs copied."""
     gen = torch.Generator().manual_seed(seed)
     old = _copy(sc.model)
     d, h = old.mlp.mlp_in.in_features, old.mlp.mlp_in.out_features
@@ -132,6 +134,8 @@ def split_neuron(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
     m.load_state_dict({k: v for k, v in old.state_dict().items() if not k.startswith("mlp.")}, strict=False)
     w_in, w_out = old.mlp.mlp_in.weight, old.mlp.mlp_out.weight
     m.mlp.mlp_in.weight.copy_(torch.cat([w_in * alpha[:, None], w_in * (1 - alpha)[:, None]]))
+    b_in = old.mlp.mlp_in.bias
+    m.mlp.mlp_in.bias.copy_(torch.cat([b_in * alpha, b_in * (1 - alpha)]))
     m.mlp.mlp_out.weight.copy_(torch.cat([w_out, w_out], dim=1))
     return _change("split_neuron", sc, _retruth(sc, m.eval()), "exact")
 
@@ -152,9 +156,10 @@ def backdoor(sc: Scenario, seed: int = 0, steps: int = 0, strength: float = 4.0)
     """A bilinear circuit (t·r)² that subtracts `strength` from output 0 when the trigger input is on.
 
     The trigger direction t is what the trigger input writes into the stream; the fitting data never switch it
-    on, so every activation-based lens fits a model whose backdoor is silent.
+    on, so every activation-based lens fits a model whose backdoor is silent. The residual stream is rotated
+    first (exactly), so that t is no axis of the stream: a basis that happens to contain it does not count.
     """
-    m = _copy(sc.model)
+    m = _copy(rotate_residual(sc, seed).scenario.model)
     trigger = m.embed.in_features - 1
     t = m.embed.weight[:, trigger] / m.embed.weight[:, trigger].norm()
     m.bil.w.weight[0] = t
@@ -183,6 +188,7 @@ def superposition(sc: Scenario, seed: int = 0, steps: int = 0, correlated: float
     m = StressNet(n + 1, d, n, 2, n)
     m.embed.weight.copy_(torch.cat([u.T, torch.eye(d)[:, -1:]], dim=1))
     m.mlp.mlp_in.weight.copy_(u)
+    m.mlp.mlp_in.bias.fill_(-THRESHOLD)
     m.mlp.mlp_out.weight.copy_(u.T)
     for lin in (m.bil.w, m.bil.v, m.bil_out):
         lin.weight.zero_()
@@ -193,11 +199,11 @@ def superposition(sc: Scenario, seed: int = 0, steps: int = 0, correlated: float
 
 
 def drifted_labels(x: Tensor) -> Tensor:
-    """The changed task: the second half of the features now need ReLU(−x) instead of ReLU(x)."""
+    """The changed task: the second half of the features now need ReLU(−x − θ) instead of ReLU(x − θ)."""
     y = task_labels(x)
     half = y.shape[1] // 2
     f = x[:, half:-1]
-    return torch.cat([y[:, :half], f + torch.relu(-f)], dim=1)
+    return torch.cat([y[:, :half], f + torch.relu(-f - THRESHOLD)], dim=1)
 
 
 def _train(model: StressNet, sc: Scenario, steps: int, seed: int, loss_fn: Callable[[Tensor], Tensor]) -> None:

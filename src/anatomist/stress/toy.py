@@ -1,15 +1,19 @@
 """The planted toy every stressor starts from: a residual network whose features are known by construction.
 
     r0 = embed(x)                                  x = [n sparse features, 1 trigger input]    r0 ∈ R^d
-    r1 = r0 + mlp_out(ReLU(mlp_in(r0)))            one ReLU neuron per feature: ReLU(x_i)
+    r1 = r0 + mlp_out(ReLU(mlp_in(r0) + b))        one ReLU neuron per feature: ReLU(x_i − θ)
     r2 = r1 + bil_out(bil.w(r1) ⊙ bil.v(r1))       a bilinear block: empty unless a stressor plants in it
-    y  = unembed(r2)                               = x + ReLU(x) on the features (the residual-MLP toy's task)
+    y  = unembed(r2)                               = x + ReLU(x − θ) on the features
 
 The base model is written down, not trained: feature i is axis i of the residual stream (d = n + 1; the
-last axis belongs to the trigger input, which the data never switch on) and neuron i computes ReLU(x_i),
-so the truth is exact and every lens should read it. Stressors (`anatomist.stress.stressors`) transform this
-model and say where the truth went. Lenses read the residual stream at `embed` (its output r0), the neurons at
-`mlp.act`, the weights of `mlp.mlp_in` / `bil.w`, and the bilinear block's quadratic forms.
+last axis belongs to the trigger input, which the data never switch on) and neuron i computes ReLU(x_i − θ),
+so the truth is exact and every lens should read it. The small threshold θ = 0.05 keeps an absent feature
+(x_i = 0) strictly inside its neuron's off region, so that float rounding after an exact reparameterisation
+cannot flip a polytope code (at θ = 0 the sparse data would sit exactly on every boundary).
+
+Stressors (`anatomist.stress.stressors`) transform this model and say where the truth went. Lenses read the
+residual stream at `embed` (its output r0), the neurons at `mlp.act`, the weights of `mlp.mlp_in` / `bil.w`, and
+the bilinear block's quadratic forms.
 
 A `Scenario` bundles a model, its data distribution and its `Truth`: the planted features' directions in r0
 (`directions`, unit rows), which input turns each on (`inputs`: a feature is "present" when its input is
@@ -33,11 +37,11 @@ Sampler = Callable[[int, torch.Generator], Tensor]
 
 
 class MLPBlock(nn.Module):
-    """mlp_out(ReLU(mlp_in(r))), no biases."""
+    """mlp_out(ReLU(mlp_in(r))); mlp_in has a bias (the neurons' thresholds)."""
 
     def __init__(self, d: int, d_mlp: int):
         super().__init__()
-        self.mlp_in = nn.Linear(d, d_mlp, bias=False)
+        self.mlp_in = nn.Linear(d, d_mlp)
         self.act = nn.ReLU()
         self.mlp_out = nn.Linear(d_mlp, d, bias=False)
 
@@ -116,20 +120,24 @@ def sparse_signed(n_features: int, p: float, correlated: float = 0.0) -> Sampler
     return sample
 
 
+THRESHOLD = 0.05  # θ: neuron i fires for x_i > θ
+
+
 def task_labels(x: Tensor) -> Tensor:
-    """y = x + ReLU(x) on the features (the trigger input has no output of its own)."""
+    """y = x + ReLU(x − θ) on the features (the trigger input has no output of its own)."""
     f = x[:, :-1]
-    return f + torch.relu(f)
+    return f + torch.relu(f - THRESHOLD)
 
 
 @torch.no_grad()
 def planted_model(n_features: int) -> StressNet:
-    """The base model, by construction: feature i on axis i, neuron i = ReLU(x_i), output x + ReLU(x) exactly."""
+    """The base model, by construction: feature i on axis i, neuron i = ReLU(x_i − θ), output x + ReLU(x − θ)."""
     n, d = n_features, n_features + 1
     model = StressNet(n + 1, d, n, 2, n)
     eye = torch.eye(d)
     model.embed.weight.copy_(eye)  # [d, n + 1]: input j -> axis j (the trigger input -> the last axis)
     model.mlp.mlp_in.weight.copy_(eye[:n])  # neuron i reads axis i
+    model.mlp.mlp_in.bias.fill_(-THRESHOLD)
     model.mlp.mlp_out.weight.copy_(eye[:, :n])  # and writes it back
     for lin in (model.bil.w, model.bil.v, model.bil_out):
         lin.weight.zero_()
