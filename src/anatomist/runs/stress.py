@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -25,19 +27,22 @@ from anatomist.features.base import SparseDictionary
 from anatomist.features.bases import BASES
 from anatomist.features.train import TrainConfig, train_sae
 from anatomist.interpret.reading import fit_baseline, site_rows
+from anatomist.mechanisms import spd
 from anatomist.nets.assets import load_model
 from anatomist.nets.sites import Site
 from anatomist.nets.toys import TOYS, load_toy
+from anatomist.report.html import esc, figure, page, table
 from anatomist.runs.base import Context, Outcome, RunConfig, register
+from anatomist.runs.plots import pyplot, save_figure
+from anatomist.runs.toy_scoring import default_targets, toy_batches, toy_report
 from anatomist.stress.compare import (
+    ToyData,
     add_robustness,
+    columns,
     dictionary_config,
-    spd_row,
     stress_robustness,
     toy_data,
     toy_row,
-    write_page,
-    write_plots,
 )
 from anatomist.stress.compare import markdown as compare_markdown
 from anatomist.stress.lenses import LENSES, Budget
@@ -100,8 +105,10 @@ class CompareConfig(RunConfig):
     """Compare decompositions of one model's site on one dataset: FVU, spliced loss, L0, bits, MMCS, robustness."""
 
     kind: Literal["compare"] = "compare"
-    smoke: ClassVar[tuple[str, ...]] = ("decompositions=[sae_topk,pca,neurons]", "steps=5", "rows=2048",
-                                        "n_seqs=2", "eval_seqs=2", "seq_len=16", "spliced_seqs=1")
+    # the smallest toy (cached once trained) in place of the experiment's; LM settings shrink an LM comparison
+    smoke: ClassVar[tuple[str, ...]] = ("model=tms-5-2", "decompositions=[sae_topk,transcoder,pca,spd]", "steps=5",
+                                        "spd_steps=3", "rows=2048", "n_seqs=2", "eval_seqs=2", "seq_len=16",
+                                        "spliced_seqs=1")
     model: str = Field("tms-40-10", description="a toy (tms-*, resid-mlp-*; trained once, then cached) or a "
                        "language model (smollm2, ...)")
     site: str = Field("model.layers.6", description="language model: the site read (toys: where their features live)")
@@ -193,6 +200,49 @@ def _lm_numbers(numbers: dict[str, Any], sae: SparseDictionary, rows: torch.Tens
     if rows is not None:
         out["bits_per_input"] = description_length(sae, rows)["code_bits_per_input"]
     return out
+
+
+def spd_row(toy: Any, data: ToyData, steps: int, seed: int) -> dict[str, Any]:
+    """SPD on the toy's paper layers (a short budget): MMCS/ML2R against the true pieces (`toy_report`), CI L0,
+    and the output with every subcomponent masked at its causal importance."""
+    targets = default_targets(toy)
+    cfg = spd.SPDConfig(C=toy.ground_truth.n_features + 10, steps=steps, batch_size=1024, lr=3e-3, seed=seed,
+                        log_every=10**9)
+    dec = spd.decompose(toy.model, toy_batches(toy, 1024, torch.Generator().manual_seed(seed)), targets, cfg)
+    report = toy_report(toy, targets, dec.matrices, dec.importances)
+    with torch.no_grad():
+        out = dec.run_with_masks(data.x, dec.importances(data.x))
+    change = float((out - data.clean).pow(2).sum() / data.clean.pow(2).sum())
+    loss = float(data.loss(out, data.labels) - data.loss(data.clean, data.labels))
+    return {"mmcs": report.get("mmcs"), "ml2r": report.get("ml2r"), "l0": report["ci_l0_total"],
+            "output_change": change, "loss_increase": loss}
+
+
+def write_plots(rows: Mapping[str, Mapping[str, Any]], out: Path) -> list[str]:
+    """One bar chart per column (decompositions with no value for it left out); returns the file names."""
+    plt = pyplot()
+    files = []
+    for col in columns(rows):
+        have = [(n, float(r[col])) for n, r in rows.items() if r.get(col) is not None]
+        fig, ax = plt.subplots(figsize=(4.2, 2.6))
+        ax.bar([n for n, _ in have], [v for _, v in have], color="C0")
+        ax.set_title(col)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+        name = f"compare_{col}.png"
+        save_figure(fig, out / name, dpi=90)
+        files.append(name)
+    return files
+
+
+def write_page(rows: Mapping[str, Mapping[str, Any]], title: str, out: Path, plots: list[str]) -> Path:
+    """compare.html: the table and a plot per column."""
+    cols = columns(rows)
+    body = f"<h1>{esc(title)}</h1>" + table(["decomposition", *cols], [[n, *(r.get(c) for c in cols)]
+                                                                         for n, r in rows.items()])
+    body += "".join(figure(p, p.removeprefix("compare_").removesuffix(".png")) for p in plots)
+    path = out / "compare.html"
+    path.write_text(page(title, body, ""))
+    return path
 
 
 @register(CompareConfig)

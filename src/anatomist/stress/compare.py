@@ -19,7 +19,7 @@ site's width and their code is priced the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,6 @@ from anatomist.evaluate.recovery import match
 from anatomist.features.base import SAEConfig, SparseDictionary
 from anatomist.features.bases import BASES, fit_basis
 from anatomist.nets.sites import Site, capture, splice
-from anatomist.report.html import esc, figure, page, table
-from anatomist.runs.plots import pyplot, save_figure
 from anatomist.stress.lenses import fit_transcoder
 
 # toy family -> (the site where its features live, the site a transcoder from there predicts)
@@ -155,31 +153,6 @@ def toy_row(name: str, data: ToyData, d_sae: int, k: int, steps: int, seed: int)
             **truth_numbers(data.truth, directions_of(sae, name in BASES))}
 
 
-def toy_batches(toy: Any, batch: int, seed: int) -> Iterator[Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        yield toy.sample_batch(batch, gen)[0]
-
-
-def spd_row(toy: Any, data: ToyData, steps: int, seed: int) -> dict[str, Any]:
-    """SPD on the toy's paper layers: MMCS/ML2R against the true pieces, CI L0, the output with every
-    subcomponent's mask at its causal importance (what SPD's stochastic reconstruction trains towards at g)."""
-    from anatomist.mechanisms import spd
-    from anatomist.runs.toy_scoring import default_targets, toy_report
-
-    targets = default_targets(toy)
-    cfg = spd.SPDConfig(C=toy.ground_truth.n_features + 10, steps=steps, batch_size=1024, lr=3e-3, seed=seed,
-                        log_every=10**9)
-    dec = spd.decompose(toy.model, toy_batches(toy, 1024, seed), targets, cfg)
-    report = toy_report(toy, targets, dec.matrices, dec.importances)
-    with torch.no_grad():
-        out = dec.run_with_masks(data.x, dec.importances(data.x))
-    change = float((out - data.clean).pow(2).sum() / data.clean.pow(2).sum())
-    loss = float(data.loss(out, data.labels) - data.loss(data.clean, data.labels))
-    return {"mmcs": report.get("mmcs"), "ml2r": report.get("ml2r"), "l0": report["ci_l0_total"],
-            "output_change": change, "loss_increase": loss}
-
-
 # --- stress robustness and the report --------------------------------------------------------------------------
 
 
@@ -211,33 +184,6 @@ def add_robustness(rows: dict[str, dict[str, Any]], robustness: Mapping[str, flo
 def columns(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """The shared columns some row has, in the vocabulary's order."""
     return [c for c in COLUMNS if any(r.get(c) is not None for r in rows.values())]
-
-
-def write_plots(rows: Mapping[str, Mapping[str, Any]], out: Path) -> list[str]:
-    """One bar chart per column (decompositions with no value for it left out); returns the file names."""
-    plt = pyplot()
-    files = []
-    for col in columns(rows):
-        have = [(n, float(r[col])) for n, r in rows.items() if r.get(col) is not None]
-        fig, ax = plt.subplots(figsize=(4.2, 2.6))
-        ax.bar([n for n, _ in have], [v for _, v in have], color="C0")
-        ax.set_title(col)
-        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
-        name = f"compare_{col}.png"
-        save_figure(fig, out / name, dpi=90)
-        files.append(name)
-    return files
-
-
-def write_page(rows: Mapping[str, Mapping[str, Any]], title: str, out: Path, plots: list[str]) -> Path:
-    """compare.html: the table and a plot per column."""
-    cols = columns(rows)
-    body = f"<h1>{esc(title)}</h1>" + table(["decomposition", *cols], [[n, *(r.get(c) for c in cols)]
-                                                                         for n, r in rows.items()])
-    body += "".join(figure(p, p.removeprefix("compare_").removesuffix(".png")) for p in plots)
-    path = out / "compare.html"
-    path.write_text(page(title, body, ""))
-    return path
 
 
 def markdown(rows: Mapping[str, Mapping[str, Any]]) -> str:
