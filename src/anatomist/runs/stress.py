@@ -106,11 +106,13 @@ class CompareConfig(RunConfig):
 
     kind: Literal["compare"] = "compare"
     # the smallest toy (cached once trained) in place of the experiment's; LM settings shrink an LM comparison
-    smoke: ClassVar[tuple[str, ...]] = ("model=tms-5-2", "decompositions=[sae_topk,transcoder,pca,spd]", "steps=5",
-                                        "spd_steps=3", "rows=2048", "n_seqs=2", "eval_seqs=2", "seq_len=16",
-                                        "spliced_seqs=1")
+    smoke: ClassVar[tuple[str, ...]] = ("model=tms-5-2", "toy_steps=null",
+                                        "decompositions=[sae_topk,transcoder,pca,spd]", "steps=5", "spd_steps=3", "rows=2048", "n_seqs=2", "eval_seqs=2",
+                                        "seq_len=16", "spliced_seqs=1")
     model: str = Field("tms-40-10", description="a toy (tms-*, resid-mlp-*; trained once, then cached) or a "
                        "language model (smollm2, ...)")
+    toy_steps: int | None = Field(None, gt=0, description="toy: its training steps (null: the published count); "
+                                  "a toy trained once is cached")
     site: str = Field("model.layers.6", description="language model: the site read (toys: where their features live)")
     transcoder_target: str = Field("model.layers.6.mlp:output", description="language model: what the transcoder "
                                    "predicts (it reads the same layer's mlp input)")
@@ -135,7 +137,7 @@ class CompareConfig(RunConfig):
 
 
 def _toy_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], str]:
-    toy = load_toy(cfg.model, device=cfg.device)
+    toy = load_toy(cfg.model, steps=cfg.toy_steps, device=cfg.device)
     data = toy_data(toy, cfg.rows, cfg.seed)
     d_sae = cfg.d_sae or 2 * toy.ground_truth.n_features
     rows = {}

@@ -45,11 +45,11 @@ from anatomist.stress.toy import MLP_OUT, NEURONS, RESID, Scenario, StressNet, s
 class Budget(Config):
     """How long each lens trains on a toy (short: the whole table runs in minutes on one core)."""
 
-    rows: int = Field(8192, gt=0, description="rows of the toy's data each lens is fitted on")
-    sae_steps: int = Field(400, gt=0, description="Adam steps of the SAEs and the transcoder")
-    e2e_steps: int = Field(300, gt=0, description="Adam steps of the end-to-end SAE")
-    spd_steps: int = Field(600, gt=0, description="SPD steps")
-    l3d_steps: int = Field(400, gt=0, description="L3D steps")
+    rows: int = Field(4096, gt=0, description="rows of the toy's data each lens is fitted on")
+    sae_steps: int = Field(300, gt=0, description="Adam steps of the SAEs and the transcoder")
+    e2e_steps: int = Field(200, gt=0, description="Adam steps of the end-to-end SAE")
+    spd_steps: int = Field(400, gt=0, description="SPD steps")
+    l3d_steps: int = Field(250, gt=0, description="L3D steps")
     batch_size: int = Field(256, gt=0, description="rows per step")
     latents_per_feature: int = Field(3, gt=0, description="dictionary latents (SPD/L3D components) per feature")
 
