@@ -107,8 +107,8 @@ class CompareConfig(RunConfig):
     kind: Literal["compare"] = "compare"
     # the smallest toy (cached once trained) in place of the experiment's; LM settings shrink an LM comparison
     smoke: ClassVar[tuple[str, ...]] = ("model=tms-5-2", "toy_steps=null",
-                                        "decompositions=[sae_topk,transcoder,pca,spd]", "steps=5", "spd_steps=3", "rows=2048", "n_seqs=2", "eval_seqs=2",
-                                        "seq_len=16", "spliced_seqs=1")
+                                        "decompositions=[sae_topk,transcoder,pca,spd]", "steps=5", "spd_steps=3",
+                                        "rows=2048", "n_seqs=2", "eval_seqs=2", "seq_len=16", "spliced_seqs=1")
     model: str = Field("tms-40-10", description="a toy (tms-*, resid-mlp-*; trained once, then cached) or a "
                        "language model (smollm2, ...)")
     toy_steps: int | None = Field(None, gt=0, description="toy: its training steps (null: the published count); "
