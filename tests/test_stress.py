@@ -117,3 +117,11 @@ def test_sites_of_the_toy() -> None:
     sc = base_scenario()
     got = sites(sc.model, sc.fit_batch(10, 0))
     assert got["embed"].shape == (10, 9) and got["mlp.act"].shape == (10, 8)
+
+
+def test_fitting_a_lens_leaves_the_model_as_it_was() -> None:
+    sc = base_scenario()
+    before = {k: v.clone() for k, v in sc.model.state_dict().items()}
+    LENSES["e2e_sae"](sc, Budget(rows=512, e2e_steps=3), 0)
+    assert all(p.requires_grad for p in sc.model.parameters()) and all(p.grad is None for p in sc.model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in sc.model.state_dict().items())

@@ -37,6 +37,7 @@ from anatomist.features.base import SAEConfig, SparseDictionary, make_sae
 from anatomist.features.bases import fit_basis
 from anatomist.mechanisms import l3d, spd
 from anatomist.mechanisms.bilinear import decompose_mlp
+from anatomist.mechanisms.training import frozen
 from anatomist.regions.codes import spline_codes
 from anatomist.stress.stressors import LinearProbe
 from anatomist.stress.toy import MLP_OUT, NEURONS, RESID, Scenario, StressNet, sites
@@ -45,9 +46,9 @@ from anatomist.stress.toy import MLP_OUT, NEURONS, RESID, Scenario, StressNet, s
 class Budget(Config):
     """How long each lens trains on a toy (short: the whole table runs in minutes on one core)."""
 
-    rows: int = Field(4096, gt=0, description="rows of the toy's data each lens is fitted on")
-    sae_steps: int = Field(300, gt=0, description="Adam steps of the SAEs and the transcoder")
-    e2e_steps: int = Field(200, gt=0, description="Adam steps of the end-to-end SAE")
+    rows: int = Field(8192, gt=0, description="rows of the toy's data each lens is fitted on")
+    sae_steps: int = Field(500, gt=0, description="Adam steps of the SAEs and the transcoder")
+    e2e_steps: int = Field(400, gt=0, description="Adam steps of the end-to-end SAE")
     spd_steps: int = Field(400, gt=0, description="SPD steps")
     l3d_steps: int = Field(250, gt=0, description="L3D steps")
     batch_size: int = Field(256, gt=0, description="rows per step")
@@ -235,15 +236,14 @@ def e2e_sae(sc: Scenario, budget: Budget, seed: int) -> Reading:
     torch.manual_seed(seed)
     sae = make_sae(_topk(d, max(_width(sc, budget), 2 * d)))
     gen = torch.Generator().manual_seed(seed)
-    for p in sc.model.parameters():
-        p.requires_grad_(False)
 
     def loss(step: int) -> Tensor:
         idx = torch.randint(0, len(r0), (budget.batch_size,), generator=gen)
         out = sae.train_forward(r0[idx])
         return (downstream(sc.model, out.recon) - clean[idx]).pow(2).sum(-1).mean()
 
-    _train_dictionary(sae, budget.e2e_steps, 3e-3, loss)
+    with frozen(sc.model):  # gradients flow through the model to the SAE, never into the model's weights
+        _train_dictionary(sae, budget.e2e_steps, 3e-3, loss)
     return Directions(sae.W_dec.detach())
 
 

@@ -208,6 +208,8 @@ def drifted_labels(x: Tensor) -> Tensor:
 
 def _train(model: StressNet, sc: Scenario, steps: int, seed: int, loss_fn: Callable[[Tensor], Tensor]) -> None:
     """Adam on every weight of `model` for `steps` batches of the scenario's data."""
+    for p in model.parameters():
+        p.requires_grad_(True)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(seed)
     model.train()
