@@ -97,13 +97,15 @@ def test_drift_is_scored_with_the_lens_fitted_before_it() -> None:
 
 
 def test_stress_table_cells_and_markdown() -> None:
-    result = stress_table(["resid_axes", "neurons", "bilinear"], ["none", "rotate_residual", "obfuscate"], FAST,
-                          train_steps=20)
+    lenses = ["resid_axes", "neurons", "bilinear", "probe", "polytope"]
+    result = stress_table(lenses, ["none", "rotate_residual", "obfuscate"], FAST, train_steps=20)
     cells = result["cells"]
     assert cells["none"]["resid_axes"]["verdict"] == "found"
     assert cells["rotate_residual"]["resid_axes"]["verdict"] == "missed"
     assert cells["none"]["bilinear"]["verdict"] == "n/a"
-    assert "refit" in cells["obfuscate"]["neurons"]
+    assert all("refit" in cells["obfuscate"][lens] for lens in lenses)
+    # the fixed probe and code bit of the obfuscated feature are scored (the base's readings cover all 8 features)
+    assert cells["obfuscate"]["probe"]["score"] is not None and cells["obfuscate"]["polytope"]["score"] is not None
     text = markdown(result)
     assert "| resid_axes (MMCS ≥ 0.9) |" in text and "n/a" in text and "output change" in text
 

@@ -119,14 +119,17 @@ class Pieces:
 
 @dataclass(frozen=True)
 class Probes:
-    probes: list[LinearProbe]
+    """One probe per planted feature, keyed by the input that switches the feature on."""
+
+    probes: dict[int, LinearProbe]
 
     def score(self, sc: Scenario) -> float | None:
         x = sc.eval_batch(4096, seed=4321)
         rows, labels = sites(sc.model, x)[RESID], sc.truth.labels(x)
-        if rows.shape[1] != self.probes[0].w.shape[0]:
+        pairs = [(i, self.probes[inp]) for i, inp in enumerate(sc.truth.inputs) if inp in self.probes]
+        if not pairs or rows.shape[1] != pairs[0][1].w.shape[0]:
             return None
-        return float(np.mean([p.accuracy(rows, labels[:, i]) for i, p in enumerate(self.probes)]))
+        return float(np.mean([p.accuracy(rows, labels[:, i]) for i, p in pairs]))
 
 
 def _codes(model: StressNet, x: Tensor) -> np.ndarray:
@@ -135,17 +138,18 @@ def _codes(model: StressNet, x: Tensor) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CodeBits:
-    """For each planted feature, the polytope-code bit (neuron on/off, and which polarity) that best tracks it."""
+    """For each planted feature (keyed by its input), the polytope-code bit (neuron on/off, and which polarity)
+    that best tracks it."""
 
-    bits: list[tuple[int, bool]]
+    bits: dict[int, tuple[int, bool]]
 
     def score(self, sc: Scenario) -> float | None:
         x = sc.eval_batch(4096, seed=4321)
         codes, labels = _codes(sc.model, x), sc.truth.labels(x).numpy()
-        if max(b for b, _ in self.bits) >= codes.shape[1]:
+        pairs = [(i, self.bits[inp]) for i, inp in enumerate(sc.truth.inputs) if inp in self.bits]
+        if not pairs or max(b for _, (b, _) in pairs) >= codes.shape[1]:
             return None
-        accs = [balanced_accuracy_score(labels[:, i], codes[:, b] == on) for i, (b, on) in enumerate(self.bits)]
-        return float(np.mean(accs))
+        return float(np.mean([balanced_accuracy_score(labels[:, i], codes[:, b] == on) for i, (b, on) in pairs]))
 
 
 # --- the lenses --------------------------------------------------------------------------------------------
@@ -263,23 +267,23 @@ def linear_probe(sc: Scenario, budget: Budget, seed: int) -> Reading:
     """One logistic-regression probe per planted feature on r0, fitted on the lens's data (labels from inputs)."""
     x, got = _rows(sc, budget, seed)
     labels = sc.truth.labels(x)
-    return Probes([LinearProbe.fit(got[RESID], labels[:, i]) for i in range(labels.shape[1])])
+    return Probes({inp: LinearProbe.fit(got[RESID], labels[:, i]) for i, inp in enumerate(sc.truth.inputs)})
 
 
 def polytope(sc: Scenario, budget: Budget, seed: int) -> Reading:
     """Polytope (spline) codes at the ReLU: for each feature the code bit that best tells it is present."""
     x, _ = _rows(sc, budget, seed)
     codes, labels = _codes(sc.model, x), sc.truth.labels(x).numpy()
-    bits = []
-    for i in range(labels.shape[1]):
+    bits = {}
+    for i, inp in enumerate(sc.truth.inputs):
         y = labels[:, i]
         if y.all() or not y.any():  # nothing to tell apart on this data: the reading has no bit for it
-            bits.append((0, True))
+            bits[inp] = (0, True)
             continue
         accs = [(balanced_accuracy_score(y, codes[:, b] == on), b, on) for b in range(codes.shape[1])
                 for on in (True, False)]
         _, b, on = max(accs)
-        bits.append((b, on))
+        bits[inp] = (b, on)
     return CodeBits(bits)
 
 
