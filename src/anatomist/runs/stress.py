@@ -123,6 +123,7 @@ class CompareConfig(RunConfig):
     d_sae: int | None = Field(None, gt=0, description="latents per dictionary (null: toy 2 × features, LM 8 × d)")
     k: int = Field(4, gt=0, description="TopK's active latents per input")
     steps: int = Field(2000, gt=0, description="training steps of each dictionary")
+    batch_size: int = Field(1024, gt=0, description="rows per training step of each dictionary")
     spd_steps: int = Field(2000, gt=0, description="SPD steps (toys)")
     rows: int = Field(32768, gt=0, description="toy: rows drawn from its data distribution")
     corpus: str = Field("wiki", description=CORPUS_HELP)
@@ -145,7 +146,7 @@ def _toy_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any
         if name == "spd":
             rows[name] = spd_row(toy, data, cfg.spd_steps, cfg.seed)
         else:
-            rows[name] = toy_row(name, data, d_sae, cfg.k, cfg.steps, cfg.seed)
+            rows[name] = toy_row(name, data, d_sae, cfg.k, cfg.steps, cfg.seed, cfg.batch_size)
         _say_row(name, rows[name])
     where = f"{cfg.model} at {data.site}"
     return rows, [model_record(cfg.model, toy.model)], where
@@ -162,8 +163,8 @@ def _lm_train_config(cfg: CompareConfig, name: str, d: int, d_sae: int) -> Train
     sae = dictionary_config(name, d, d_sae, cfg.k, d_out=d if target else None).model_dump()
     return TrainConfig.parse({
         "model": cfg.model, "site": site, "target_site": target, "sae": sae, "steps": cfg.steps,
-        "batch_size": 1024, "lr": 1e-3, "seed": cfg.seed, "device": cfg.device, "log_every": max(1, cfg.steps // 10),
-        "eval_every": 10**9, "checkpoint_every": 10**9, "eval_ce_seqs": 0,
+        "batch_size": cfg.batch_size, "lr": 1e-3, "seed": cfg.seed, "device": cfg.device,
+        "log_every": max(1, cfg.steps // 10), "eval_every": 10**9, "checkpoint_every": 10**9, "eval_ce_seqs": 0,
         "data": {"corpus": cfg.corpus, "seq_len": cfg.seq_len, "n_seqs": cfg.n_seqs, "eval_seqs": cfg.eval_seqs,
                  "cache": None, "block_seqs": min(32, cfg.n_seqs)}})
 

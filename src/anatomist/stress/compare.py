@@ -135,19 +135,21 @@ def spliced_numbers(data: ToyData, sae: SparseDictionary) -> dict[str, float]:
     return {"output_change": change, "loss_increase": loss}
 
 
-def fit_toy_dictionary(name: str, data: ToyData, d_sae: int, k: int, steps: int, seed: int) -> SparseDictionary:
+def fit_toy_dictionary(name: str, data: ToyData, d_sae: int, k: int, steps: int, seed: int,
+                       batch_size: int = 1024) -> SparseDictionary:
     d = data.rows.shape[1]
     if name in BASES:
         return fit_basis(name, data.rows, seed=seed)  # type: ignore[arg-type]
     if name == "transcoder":
         cfg = dictionary_config(name, d, d_sae, k, d_out=data.target_rows.shape[1])
-        return fit_transcoder(data.rows, data.target_rows, cfg, steps=steps, batch_size=1024, seed=seed)
-    return fit_rows(data.rows, dictionary_config(name, d, d_sae, k), steps=steps, batch_size=1024, lr=3e-3,
+        return fit_transcoder(data.rows, data.target_rows, cfg, steps=steps, batch_size=batch_size, seed=seed)
+    return fit_rows(data.rows, dictionary_config(name, d, d_sae, k), steps=steps, batch_size=batch_size, lr=3e-3,
                     seed=seed)
 
 
-def toy_row(name: str, data: ToyData, d_sae: int, k: int, steps: int, seed: int) -> dict[str, Any]:
-    sae = fit_toy_dictionary(name, data, d_sae, k, steps, seed)
+def toy_row(name: str, data: ToyData, d_sae: int, k: int, steps: int, seed: int,
+            batch_size: int = 1024) -> dict[str, Any]:
+    sae = fit_toy_dictionary(name, data, d_sae, k, steps, seed, batch_size)
     y = data.target_rows if sae.cfg.is_transcoder else data.rows
     return {**code_numbers(sae, data.rows, y), **spliced_numbers(data, sae),
             **truth_numbers(data.truth, directions_of(sae, name in BASES))}
