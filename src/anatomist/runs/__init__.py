@@ -21,6 +21,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     sites,
     spd_lm,
     steer,
+    stress,
     sweep,
     toys,
 )

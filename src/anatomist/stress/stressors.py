@@ -1,0 +1,310 @@
+"""Stressors: a scenario in, a harder-to-read model out, with the truth moved to where it now lives.
+
+Sharkey, *Circumventing Interpretability: How to Defeat Mind-Readers* (2022), lists ways a model's internals can
+resist a lens. Each function here makes one of them happen on the planted toy (`anatomist.stress.toy`):
+
+exact reparameterisations (the function computed is unchanged to float precision)
+* `permute_rescale`: permute the ReLU neurons and scale each one's input (and bias) by a > 0 and its output by 1/a
+  (ReLU(a z) = a ReLU(z)).
+* `rotate_residual`: an orthogonal change of basis R of the residual stream: writers W -> R W, readers
+  W -> W Rᵀ. The stream has no privileged basis, so the function is unchanged and the features leave the axes.
+* `split_neuron`: every neuron becomes two with inputs scaled by α and 1 − α (ReLU(αz) + ReLU((1−α)z) = ReLU(z));
+  each feature now lives across two neurons.
+
+planted mechanisms
+* `backdoor`: a bilinear circuit that reads a trigger direction the data never contain and flips an output;
+  dormant on every input a lens is fitted on (planted in the rotated model, so the trigger is no axis).
+* `superposition`: the features squeezed into half the dimensions, occurring in correlated pairs.
+
+change after the lens was fitted (lenses are fitted on the original model and scored on the new one)
+* `drift`: continued training on a changed task.
+* `obfuscate`: training that keeps the outputs while pushing a fixed linear probe's reading of one feature
+  away (cf. "obfuscated activations", Bailey et al. 2024), with the probe's detection before/after and a refit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from torch import Tensor
+
+from anatomist.stress.toy import (
+    THRESHOLD,
+    Scenario,
+    StressNet,
+    Truth,
+    embedding_directions,
+    relative_change,
+    sites,
+    sparse_signed,
+    task_labels,
+)
+
+EVAL_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Stressed:
+    """A stressed scenario, how much the stress changed the outputs, and how lenses meet it."""
+
+    name: str
+    scenario: Scenario
+    kind: str  # control | exact | planted | after-fit
+    output_change: float | None  # relative, on the scenario's fit data (None: a new model, nothing to compare)
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fitted_before(self) -> bool:
+        """Lenses are fitted on the original model and scored on this one (drift, obfuscation)."""
+        return self.kind == "after-fit"
+
+
+Stressor = Callable[[Scenario, int, int], Stressed]  # (scenario, seed, train_steps) -> Stressed
+
+
+def orthogonal(d: int, gen: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A Haar-random orthogonal matrix (QR of a Gaussian, signs fixed as in Mezzadri 2007)."""
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).to(dtype)
+
+
+def _change(name: str, before: Scenario, after: Scenario, kind: str, **extra: float) -> Stressed:
+    x = before.fit_batch(EVAL_ROWS, seed=999)
+    return Stressed(name, after, kind, relative_change(before.model, after.model, x), dict(extra))
+
+
+def _copy(model: StressNet) -> StressNet:
+    return copy.deepcopy(model).double()
+
+
+def _retruth(sc: Scenario, model: StressNet) -> Scenario:
+    """The scenario with `model`, its truth's directions re-read from the model's embedding."""
+    t = sc.truth
+    truth = Truth(embedding_directions(model, t.inputs), t.inputs, t.layer, t.names)
+    return sc.with_model(model.float(), truth)
+
+
+def unstressed(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
+    """The control: the planted base itself (every lens should read it)."""
+    return Stressed("none", sc, "control", 0.0)
+
+
+@torch.no_grad()
+def permute_rescale(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
+    """Permute the ReLU neurons and rescale each (weights and threshold) by a ∈ [0.25, 4] (exact)."""
+    gen = torch.Generator().manual_seed(seed)
+    m = _copy(sc.model)
+    h = m.mlp.mlp_in.out_features
+    perm = torch.randperm(h, generator=gen)
+    a = torch.exp((torch.rand(h, generator=gen, dtype=torch.float64) * 2 - 1) * math.log(4))
+    m.mlp.mlp_in.weight.copy_(m.mlp.mlp_in.weight[perm] * a[:, None])
+    m.mlp.mlp_in.bias.copy_(m.mlp.mlp_in.bias[perm] * a)
+    m.mlp.mlp_out.weight.copy_(m.mlp.mlp_out.weight[:, perm] / a[None, :])
+    return _change("permute_rescale", sc, _retruth(sc, m), "exact")
+
+
+@torch.no_grad()
+def rotate_residual(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
+    """An orthogonal change of basis of the residual stream (exact): writers R W, readers W Rᵀ."""
+    m = _copy(sc.model)
+    R = orthogonal(m.embed.out_features, torch.Generator().manual_seed(seed))
+    for writer in (m.embed, m.mlp.mlp_out, m.bil_out):
+        writer.weight.copy_(R @ writer.weight)
+    for reader in (m.mlp.mlp_in, m.bil.w, m.bil.v, m.unembed):
+        reader.weight.copy_(reader.weight @ R.T)
+    return _change("rotate_residual", sc, _retruth(sc, m), "exact")
+
+
+@torch.no_grad()
+def split_neuron(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
+    """Every neuron split in two, inputs (and thresholds) scaled by α ∈ [0.4, 0.6] and 1 − α, outputs copied."""
+    gen = torch.Generator().manual_seed(seed)
+    old = _copy(sc.model)
+    d, h = old.mlp.mlp_in.in_features, old.mlp.mlp_in.out_features
+    alpha = 0.4 + 0.2 * torch.rand(h, generator=gen, dtype=torch.float64)
+    m = StressNet(old.embed.in_features, d, 2 * h, old.bil.w.out_features, old.unembed.out_features).double()
+    m.load_state_dict({k: v for k, v in old.state_dict().items() if not k.startswith("mlp.")}, strict=False)
+    w_in, w_out = old.mlp.mlp_in.weight, old.mlp.mlp_out.weight
+    m.mlp.mlp_in.weight.copy_(torch.cat([w_in * alpha[:, None], w_in * (1 - alpha)[:, None]]))
+    b_in = old.mlp.mlp_in.bias
+    m.mlp.mlp_in.bias.copy_(torch.cat([b_in * alpha, b_in * (1 - alpha)]))
+    m.mlp.mlp_out.weight.copy_(torch.cat([w_out, w_out], dim=1))
+    return _change("split_neuron", sc, _retruth(sc, m.eval()), "exact")
+
+
+def with_trigger(sample: Callable[[int, torch.Generator], Tensor], rate: float = 0.5) -> Callable[..., Tensor]:
+    """The data with the trigger input set to 1 on a `rate` share of the rows (for scoring only)."""
+
+    def triggered(batch: int, gen: torch.Generator) -> Tensor:
+        x = sample(batch, gen)
+        x[:, -1] = (torch.rand(batch, generator=gen) < rate).to(x.dtype)
+        return x
+
+    return triggered
+
+
+@torch.no_grad()
+def backdoor(sc: Scenario, seed: int = 0, steps: int = 0, strength: float = 4.0) -> Stressed:
+    """A bilinear circuit (t·r)² that subtracts `strength` from output 0 when the trigger input is on.
+
+    The trigger direction t is what the trigger input writes into the stream; the fitting data never switch it
+    on, so every activation-based lens fits a model whose backdoor is silent. The residual stream is rotated
+    first (exactly), so that t is no axis of the stream: a basis that happens to contain it does not count.
+    """
+    m = _copy(rotate_residual(sc, seed).scenario.model)
+    trigger = m.embed.in_features - 1
+    t = m.embed.weight[:, trigger] / m.embed.weight[:, trigger].norm()
+    m.bil.w.weight[0] = t
+    m.bil.v.weight[0] = t
+    readout = m.unembed.weight[0] / m.unembed.weight[0].square().sum()  # unembed row 0 · readout = 1
+    m.bil_out.weight[:, 0] = -strength * readout
+    truth = Truth(t[None].float(), [trigger], "bil.w", ["trigger"])
+    after = Scenario(m.float().eval(), sc.fit_data, truth, eval_data=with_trigger(sc.fit_data))
+    x = after.eval_batch(EVAL_ROWS, seed=999)
+    on = x[:, -1] > 0
+    return _change("backdoor", sc, after, "planted", triggered_change=relative_change(sc.model, after.model, x[on]))
+
+
+@torch.no_grad()
+def superposition(sc: Scenario, seed: int = 0, steps: int = 0, correlated: float = 0.7) -> Stressed:
+    """The n features on random unit directions in ⌈n/2⌉ dimensions (plus the trigger axis), co-occurring in pairs.
+
+    Neuron i still reads and writes feature i's direction, so it also answers to every feature that overlaps
+    it; a new model (no output change to report).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = len(sc.truth.inputs)
+    d = math.ceil(n / 2) + 1
+    u = torch.randn(n, d - 1, generator=gen)
+    u = torch.cat([u / u.norm(dim=1, keepdim=True), torch.zeros(n, 1)], dim=1)  # [n, d]
+    m = StressNet(n + 1, d, n, 2, n)
+    m.embed.weight.copy_(torch.cat([u.T, torch.eye(d)[:, -1:]], dim=1))
+    m.mlp.mlp_in.weight.copy_(u)
+    m.mlp.mlp_in.bias.fill_(-THRESHOLD)
+    m.mlp.mlp_out.weight.copy_(u.T)
+    for lin in (m.bil.w, m.bil.v, m.bil_out):
+        lin.weight.zero_()
+    m.unembed.weight.copy_(u)
+    p = float(sc.fit_batch(EVAL_ROWS, 0)[:, :-1].ne(0).float().mean())
+    after = Scenario(m.eval(), sparse_signed(n, p, correlated), sc.truth)
+    return Stressed("superposition", _retruth(after, m.double()), "planted", None, {"dims": float(d)})
+
+
+def drifted_labels(x: Tensor) -> Tensor:
+    """The changed task: the second half of the features now need ReLU(−x − θ) instead of ReLU(x − θ)."""
+    y = task_labels(x)
+    half = y.shape[1] // 2
+    f = x[:, half:-1]
+    return torch.cat([y[:, :half], f + torch.relu(-f - THRESHOLD)], dim=1)
+
+
+def _train(model: StressNet, sc: Scenario, steps: int, seed: int, loss_fn: Callable[[Tensor], Tensor]) -> None:
+    """Adam on every weight of `model` for `steps` batches of the scenario's data."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        x = sc.fit_data(512, gen)
+        loss = loss_fn(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def drift(sc: Scenario, seed: int = 0, steps: int = 300) -> Stressed:
+    """Continued training (Adam, every weight, `steps` steps) on a changed task, after the lenses were fitted."""
+    m = copy.deepcopy(sc.model).float()
+    torch.manual_seed(seed)
+    with torch.no_grad():  # a little noise so that the embedding is not at a stationary point of the new loss
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    _train(m, sc, steps, seed, lambda x: F.mse_loss(m(x), drifted_labels(x)))
+    return _change("drift", sc, _retruth(sc, m), "after-fit")
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """A logistic-regression probe for one feature on the residual stream: reading = r·w + b."""
+
+    w: Tensor  # [d]
+    b: float
+
+    @classmethod
+    def fit(cls, rows: Tensor, labels: Tensor) -> LinearProbe:
+        y = labels.numpy()
+        if y.all() or not y.any():  # nothing to separate: a constant reading
+            return cls(torch.zeros(rows.shape[1]), 1.0 if y.all() else -1.0)
+        clf = LogisticRegression(max_iter=2000, C=1e4).fit(rows.double().numpy(), y)
+        return cls(torch.as_tensor(clf.coef_[0], dtype=torch.float32), float(clf.intercept_[0]))
+
+    def logits(self, rows: Tensor) -> Tensor:
+        return rows.float() @ self.w + self.b
+
+    def accuracy(self, rows: Tensor, labels: Tensor) -> float:
+        """Balanced accuracy (the mean of the true-positive and true-negative rates)."""
+        pred = (self.logits(rows) > 0).numpy()
+        return float(balanced_accuracy_score(labels.numpy(), pred))
+
+
+def obfuscate(sc: Scenario, seed: int = 0, steps: int = 300, feature: int = 0, weight: float = 1.0) -> Stressed:
+    """Train the model to keep its outputs while a fixed probe stops reading `feature` (Bailey et al. 2024).
+
+    Loss: ‖f'(x) − f(x)‖² / E‖f(x)‖² + weight · mean over rows with the feature on of softplus(probe logit).
+    Reports the output change, the fixed probe's balanced accuracy before and after, and a probe refitted on
+    the obfuscated model (the control: is the feature still linearly there?).
+    """
+    truth = sc.truth
+    x_fit = sc.fit_batch(EVAL_ROWS, seed)
+    pos = truth.inputs[feature]
+    probe = LinearProbe.fit(sites(sc.model, x_fit)["embed"], x_fit[:, pos] > 0)
+    m = copy.deepcopy(sc.model).float()
+    scale = float(sc.model(x_fit).detach().pow(2).mean())
+
+    def loss(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = sc.model(x)
+        r0 = m.embed(x)
+        on = x[:, pos] > 0
+        keep = (m(x) - target).pow(2).mean() / scale
+        hide = F.softplus(probe.logits(r0[on])).mean() if on.any() else r0.sum() * 0
+        return keep + weight * hide
+
+    _train(m, sc, steps, seed, loss)
+    after = _retruth(sc, m)
+    only = Truth(after.truth.directions[feature : feature + 1], [pos], truth.layer, [truth.names[feature]])
+    after = after.with_model(after.model, only)
+    x_eval = sc.fit_batch(EVAL_ROWS, seed + 1)
+    labels = x_eval[:, pos] > 0
+    before_rows, after_rows = sites(sc.model, x_eval)["embed"], sites(m, x_eval)["embed"]
+    refit = LinearProbe.fit(sites(m, x_fit)["embed"], x_fit[:, pos] > 0)
+    extra = {
+        "probe_before": probe.accuracy(before_rows, labels),
+        "probe_after": probe.accuracy(after_rows, labels),
+        "probe_refit": refit.accuracy(after_rows, labels),
+        "probe_logit_shift": float(np.mean(probe.logits(after_rows[labels]).numpy())
+                                   - np.mean(probe.logits(before_rows[labels]).numpy())),
+    }
+    return _change("obfuscate", sc, after, "after-fit", **extra)
+
+
+STRESSORS: dict[str, Stressor] = {
+    "none": unstressed,
+    "permute_rescale": permute_rescale,
+    "rotate_residual": rotate_residual,
+    "split_neuron": split_neuron,
+    "backdoor": backdoor,
+    "superposition": superposition,
+    "drift": drift,
+    "obfuscate": obfuscate,
+}
