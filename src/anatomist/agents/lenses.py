@@ -42,7 +42,8 @@ def probe_states(env: GridWorld, levels: list[Level], per_level: int, seed: int)
         frame = batch.observe()
         for slot in range(len(levels)):
             here = (int(batch.pos[slot, 0]), int(batch.pos[slot, 1]))
-            steps = [first_step(*pursuit_targets(batch, slot, p), here) for p in ("goal", "proxy")]  # type: ignore[arg-type]
+            pursuits = (pursuit_targets(batch, slot, "goal"), pursuit_targets(batch, slot, "proxy"))
+            steps = [first_step(blocked, here, targets) for blocked, targets in pursuits]
             if None in steps:
                 continue
             obs.append(frame[slot])

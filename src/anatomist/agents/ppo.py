@@ -160,8 +160,8 @@ def ppo_loss(policy: GridPolicy, cfg: PPOConfig, obs: torch.Tensor, actions: tor
     entropy = dist.entropy().mean()
     loss = -surrogate + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
     clipped = ((ratio - 1).abs() > cfg.clip).float().mean()
-    return loss, {"policy_loss": -float(surrogate), "value_loss": float(value_loss), "entropy": float(entropy),
-                  "clip_frac": float(clipped)}
+    terms = {"policy_loss": -surrogate, "value_loss": value_loss, "entropy": entropy, "clip_frac": clipped}
+    return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
 def update(policy: GridPolicy, optimizer: torch.optim.Optimizer, cfg: PPOConfig, roll: Rollout) -> dict[str, float]:
