@@ -15,8 +15,8 @@ from anatomist.agents.envs import (
     KeysChests,
     MazeCheese,
     SingleGridEnv,
+    held_out_levels,
     make_env,
-    test_levels,
 )
 from anatomist.agents.measure import over_seeds, play_levels, policy_agent, rates, scripted_agent
 from anatomist.agents.ppo import GridPolicy, PPOConfig, train_ppo
@@ -36,6 +36,6 @@ __all__ = [
     "policy_agent",
     "rates",
     "scripted_agent",
-    "test_levels",
+    "held_out_levels",
     "train_ppo",
 ]

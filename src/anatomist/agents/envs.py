@@ -56,7 +56,7 @@ class GridWorld(VectorEnv):  # type: ignore[type-arg]
     name: ClassVar[str] = ""
     env_id: ClassVar[int] = 0
     channels: ClassVar[tuple[str, ...]] = ()
-    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"]}
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["rgb_array"]}  # noqa: RUF012
 
     def __init__(self, num_envs: int, rand_frac: float = 0.0, seed: int = 0, max_steps: int | None = None,
                  split: str = "train") -> None:
@@ -202,7 +202,7 @@ class GridWorld(VectorEnv):  # type: ignore[type-arg]
                 "level": self.level_seed.copy(), **{k: v.copy() for k, v in self.flags.items()},
                 "keys_taken": self.counts["taken"].copy(), "chests_opened": self.counts["opened"].copy()}
 
-    def render(self) -> np.ndarray:
+    def render(self) -> np.ndarray:  # type: ignore[override]
         """RGB frames [N, H, W, 3] uint8 (walls grey, agent blue, objects in their colours)."""
         return render_frames(self.observe(), self.channels)
 
@@ -418,7 +418,7 @@ def make_env(name: str, num_envs: int, rand_frac: float = 0.0, seed: int = 0, **
         raise AnatomistError(f"environment '{name}': {e}") from None
 
 
-def test_levels(env: GridWorld, n: int, seed: int = 0) -> list[Level]:
+def held_out_levels(env: GridWorld, n: int, seed: int = 0) -> list[Level]:
     """`n` held-out test levels (decisive ones, where the environment has a proxy place), seeds seed*10^6 + k."""
     return [env.make_level("test", seed * SEEDS_PER_STREAM + k) for k in range(n)]
 
@@ -442,7 +442,7 @@ def render_frames(obs: np.ndarray, channels: tuple[str, ...]) -> np.ndarray:
 class SingleGridEnv(gymnasium.Env):  # type: ignore[type-arg]
     """One level at a time of a gridworld, as a plain `gymnasium.Env` (for users' own RL code)."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"]}  # noqa: RUF012
 
     def __init__(self, name: str, rand_frac: float = 0.0, seed: int = 0, **params: Any) -> None:
         self.world = make_env(name, 1, rand_frac, seed, **params)
@@ -452,6 +452,7 @@ class SingleGridEnv(gymnasium.Env):  # type: ignore[type-arg]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)  # Gymnasium's own generator (unused: levels come from the world's level seeds)
         obs, info = self.world.reset(seed=seed)
         self.world.autoreset = False
         return obs[0], info

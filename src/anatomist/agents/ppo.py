@@ -34,10 +34,10 @@ from anatomist.core.progress import TrainingLog
 class PPOConfig(Config):
     """PPO's settings (defaults: a demo-size agent trained in a few minutes on one core)."""
 
-    env_steps: int = Field(400_000, gt=0, description="environment steps in all (over every environment)")
+    env_steps: int = Field(100_000, gt=0, description="environment steps in all (over every environment)")
     num_envs: int = Field(64, gt=0, description="environments stepped together")
     n_steps: int = Field(64, gt=0, description="steps per environment per update (rollout length)")
-    epochs: int = Field(3, gt=0, description="passes over each rollout")
+    epochs: int = Field(2, gt=0, description="passes over each rollout")
     minibatches: int = Field(4, gt=0, description="minibatches per pass")
     lr: float = Field(5e-4, gt=0, description="Adam learning rate (decayed linearly to 0)")
     gamma: float = Field(0.97, gt=0, le=1, description="discount")
@@ -47,7 +47,7 @@ class PPOConfig(Config):
     entropy_coef: float = Field(0.01, ge=0, description="weight of the entropy bonus")
     max_grad_norm: float = Field(0.5, gt=0, description="global gradient-norm clip")
     hidden: int = Field(64, gt=0, description="width of the hidden ReLU layer")
-    conv: tuple[int, int] = Field((16, 16), description="channels of the two 3x3 conv layers")
+    conv: tuple[int, int] = Field((8, 8), description="channels of the two 3x3 conv layers")
     checkpoint_every: int = Field(20, gt=0, description="updates between checkpoints")
 
     @property
@@ -59,7 +59,7 @@ class GridPolicy(nn.Module):
     """Actor-critic over whole-level one-hot grids: conv 3x3 -> ReLU -> conv 3x3 -> ReLU -> linear -> ReLU -> heads."""
 
     def __init__(self, channels: int, height: int, width: int, actions: int = 4, hidden: int = 64,
-                 conv: tuple[int, int] = (16, 16)) -> None:
+                 conv: tuple[int, int] = (8, 8)) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, conv[0], 3, padding=1)
         self.relu1 = nn.ReLU()
@@ -69,13 +69,12 @@ class GridPolicy(nn.Module):
         self.hidden = nn.ReLU()
         self.policy = nn.Linear(hidden, actions)
         self.value = nn.Linear(hidden, 1)
-        for layer in (self.conv1, self.conv2, self.fc):
-            nn.init.orthogonal_(layer.weight, math.sqrt(2))
-            nn.init.zeros_(layer.bias)
-        nn.init.orthogonal_(self.policy.weight, 0.01)  # a near-uniform first policy
-        nn.init.orthogonal_(self.value.weight, 1.0)
-        nn.init.zeros_(self.policy.bias)
-        nn.init.zeros_(self.value.bias)
+        gains: list[tuple[nn.Conv2d | nn.Linear, float]] = [
+            (self.conv1, math.sqrt(2)), (self.conv2, math.sqrt(2)), (self.fc, math.sqrt(2)),
+            (self.policy, 0.01), (self.value, 1.0)]  # a near-uniform first policy
+        for layer, gain in gains:
+            nn.init.orthogonal_(layer.weight, gain)
+            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(action logits [B, A], values [B])."""

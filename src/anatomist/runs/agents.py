@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from anatomist.agents.envs import GridWorld, make_env, test_levels
+from anatomist.agents.envs import GridWorld, held_out_levels, make_env
 from anatomist.agents.lenses import probe_report, probe_states, steering_report
 from anatomist.agents.levels import Level
 from anatomist.agents.measure import over_seeds, play_levels, policy_agent, rates, scripted_agent
@@ -74,7 +74,7 @@ def agent_train(cfg: AgentTrainConfig, ctx: Context) -> Outcome:
     policy, curve = train_ppo(env, cfg.ppo, cfg.seed, ctx.out, ctx.resume, desc=f"{cfg.env} rf={cfg.rand_frac:g}")
     save_tensors(ctx.out / POLICY, policy.state_dict())
     torch.manual_seed(cfg.seed)  # the evaluation's sampled actions, the same on a rerun
-    held_out = test_levels(env, cfg.test_levels, cfg.test_seed)
+    held_out = held_out_levels(env, cfg.test_levels, cfg.test_seed)
     train_like = [env.make_level("train", HELD_OUT_TRAIN_STREAM * 1_000_000 + k) for k in range(cfg.test_levels)]
     test, train = measure(env, policy, held_out), measure(env, policy, train_like)
     metrics: dict[str, Any] = {"test": test, "train_distribution": train,
@@ -204,7 +204,7 @@ def agent_lens(cfg: AgentLensConfig, ctx: Context) -> Outcome:
     _, env, policy = load_agent(ctx.out / "agent")
     torch.manual_seed(cfg.seed)
     untrained = policy_for(env, cfg.agent.ppo).eval()
-    levels = test_levels(env, max(cfg.probe_levels, cfg.steer_levels), cfg.agent.test_seed)
+    levels = held_out_levels(env, max(cfg.probe_levels, cfg.steer_levels), cfg.agent.test_seed)
     states = probe_states(env, levels[: cfg.probe_levels], cfg.states_per_level, cfg.seed)
     probes = probe_report(policy, untrained, states, cfg.probe_site, cfg.seed)
     steering = steering_report(policy, env, levels[: cfg.steer_levels], cfg.steer_site, cfg.coefficients)
