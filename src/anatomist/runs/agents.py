@@ -184,6 +184,8 @@ class AgentLensConfig(RunConfig):
     kind: Literal["agent-lens"] = "agent-lens"
     agent: AgentTrainConfig = Field(AgentTrainConfig.parse({"rand_frac": 1.0}),
                                     description="the agent, trained into <out>/agent (continued if there)")
+    agent_run: str | None = Field(None, description="a finished agent-train run folder to study instead of training "
+                                  "`agent` (e.g. a cell of a goal-misgen grid)")
     probe_site: str = Field("hidden", description="policy site the probes read (hidden, relu2, relu1)")
     probe_levels: int = Field(150, gt=1, description="test levels the probe states come from (70% train, 30% test)")
     states_per_level: int = Field(8, gt=0, description="random agent squares per probe level")
@@ -200,23 +202,25 @@ class AgentLensConfig(RunConfig):
 
 @register(AgentLensConfig, composite=True)
 def agent_lens(cfg: AgentLensConfig, ctx: Context) -> Outcome:
-    run_or_continue(cfg.agent, ctx.out / "agent", threads=1)
-    _, env, policy = load_agent(ctx.out / "agent")
+    folder = Path(cfg.agent_run).expanduser() if cfg.agent_run else ctx.out / "agent"
+    if cfg.agent_run is None:
+        run_or_continue(cfg.agent, folder, threads=1)
+    agent_cfg, env, policy = load_agent(folder)
     torch.manual_seed(cfg.seed)
-    untrained = policy_for(env, cfg.agent.ppo).eval()
-    levels = held_out_levels(env, max(cfg.probe_levels, cfg.steer_levels), cfg.agent.test_seed)
+    untrained = policy_for(env, agent_cfg.ppo).eval()
+    levels = held_out_levels(env, max(cfg.probe_levels, cfg.steer_levels), agent_cfg.test_seed)
     states = probe_states(env, levels[: cfg.probe_levels], cfg.states_per_level, cfg.seed)
     probes = probe_report(policy, untrained, states, cfg.probe_site, cfg.seed)
     steering = steering_report(policy, env, levels[: cfg.steer_levels], cfg.steer_site, cfg.coefficients)
     base, most = steering[f"coef_{cfg.coefficients[0]:g}"], steering[f"coef_{cfg.coefficients[-1]:g}"]
     g, p = probes["goal_direction"], probes["proxy_direction"]
-    summary = (f"{cfg.agent.env} agent (rand_frac {cfg.agent.rand_frac:g}): probe at {cfg.probe_site} reads the goal "
+    summary = (f"{agent_cfg.env} agent (rand_frac {agent_cfg.rand_frac:g}): probe at {cfg.probe_site} reads the goal "
                f"direction {g['trained']:.2f} (untrained {g['untrained_policy']:.2f}, shuffled "
                f"{g['shuffled_labels']:.2f}), the proxy direction {p['trained']:.2f} (untrained "
                f"{p['untrained_policy']:.2f}); goal vector x{cfg.coefficients[-1]:g} at {cfg.steer_site}: goal "
                f"{base['goal']['rate']:.2f} -> {most['goal']['rate']:.2f}, proxy {base['proxy']['rate']:.2f} -> "
                f"{most['proxy']['rate']:.2f}")
     return Outcome({"probes": probes, "steering": steering, "states": int(len(states["obs"]))}, summary,
-                   models=[model_record(f"{cfg.agent.env} PPO policy", policy)],
+                   models=[model_record(str(folder / POLICY), policy)],
                    access=["weights", "activations"], value={"probes": probes, "steering": steering})
 
