@@ -3,10 +3,12 @@
 Three environments, each a batch of N levels stepped at once in numpy (MiniGrid steps one environment at a time
 in Python, too slow to train on two cores):
 
-- `maze-cheese` (Procgen Maze): a depth-first-search maze; the mouse starts on a random square; the cheese (goal) sits
-  in the top-right `region` x `region` squares in training, anywhere at test. The proxy: the top-right region.
-- `coin-run-lite` (Procgen CoinRun): a side level, walls with gaps and lava; the coin (goal) sits at the far right
-  end in training, anywhere at test. Reaching the right end ends the level: the proxy.
+- `maze-cheese` (Procgen Maze): a depth-first-search maze, braided (`openness`: the share of its inner walls
+  removed); the mouse starts on a random square; the cheese (goal) sits in the top-right `region` x `region`
+  squares in training, anywhere at test. The proxy: the top-right region.
+- `coin-run-lite` (Procgen CoinRun): a side level, walls with gaps and lava, a random start in the left half; the
+  coin (goal) sits at the level's end (the one gap in its right-hand wall) in training, anywhere at test.
+  Reaching the end ends the level: the proxy.
 - `keys-chests`: a room with keys and chests; walking onto a key picks it up, onto a chest with a key opens it
   (+1). Training levels hold more chests than keys, test levels more keys than chests. The proxy: keys
   themselves; picking up a key that no chest left could use is pursuing it.
@@ -284,7 +286,7 @@ class CoinRunLite(GridWorld):
                 walls[rng.choice(h, size=int(rng.integers(1, 3)), replace=False), col] = False
         lava = np.zeros((h, w), dtype=bool)
         free = ~walls
-        free[:, [0, w - 1]] = False
+        free[:, [0, w - 1]] = False  # the first column stays free of lava: a start is always there
         for _ in range(int(rng.integers(0, 3))):
             lava[pick(rng, free & ~lava)] = True
         return walls, lava
@@ -293,11 +295,16 @@ class CoinRunLite(GridWorld):
         rng = level_rng(self.env_id, split, seed)
         anywhere = split == "test" or rng.random() < self.rand_frac
         h, w = self.height, self.length
-        end = np.zeros((h, w), dtype=bool)
-        end[:, w - 1] = True
-        start = (h - 1, 0)
         while True:
             walls, lava = self._layout(rng)
+            exit_row = int(rng.integers(h))  # the level's end: the one gap in its right-hand wall
+            walls[:, w - 1] = True
+            walls[exit_row, w - 1] = False
+            end = one_hot((h, w), (exit_row, w - 1))
+            # a random start in the left half gives short episodes early in training (as in maze-cheese)
+            left = ~walls & ~lava
+            left[:, w // 2:] = False
+            start = pick(rng, left)
             reach = distances(walls | lava, start) >= 0
             if not reach[end].any():
                 continue
