@@ -221,3 +221,16 @@ def test_policy_sites_have_the_documented_shapes() -> None:
     assert {"relu1", "relu2", "hidden"} <= set(names)
     logits, value = policy(torch.zeros(2, 3, 7, 7))
     assert logits.shape == (2, 4) and value.shape == (2,)
+
+
+def test_goal_misgen_grid_reuses_finished_cells_on_a_rerun(tmp_path: Path) -> None:
+    from anatomist.runs import KINDS, load_run_config, run
+
+    config = load_run_config("goal-misgen", [*KINDS["goal-misgen"].config.smoke, "rand_fracs=[0.5]"])
+    first = run(config, tmp_path, threads=1)
+    policy = tmp_path / "rf0.5_s0" / "policy.safetensors"
+    written = policy.stat().st_mtime_ns
+    second = run(config, tmp_path, threads=1)
+    assert policy.stat().st_mtime_ns == written  # read back, not retrained
+    assert first.metrics.tables == second.metrics.tables
+    assert (tmp_path / "misgeneralization.png").is_file()
