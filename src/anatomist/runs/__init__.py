@@ -5,6 +5,7 @@ and an `execute` function under `@register`, and a line below.
 """
 
 from anatomist.runs import (  # noqa: F401  (each module registers its kinds on import)
+    agents,
     autointerp,
     bilinear,
     dashboard,
