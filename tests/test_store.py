@@ -165,8 +165,10 @@ def test_cache_of_other_data_or_sites_is_refused(llama: LlamaForCausalLM, tmp_pa
     _store(llama, cache=tmp_path / "acts").harvest()
     with pytest.raises(AnatomistError, match="other data"):
         ActivationStore(llama, IDS + 1, SITES, block_seqs=4, cache=tmp_path / "acts")
-    with pytest.raises(AnatomistError, match="sites"):
-        ActivationStore(llama, IDS, SITES[:1], block_seqs=4, cache=tmp_path / "acts")
+    with pytest.raises(AnatomistError, match="cache holds sites"):  # a site it never harvested
+        ActivationStore(llama, IDS, ["model.layers.0.mlp"], block_seqs=4, cache=tmp_path / "acts")
+    some = ActivationStore(llama, IDS, SITES[:1], block_seqs=4, cache=tmp_path / "acts")  # some of its sites: read
+    assert some.harvested and list(some.block(0)) == [Site.parse(SITES[0])]
 
 
 def test_too_few_rows_for_a_batch_is_an_error(llama: LlamaForCausalLM) -> None:
