@@ -162,6 +162,20 @@ def my_part(items: torch.Tensor) -> torch.Tensor:
     return items[rank() * share : (rank() + 1) * share]
 
 
+def my_share(batch: Any) -> Any:
+    """This rank's part of a global batch: `my_part` of every tensor in it (a tensor, or a tuple, list or mapping
+    of tensors, each with the batch along dim 0); anything else is passed on whole."""
+    if world_size() == 1:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return my_part(batch)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(my_share(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: my_share(v) for k, v in batch.items()}
+    return batch
+
+
 # ---------------------------------------------------------------------------------------------
 # collectives: each a no-op in a world of 1, so a plain process computes exactly what it did before
 
@@ -214,6 +228,43 @@ def any_rank(mask: torch.Tensor) -> torch.Tensor:
     flags = mask.to(torch.uint8)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return flags.bool()
+
+
+@torch.no_grad()
+def gather_rows(part: torch.Tensor) -> torch.Tensor:
+    """The global batch from every rank's equal part along dim 0, in rank order (the inverse of `my_part`), for a
+    step that needs the whole batch: a batch top-k, a batch mean, a permutation of the batch. No gradient."""
+    if world_size() == 1:
+        return part
+    parts = [torch.empty_like(part) for _ in range(world_size())]
+    dist.all_gather(parts, part.contiguous())
+    return torch.cat(parts)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Sum over the ranks whose backward is the same sum: rank r's loss depends on every rank's input through the
+    total, so the gradient of the total reaching rank r's input is the sum of every rank's gradient of it."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum of `t` over the ranks, differentiable: a batch statistic (a sum over the global batch) that a
+    loss uses non-linearly. With gradients then averaged by `average_gradients`, each rank steps with the gradient
+    of the mean over ranks of their losses, as one process computing the statistic over the whole batch would."""
+    if world_size() == 1:
+        return t
+    return _SumOverRanks.apply(t)  # type: ignore[no-any-return]
 
 
 def mean_values(values: dict[str, float]) -> dict[str, float]:

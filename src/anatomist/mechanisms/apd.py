@@ -36,6 +36,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from anatomist.core import distributed
 from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms.components import Decomposition, find_targets, model_output
 from anatomist.mechanisms.training import FitConfig, fit
@@ -181,7 +182,8 @@ def top_k_mask(attributions: Tensor, k: float, batch: bool) -> Tensor:
 def apd_losses(dec: APDDecomposition, inputs: Any, cfg: APDConfig) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted total loss and its terms for one batch."""
     target_out, attr = gradient_attributions(dec, inputs)
-    mask = top_k_mask(attr, cfg.top_k, cfg.batch_top_k)  # [..., C]
+    # a batch top-k picks over the global batch (every rank's attributions), and each rank keeps its rows' part
+    mask = distributed.my_part(top_k_mask(distributed.gather_rows(attr), cfg.top_k, cfg.batch_top_k))  # [..., C]
     terms: dict[str, Tensor] = {"faithfulness": dec.faithfulness_loss()}
     terms["topk_recon"] = (dec.run_with_components(inputs, mask) - target_out).square().mean()
     # Schatten norms of the components each input uses, averaged over inputs, per parameter

@@ -38,6 +38,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from anatomist.core import distributed
 from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms.components import Target, find_targets, layer_weight, model_output
 from anatomist.mechanisms.training import FitConfig, fit
@@ -115,17 +116,24 @@ def per_sample_gradients(
     divergence_kind: str = "mse",
     reference_kind: str = "batch_mean",
     generator: torch.Generator | None = None,
+    split: bool = False,
 ) -> dict[str, Tensor]:
     """Per-sample gradient of D(f(x_b), ref_b) w.r.t. each owner target's weight: {name: [batch, d_out, d_in]}.
 
     Gradients are in the y = W x layout of `Decomposition` (an Embedding/Conv1D weight is transposed).
     Tied targets share their owner's stored weight, so their uses add up in the owner's gradient.
+    `split`: `inputs` are this rank's part of a global batch, and the references (a batch mean, another
+    sample's output) are taken over the global batch.
     """
     stored = {t.name: _stored_parameter(model, t) for t in targets if t.owner == t.name}
     params = {pname: model.get_parameter(pname).detach() for pname, _ in stored.values()}
     with torch.no_grad():
         outputs = model_output(model(inputs))
-    refs = references(outputs, reference_kind, generator, divergence_kind)
+    if split:
+        refs = distributed.my_part(references(distributed.gather_rows(outputs), reference_kind, generator,
+                                              divergence_kind))
+    else:
+        refs = references(outputs, reference_kind, generator, divergence_kind)
 
     def loss(p: dict[str, Tensor], x: Tensor, r: Tensor) -> Tensor:
         out = model_output(functional_call(model, p, (x[None],)))[0]
@@ -202,10 +210,20 @@ def top_k_mask(c: Tensor, k: float, batch: bool) -> Tensor:
     return torch.zeros_like(c, dtype=torch.bool).scatter_(1, idx, True)
 
 
-def reconstruction_loss(grads: dict[str, Tensor], coeffs: Tensor, decoders: dict[str, Tensor]) -> Tensor:
-    """Σ_b ‖ĝ_b − g_b‖² / Σ_b ‖g_b‖², with ĝ_b = Σ_i c_b,i D_i (coeffs already masked)."""
+def reconstruction_loss(
+    grads: dict[str, Tensor], coeffs: Tensor, decoders: dict[str, Tensor], split: bool = False
+) -> Tensor:
+    """Σ_b ‖ĝ_b − g_b‖² / Σ_b ‖g_b‖², with ĝ_b = Σ_i c_b,i D_i (coeffs already masked).
+
+    `split`: the rows are this rank's part of a global batch; the denominator (no gradient: the target
+    gradients are data) is summed over all ranks and the result scaled by the number of ranks, so the mean of
+    the ranks' losses is the global batch's."""
     err = _total([(torch.einsum("bn,nod->bod", coeffs, decoders[k]) - g).square().sum() for k, g in grads.items()])
-    return err / _total([g.square().sum() for g in grads.values()]).clamp_min(1e-30)
+    norm = _total([g.square().sum() for g in grads.values()]).detach()
+    if split and distributed.world_size() > 1:
+        norm = norm.clone()
+        distributed.average_([norm])  # the mean over ranks: the global sum / N, so err / norm = N·err / global sum
+    return err / norm.clamp_min(1e-30)
 
 
 # --- the result ----------------------------------------------------------------------------------
@@ -244,10 +262,12 @@ class L3DDecomposition(nn.Module):
         m = dec[t.owner] * sign[:, None, None]
         return m.transpose(1, 2) if t.transposed else m
 
-    def gradients(self, inputs: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def gradients(
+        self, inputs: Tensor, generator: torch.Generator | None = None, split: bool = False
+    ) -> dict[str, Tensor]:
         c = self.config
         return per_sample_gradients(
-            self.model, inputs, list(self.targets.values()), c.divergence, c.reference, generator
+            self.model, inputs, list(self.targets.values()), c.divergence, c.reference, generator, split
         )
 
     @torch.no_grad()
@@ -285,10 +305,11 @@ def initial_decomposition(model: nn.Module, targets: Sequence[str] | str, config
 def l3d_loss(dec: L3DDecomposition, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, dict[str, Tensor]]:
     """The normalised gradient reconstruction loss of one batch with the top-k coefficients."""
     cfg = dec.config
-    grads = {k: v.detach() for k, v in dec.gradients(x, generator).items()}
+    grads = {k: v.detach() for k, v in dec.gradients(x, generator, split=True).items()}
     c = coefficients(grads, dec.subnetworks.encoders())
-    c = c * top_k_mask(c.detach(), cfg.top_k, cfg.batch_top_k)
-    loss = reconstruction_loss(grads, c, dec.subnetworks.decoders())
+    # a batch top-k picks over the global batch (every rank's coefficients); each rank keeps its rows' part
+    c = c * distributed.my_part(top_k_mask(distributed.gather_rows(c.detach()), cfg.top_k, cfg.batch_top_k))
+    loss = reconstruction_loss(grads, c, dec.subnetworks.decoders(), split=True)
     return loss, {"recon": loss.detach()}
 
 

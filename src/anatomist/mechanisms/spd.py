@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from anatomist.core import distributed
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json, load_tensors, save_json, save_tensors
 from anatomist.mechanisms.components import Decomposition
@@ -298,13 +299,15 @@ def importance_minimality_loss(g_upper: dict[str, Tensor], p: float, beta: float
     for g in g_upper.values():
         per_piece = (g if p == 1 else g.pow(p)).flatten(0, -2)  # [n_inputs, C]
         mean = per_piece.mean(0)
-        losses.append((mean * (1 + beta * torch.log2(1 + per_piece.sum(0)))).sum() if beta else mean.sum())
+        if beta:  # the sum over the global batch (all ranks' rows), as one process with the whole batch sums
+            mean = mean * (1 + beta * torch.log2(1 + distributed.sum_over_ranks(per_piece.sum(0))))
+        losses.append(mean.sum())
     return torch.stack(losses).sum()
 
 
 def stochastic_masks(g: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
     """m = g + (1 − g)·u, u ~ U(0, 1) per input and subcomponent."""
-    return {n: mix(c, _uniform(c.shape, c, generator)) for n, c in g.items()}
+    return {n: mix(c, _uniform_rows(c.shape, c, generator)) for n, c in g.items()}
 
 
 def mix(g: Tensor, source: Tensor) -> Tensor:
@@ -316,6 +319,12 @@ def _uniform(shape: Sequence[int], like: Tensor, generator: torch.Generator | No
     return torch.rand(tuple(shape), generator=generator, device=like.device, dtype=like.dtype)
 
 
+def _uniform_rows(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """U(0, 1) per input row (dim 0) of this rank's part of a batch: under torch.distributed drawn for the global
+    batch and sliced, so the ranks together use exactly the draws of one process with the whole batch."""
+    return distributed.my_part(_uniform((shape[0] * distributed.world_size(), *shape[1:]), like, generator))
+
+
 def _ones_like_lead(dec: SPDDecomposition, name: str, mask: Tensor | None) -> Tensor:
     w = next(iter(dec.V.values()))
     return torch.ones(() if mask is None else mask.shape[:-1], device=w.device, dtype=w.dtype)
@@ -325,7 +334,7 @@ def delta_masks(dec: SPDDecomposition, g: dict[str, Tensor], generator: torch.Ge
     """U(0, 1) masks of the delta components ([...] per input), or none without `config.delta_component`."""
     if not dec.config.delta_component:
         return {}
-    return {n: _uniform(c.shape[:-1], c, generator) for n, c in g.items()}
+    return {n: _uniform_rows(c.shape[:-1], c, generator) for n, c in g.items()}
 
 
 def _masked_loss(
@@ -356,19 +365,23 @@ def pgd_sources(
     fixed = {n: c.detach() for n, c in g.items()}
     lead = 1 if cfg.pgd_scope == "batch" else None
     shapes = {n: (*(c.shape[:-1] if lead is None else [1] * (c.ndim - 1)), c.shape[-1]) for n, c in fixed.items()}
-    sources = {n: _uniform(shape, fixed[n], generator) for n, shape in shapes.items()}
+    draw = _uniform if lead == 1 else _uniform_rows  # one source per subcomponent, or per input row
+    sources = {n: draw(shape, fixed[n], generator) for n, shape in shapes.items()}
     if cfg.delta_component:
-        sources.update({f"delta:{n}": _uniform(shape[:-1], fixed[n], generator) for n, shape in shapes.items()})
+        sources.update({f"delta:{n}": draw(shape[:-1], fixed[n], generator) for n, shape in shapes.items()})
     best, worst_loss = sources, -math.inf
     for step in range(cfg.pgd_steps + 1):
         leaves = {k: v.clone().requires_grad_(step < cfg.pgd_steps) for k, v in sources.items()}
         with torch.set_grad_enabled(step < cfg.pgd_steps):
             loss = _masked_loss(dec, inputs, target_out, *_split_sources(fixed, leaves))
-        if float(loss.detach()) > worst_loss:
-            best, worst_loss = sources, float(loss.detach())
+        value = distributed.mean_values({"loss": float(loss.detach())})["loss"]  # the global batch's loss
+        if value > worst_loss:
+            best, worst_loss = sources, value
         if step == cfg.pgd_steps:
             break
         grads = torch.autograd.grad(loss, list(leaves.values()))
+        if lead == 1:  # sources shared by the batch: their gradient is over the global batch
+            distributed.average_(grads)
         sources = {k: (v + cfg.pgd_step_size * gr.sign()).clamp(0, 1) for (k, v), gr in zip(sources.items(), grads,
                                                                                            strict=True)}
     subs = {k: v for k, v in best.items() if not k.startswith("delta:")}

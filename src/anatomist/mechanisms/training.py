@@ -6,6 +6,15 @@ loss, records averaged loss terms every `log_every` steps in `dec.history` (and 
 `core.progress.TrainingLog`: a line on stderr and `run_dir/metrics.jsonl`), and checkpoints
 atomically (and resumes bit-for-bit) through `anatomist.core.Checkpointer`. While it runs, the
 target model is frozen and in eval mode; the user's flags come back afterwards, also on error.
+
+Data parallel (launched by torchrun; `anatomist.core.distributed`): every rank draws the same global batch
+from `data` and keeps its equal slice of the rows (`my_share`); the ranks start from rank 0's decomposition,
+average their gradients after each backward and their logged losses, and agree on stopping, so every rank
+holds the same decomposition after every step. The methods draw their random masks for the global batch
+from the shared seeded generator and keep their rows' part, and compute batch-wide steps (a batch top-k, a
+batch mean, a sum inside a non-linearity) over the whole batch (`gather_rows`, `sum_over_ranks`), so N ranks
+with a global batch of B train what one process with batch B trains, up to float summation order. Rank 0
+alone writes checkpoints and the loss log; every rank resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from pydantic import Field
 from pydantic.fields import FieldInfo
 from torch import Tensor, nn
 
+from anatomist.core import distributed
 from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.config import Config
 from anatomist.core.errors import AnatomistError
@@ -140,6 +150,8 @@ def fit(
     sampler, the caller's data generator), so a resumed run continues bit-for-bit.
     """
     steps, log_every, checkpoint_every = config.steps, config.log_every, config.checkpoint_every
+    distributed.init_from_env()
+    distributed.per_rank(config.batch_size, "batch_size")  # refused before any work when the ranks cannot split it
     ckpt = Checkpointer(run_dir) if run_dir is not None else None
     start = 0
     if ckpt is not None:
@@ -148,6 +160,8 @@ def fit(
         state = ckpt.load(dec, optimizer, generators=generators, max_step=steps)
         start = state["step"]
         dec.history = state["extra"].get("history", [])
+    distributed.check_same(start, "the step to resume from")  # ranks at different steps would wait on each other
+    distributed.broadcast_module_(dec)  # one starting point for every rank, whatever its random state
     log = TrainingLog(run_dir, method, steps, start)
     if start:
         log.event({"event": "resume", "step": start})
@@ -158,12 +172,11 @@ def fit(
         for step in progress(range(start, steps), total=steps - start, desc=method):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step)
-            total, terms = loss(step, next(batches))
-            if not torch.isfinite(total):
-                bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-                raise AnatomistError(f"{method} loss is not finite at step {step} (terms: {', '.join(bad) or 'total'})")
+            total, terms = loss(step, distributed.my_share(next(batches)))
+            _check_finite(method, step, total, terms)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            distributed.average_gradients(dec.parameters())
             optimizer.step()
             for k, v in [("loss", total), *terms.items()]:
                 running[k] = running.get(k, 0.0) + float(v.detach())
@@ -173,16 +186,28 @@ def fit(
                 row = {
                     "step": float(done),
                     "time_s": time.perf_counter() - t0,
-                    **{k: v / n for k, v in running.items()},
+                    **distributed.mean_values({k: v / n for k, v in running.items()}),
                 }
                 dec.history.append(row)
                 log.step(done, {k: v for k, v in row.items() if k != "step"})
                 running = {}
                 stop = bool(callback(done, dec, row)) if callback is not None else False
+                stop = bool(distributed.any_rank(torch.tensor([stop])).item())  # all ranks stop, or none
             else:
                 stop = False
             if ckpt is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps or stop):
                 ckpt.save(done, dec, optimizer, generators=generators, extra={"history": dec.history})
+                distributed.barrier()  # every rank goes on with the checkpoint on disk (a resume may follow)
             if stop:
                 break
     return dec
+
+
+def _check_finite(method: str, step: int, total: Tensor, terms: dict[str, Tensor]) -> None:
+    """Stop with the terms that are not finite; under torch.distributed every rank stops when any rank's loss is
+    not finite (a rank that stopped alone would leave the others waiting in the gradient average)."""
+    finite = torch.isfinite(total.detach()).reshape(1)
+    if bool(distributed.any_rank(~finite).item()):
+        bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+        where = f", rank {distributed.rank()}" if distributed.world_size() > 1 else ""
+        raise AnatomistError(f"{method} loss is not finite at step {step} (terms: {', '.join(bad) or 'total'}{where})")

@@ -8,6 +8,9 @@ way, and are scored by `toy_scoring.toy_report`, so their numbers line up. What 
 SPD's causal importances: APD's attributions, L3D's |coefficients| (one value per component for the
 whole network, repeated for each target layer), each as a share of the input's largest one (`relative`),
 so SPD's thresholds fit them. L3D's subnetworks are unit-norm directions, so it reports no ML2R at all.
+
+All three run data-parallel under torchrun (`training.fit`): every rank draws the same global batches and
+trains on its slice; rank 0 trains and caches the toy first, and alone writes the plots and the decomposition.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from anatomist.core import distributed
 from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
@@ -109,7 +113,8 @@ def decompose_toy(exp: ToyExperiment, method: str, cfg: FitConfig, ctx: Context,
                   initial: Callable[[Any, list[str]], Any], fit: Callable[..., Any],
                   scored: Callable[[Any], Scored]) -> Outcome:
     """Score the untrained start, fit (checkpointing into the run folder), score again, plot: one method's run."""
-    toy = load_toy(exp.toy, seed=exp.toy_seed)
+    with distributed.main_first():  # rank 0 trains and caches the toy; the others then load it
+        toy = load_toy(exp.toy, seed=exp.toy_seed)
     targets = exp.targets or default_targets(toy)
     start_dec = initial(toy.model, targets)
     names = list(start_dec.targets)
@@ -120,7 +125,7 @@ def decompose_toy(exp: ToyExperiment, method: str, cfg: FitConfig, ctx: Context,
               resume=ctx.resume, generators={"data": data_gen})
     seconds = time.perf_counter() - start
     after = toy_report(toy, names, *scored(dec))
-    plots = write_toy_plots(ctx.out, toy, names, *scored(dec))
+    plots = write_toy_plots(ctx.out, toy, names, *scored(dec)) if distributed.is_main() else []
     last = dec.history[-1] if dec.history else {}
     is_spd = method == "spd"  # the keys each runner reported before the run kinds, kept so old results compare
     metrics: dict[str, Any] = {
@@ -154,7 +159,7 @@ def _summary(method: str, toy: str, m: dict[str, Any]) -> str:
            f"{m['steps']} steps in {m['seconds']} s"
 
 
-@register(SPDExperiment, trains=True)
+@register(SPDExperiment, trains=True, data_parallel=True)
 def spd_toy(exp: SPDExperiment, ctx: Context) -> Outcome:
     """Fit SPD to the toy, save the decomposition in the run folder, and score the start and the end.
 
@@ -163,18 +168,19 @@ def spd_toy(exp: SPDExperiment, ctx: Context) -> Outcome:
     """
     outcome = decompose_toy(exp, "spd", exp.spd, ctx, lambda m, t: spd.initial_decomposition(m, t, exp.spd),
                             spd.decompose, spd_scored)
-    outcome.value.save(ctx.out)
+    if distributed.is_main():
+        outcome.value.save(ctx.out)
     return outcome
 
 
-@register(APDExperiment, trains=True)
+@register(APDExperiment, trains=True, data_parallel=True)
 def apd_toy(exp: APDExperiment, ctx: Context) -> Outcome:
     """Fit APD to the toy and score the start and the end."""
     return decompose_toy(exp, "apd", exp.apd, ctx, lambda m, t: apd.initial_decomposition(m, t, exp.apd),
                          apd.decompose, apd_scored)
 
 
-@register(L3DExperiment, trains=True)
+@register(L3DExperiment, trains=True, data_parallel=True)
 def l3d_toy(exp: L3DExperiment, ctx: Context) -> Outcome:
     """Fit L3D to the toy and score the start and the end (no ML2R: its subnetworks are unit-norm directions)."""
     outcome = decompose_toy(exp, "l3d", exp.l3d, ctx, lambda m, t: l3d.initial_decomposition(m, t, exp.l3d),

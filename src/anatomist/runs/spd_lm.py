@@ -19,6 +19,10 @@ fraction of C, and ‖W − ΣUVᵀ‖/‖W‖. A few subcomponents are describe
 on and the tokens whose next-token loss rises most when they alone are switched off.
 
     anatomist run experiments/spd_llama_lm_1.yaml --out runs/spd_llama_lm_1 [--resume]
+    torchrun --nproc_per_node 2 -m anatomist run experiments/spd_llama_lm_1.yaml --out runs/spd_llama_lm_1
+
+Data-parallel under torchrun: each rank fits on its `batch_size / N` rows of every batch (`training.fit`),
+then every rank scores the same held-out rows and rank 0 alone writes the folder.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from anatomist.core import distributed
 from anatomist.core.io import save_json
 from anatomist.core.provenance import data_record, model_record
 from anatomist.evaluate.recovery import alive, ci_l0
@@ -79,10 +84,11 @@ class SPDLMConfig(RunConfig):
     )
 
 
-@register(SPDLMConfig, trains=True)
+@register(SPDLMConfig, trains=True, data_parallel=True)
 def spd_lm(config: SPDLMConfig, ctx: Context) -> Outcome:
     """Load (or train) the toy LM, fit SPD to its matrices with checkpoints, then score and describe."""
-    toy = load_toy(config.toy, steps=config.toy_steps)
+    with distributed.main_first():  # rank 0 trains and caches the toy LM; the others then load it
+        toy = load_toy(config.toy, steps=config.toy_steps)
     model, cfg = toy.model, config.spd
     g = torch.Generator().manual_seed(cfg.seed + 2)
     batches = (toy.config.sample_batch(cfg.batch_size, g)[0] for _ in itertools.count())
@@ -90,7 +96,8 @@ def spd_lm(config: SPDLMConfig, ctx: Context) -> Outcome:
     dec = spd.decompose(model, batches, config.targets, cfg, run_dir=ctx.out, resume=ctx.resume,
                         generators={"data": g})
     fit_seconds = time.perf_counter() - start
-    dec.save(ctx.out)
+    if distributed.is_main():
+        dec.save(ctx.out)
     ids, smol, tokenizer = held_out(toy.config, config.n_eval_seqs)
     inputs = ids[:, :-1]
     scores = score_lm(dec, inputs)
@@ -106,7 +113,8 @@ def spd_lm(config: SPDLMConfig, ctx: Context) -> Outcome:
         "described": {f"{name}[{row['subcomponent']}]": _row(row) for name, rows in described.items() for row in rows},
         "out": str(ctx.out),
     }
-    save_json(ctx.out / "described.json", described)
+    if distributed.is_main():
+        save_json(ctx.out / "described.json", described)
     kl = scores["kl"]
     summary = (f"SPD on {config.toy}: KL {kl['ci_masked']:.3g} with CI masks vs {kl['all_off']:.3g} ablated "
                f"({kl['ci_masked'] / max(kl['all_off'], 1e-12):.1%}); mean CI L0 per token "
