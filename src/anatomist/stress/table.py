@@ -3,7 +3,8 @@
 For each stressor the base scenario is stressed; each lens is fitted on the stressed model's ordinary data and
 scored against where the truth now lives. For stressors that happen after a lens was fitted (drift,
 obfuscation) the lens is fitted on the original model and scored on the changed one (the fixed tool), and a
-lens refitted on the changed model is the control. Verdicts: "found" (score ≥ the lens's threshold),
+lens refitted on the changed model is the control. For a feature on a circle the cell also holds "pair": what
+the lens's best 2-D reading (two of its elements together) recovers. Verdicts: "found" (score ≥ the lens's threshold),
 "missed", or "n/a" (the lens reads nothing there, e.g. the bilinear eigen-reading of a model whose bilinear
 block is empty).
 """
