@@ -19,6 +19,7 @@ short (`Budget`: a few hundred steps), enough for these toys on one core; say so
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,14 +33,14 @@ from torch import Tensor
 from anatomist.core.config import Config
 from anatomist.dictionaries.fit import fit_rows
 from anatomist.evaluate.recovery import match
-from anatomist.features.archs import JumpReLUConfig, TopKConfig
+from anatomist.features.archs import JumpReLUConfig
 from anatomist.features.base import SAEConfig, SparseDictionary, make_sae
 from anatomist.features.bases import fit_basis
 from anatomist.mechanisms import l3d, spd
 from anatomist.mechanisms.bilinear import decompose_mlp
 from anatomist.mechanisms.training import frozen
 from anatomist.regions.codes import spline_codes
-from anatomist.stress.stressors import LinearProbe
+from anatomist.stress.stressors import LinearProbe, topk_config
 from anatomist.stress.toy import MLP_OUT, NEURONS, RESID, Scenario, StressNet, sites
 
 
@@ -57,6 +58,21 @@ class Budget(Config):
 
 class Reading(Protocol):
     def score(self, sc: Scenario) -> float | None: ...
+
+
+def plane_share(plane: Tensor, found: Tensor, size: int) -> float:
+    """The largest share of a subspace that `size` of the found vectors span together.
+
+    plane [k, w] (any basis of the subspace), found [m, w]: max over subsets S of `size` vectors of
+    ‖P_S Q‖²_F / k, with Q an orthonormal basis of the plane and P_S the projection onto span(S). A single
+    direction holds at most 1/k of a k-dimensional plane.
+    """
+    q = torch.linalg.qr(plane.double().T).Q  # [w, k]
+    best = 0.0
+    for subset in itertools.combinations(range(len(found)), size):
+        basis = torch.linalg.qr(found[list(subset)].detach().double().T).Q  # [w, size]
+        best = max(best, float((basis.T @ q).square().sum()) / q.shape[1])
+    return best
 
 
 @torch.no_grad()
@@ -85,11 +101,20 @@ class Directions:
     signed: bool = True
 
     def score(self, sc: Scenario) -> float | None:
-        if len(self.vectors) == 0:
+        return self._score(sc, 1)
+
+    def pair_score(self, sc: Scenario) -> float | None:
+        """A circle: the share of its plane that the best pair of directions spans (a 2-D reading)."""
+        return self._score(sc, 2)
+
+    def _score(self, sc: Scenario, size: int) -> float | None:
+        if len(self.vectors) < size:
             return None
         truth = sc.truth.directions if self.space == "resid" else one_hot_sites(sc)[NEURONS]
         if truth.shape[1] != self.vectors.shape[1]:
             return None  # the stress changed the width this reading lives in
+        if sc.truth.circle:
+            return plane_share(truth, self.vectors, size)
         return _mmcs(truth, self.vectors, self.signed)
 
 
@@ -110,10 +135,19 @@ class Pieces:
     signed: bool = True
 
     def score(self, sc: Scenario) -> float | None:
+        return self._score(sc, 1)
+
+    def pair_score(self, sc: Scenario) -> float | None:
+        """A circle: the share of its pieces' span that the best pair of subcomponents spans."""
+        return self._score(sc, 2)
+
+    def _score(self, sc: Scenario, size: int) -> float | None:
         found = self.layers.get(sc.truth.layer)
         truth = planted_pieces(sc)
-        if found is None or found.shape[1:] != truth.shape[1:]:
+        if found is None or found.shape[1:] != truth.shape[1:] or len(found) < size:
             return None
+        if sc.truth.circle:
+            return plane_share(truth.flatten(1), found.flatten(1), size)
         return _mmcs(truth.flatten(1), found.flatten(1), self.signed)
 
 
@@ -122,6 +156,17 @@ class Probes:
     """One probe per planted feature, keyed by the input that switches the feature on."""
 
     probes: dict[int, LinearProbe]
+    angle: Tensor | None = None  # a circle: least squares [d + 1, 2] from (r0, 1) to (cos φ, sin φ) when it is on
+
+    def pair_score(self, sc: Scenario) -> float | None:
+        """A circle: R² of the (cos φ, sin φ) regression on held-out rows with the feature on."""
+        if self.angle is None:
+            return None
+        x = sc.eval_batch(4096, seed=4321)
+        on = sc.truth.labels(x)[:, 0]
+        target = x[on][:, sc.truth.inputs].double()
+        got = _with_bias(sites(sc.model, x[on])[RESID]) @ self.angle
+        return float(1 - (got - target).square().sum() / (target - target.mean(0)).square().sum())
 
     def score(self, sc: Scenario) -> float | None:
         x = sc.eval_batch(4096, seed=4321)
@@ -164,15 +209,10 @@ def _width(sc: Scenario, budget: Budget) -> int:
     return budget.latents_per_feature * len(sc.truth.inputs) + 4
 
 
-def _topk(d: int, d_sae: int, d_out: int | None = None) -> TopKConfig:
-    """TopK with k = 2 (about one feature is on per row); the dense kernel is the faster one at these widths."""
-    return TopKConfig.parse({"d_in": d, "d_sae": d_sae, "d_out": d_out, "k": 2, "sparse_kernel": False})
-
-
 def sae_topk(sc: Scenario, budget: Budget, seed: int) -> Reading:
     _, got = _rows(sc, budget, seed)
     d = got[RESID].shape[1]
-    cfg = _topk(d, max(_width(sc, budget), 2 * d))
+    cfg = topk_config(d, max(_width(sc, budget), 2 * d))
     sae = fit_rows(got[RESID], cfg, steps=budget.sae_steps, batch_size=budget.batch_size, lr=3e-3, seed=seed)
     return Directions(sae.W_dec.detach())
 
@@ -221,7 +261,7 @@ def transcoder(sc: Scenario, budget: Budget, seed: int) -> Reading:
     _, got = _rows(sc, budget, seed)
     x, y = got[RESID], got[MLP_OUT]
     d = x.shape[1]
-    cfg = _topk(d, max(_width(sc, budget), 2 * d), d_out=d)
+    cfg = topk_config(d, max(_width(sc, budget), 2 * d), d_out=d)
     tc = fit_transcoder(x, y, cfg, steps=budget.sae_steps, batch_size=budget.batch_size, seed=seed)
     return Directions(tc.W_enc.detach().T)
 
@@ -238,7 +278,7 @@ def e2e_sae(sc: Scenario, budget: Budget, seed: int) -> Reading:
     r0, clean = got[RESID], got["out"]
     d = r0.shape[1]
     torch.manual_seed(seed)
-    sae = make_sae(_topk(d, max(_width(sc, budget), 2 * d)))
+    sae = make_sae(topk_config(d, max(_width(sc, budget), 2 * d)))
     gen = torch.Generator().manual_seed(seed)
 
     def loss(step: int) -> Tensor:
@@ -263,11 +303,23 @@ def neurons(sc: Scenario, budget: Budget, seed: int) -> Reading:
     return Directions(fit_basis("neurons", got[NEURONS]).W_dec.detach(), space="neurons")
 
 
+def _with_bias(rows: Tensor) -> Tensor:
+    return torch.cat([rows.double(), torch.ones(len(rows), 1, dtype=torch.float64)], dim=1)
+
+
 def linear_probe(sc: Scenario, budget: Budget, seed: int) -> Reading:
-    """One logistic-regression probe per planted feature on r0, fitted on the lens's data (labels from inputs)."""
+    """One logistic-regression probe per planted feature on r0, fitted on the lens's data (labels from inputs).
+
+    A circular feature also gets the 2-D probe: least squares from r0 to (cos φ, sin φ) on the rows where it is on.
+    """
     x, got = _rows(sc, budget, seed)
     labels = sc.truth.labels(x)
-    return Probes({inp: LinearProbe.fit(got[RESID], labels[:, i]) for i, inp in enumerate(sc.truth.inputs)})
+    probes = {inp: LinearProbe.fit(got[RESID], labels[:, i]) for i, inp in enumerate(sc.truth.inputs)}
+    if not sc.truth.circle:
+        return Probes(probes)
+    on = labels[:, 0]
+    angle = torch.linalg.lstsq(_with_bias(got[RESID][on]), x[on][:, sc.truth.inputs].double()).solution
+    return Probes(probes, angle)
 
 
 def polytope(sc: Scenario, budget: Budget, seed: int) -> Reading:

@@ -15,11 +15,15 @@ planted mechanisms
 * `backdoor`: a bilinear circuit that reads a trigger direction the data never contain and flips an output;
   dormant on every input a lens is fitted on (planted in the rotated model, so the trigger is no axis).
 * `superposition`: the features squeezed into half the dimensions, occurring in correlated pairs.
+* `circle`: one feature represented on a circle (a 2-D plane, the value an angle; Engels et al. 2024, *Not all
+  language model features are linear*): a 1-D reading holds at most half of it, and its presence (magnitude) is
+  not linear.
 
 change after the lens was fitted (lenses are fitted on the original model and scored on the new one)
 * `drift`: continued training on a changed task.
 * `obfuscate`: training that keeps the outputs while pushing a fixed linear probe's reading of one feature
   away (cf. "obfuscated activations", Bailey et al. 2024), with the probe's detection before/after and a refit.
+* `obfuscate_sae`: the same against one latent of a fixed SAE, with an SAE refitted on the obfuscated model.
 """
 
 from __future__ import annotations
@@ -36,12 +40,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from torch import Tensor
 
+from anatomist.dictionaries.fit import fit_rows
+from anatomist.features.archs import TopKConfig
+from anatomist.features.base import SparseDictionary
 from anatomist.stress.toy import (
     THRESHOLD,
     Scenario,
     StressNet,
     Truth,
     embedding_directions,
+    on_circle,
     relative_change,
     sites,
     sparse_signed,
@@ -257,19 +265,14 @@ class LinearProbe:
         return float(balanced_accuracy_score(labels.numpy(), pred))
 
 
-def obfuscate(sc: Scenario, seed: int = 0, steps: int = 300, feature: int = 0, weight: float = 1.0) -> Stressed:
-    """Train the model to keep its outputs while a fixed probe stops reading `feature` (Bailey et al. 2024).
+def _obfuscated(sc: Scenario, seed: int, steps: int, pos: int, weight: float,
+                hide: Callable[[Tensor], Tensor]) -> StressNet:
+    """A copy of the model trained to keep its outputs while `hide(r0 of rows with input pos > 0)` goes down.
 
-    Loss: ‖f'(x) − f(x)‖² / E‖f(x)‖² + weight · mean over rows with the feature on of softplus(probe logit).
-    Reports the output change, the fixed probe's balanced accuracy before and after, and a probe refitted on
-    the obfuscated model (the control: is the feature still linearly there?).
+    Loss: ‖f'(x) − f(x)‖² / E‖f(x)‖² + weight · hide(r0 on the rows where the feature is on).
     """
-    truth = sc.truth
-    x_fit = sc.fit_batch(EVAL_ROWS, seed)
-    pos = truth.inputs[feature]
-    probe = LinearProbe.fit(sites(sc.model, x_fit)["embed"], x_fit[:, pos] > 0)
     m = copy.deepcopy(sc.model).float()
-    scale = float(sc.model(x_fit).detach().pow(2).mean())
+    scale = float(sc.model(sc.fit_batch(EVAL_ROWS, seed)).detach().pow(2).mean())
 
     def loss(x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -277,13 +280,31 @@ def obfuscate(sc: Scenario, seed: int = 0, steps: int = 300, feature: int = 0, w
         r0 = m.embed(x)
         on = x[:, pos] > 0
         keep = (m(x) - target).pow(2).mean() / scale
-        hide = F.softplus(probe.logits(r0[on])).mean() if on.any() else r0.sum() * 0
-        return keep + weight * hide
+        return keep + weight * (hide(r0[on]) if on.any() else r0.sum() * 0)
 
     _train(m, sc, steps, seed, loss)
-    after = _retruth(sc, m)
-    only = Truth(after.truth.directions[feature : feature + 1], [pos], truth.layer, [truth.names[feature]])
-    after = after.with_model(after.model, only)
+    return m
+
+
+def _one_feature(sc: Scenario, m: StressNet, feature: int) -> Scenario:
+    """The scenario with the obfuscated model, its truth narrowed to the attacked feature."""
+    after, truth = _retruth(sc, m), sc.truth
+    only = Truth(after.truth.directions[feature : feature + 1], [truth.inputs[feature]], truth.layer,
+                 [truth.names[feature]])
+    return after.with_model(after.model, only)
+
+
+def obfuscate(sc: Scenario, seed: int = 0, steps: int = 300, feature: int = 0, weight: float = 1.0) -> Stressed:
+    """Train the model to keep its outputs while a fixed probe stops reading `feature` (Bailey et al. 2024).
+
+    The hiding term is the mean softplus of the probe's logit on rows with the feature on. Reports the output
+    change, the fixed probe's balanced accuracy before and after, and a probe refitted on the obfuscated model
+    (the control: is the feature still linearly there?).
+    """
+    x_fit = sc.fit_batch(EVAL_ROWS, seed)
+    pos = sc.truth.inputs[feature]
+    probe = LinearProbe.fit(sites(sc.model, x_fit)["embed"], x_fit[:, pos] > 0)
+    m = _obfuscated(sc, seed, steps, pos, weight, lambda r0: F.softplus(probe.logits(r0)).mean())
     x_eval = sc.fit_batch(EVAL_ROWS, seed + 1)
     labels = x_eval[:, pos] > 0
     before_rows, after_rows = sites(sc.model, x_eval)["embed"], sites(m, x_eval)["embed"]
@@ -295,7 +316,77 @@ def obfuscate(sc: Scenario, seed: int = 0, steps: int = 300, feature: int = 0, w
         "probe_logit_shift": float(np.mean(probe.logits(after_rows[labels]).numpy())
                                    - np.mean(probe.logits(before_rows[labels]).numpy())),
     }
-    return _change("obfuscate", sc, after, "after-fit", **extra)
+    return _change("obfuscate", sc, _one_feature(sc, m, feature), "after-fit", **extra)
+
+
+def topk_config(d: int, d_sae: int, d_out: int | None = None) -> TopKConfig:
+    """TopK with k = 2 (about one feature is on per row); the dense kernel is the faster one at these widths."""
+    return TopKConfig.parse({"d_in": d, "d_sae": d_sae, "d_out": d_out, "k": 2, "sparse_kernel": False})
+
+
+SAE_STEPS = 500  # the SAE lens's default budget (`lenses.Budget.sae_steps`)
+
+
+def _fit_sae(rows: Tensor, n_features: int, seed: int) -> SparseDictionary:
+    """The TopK SAE the `sae_topk` lens fits at its default budget (3 latents per feature + 4)."""
+    cfg = topk_config(rows.shape[1], max(3 * n_features + 4, 2 * rows.shape[1]))
+    return fit_rows(rows, cfg, steps=SAE_STEPS, batch_size=256, lr=3e-3, seed=seed)
+
+
+@torch.no_grad()
+def _detections(sae: SparseDictionary, rows: Tensor, labels: Tensor) -> Tensor:
+    """[d_sae]: each latent's balanced accuracy as a detector of `labels` (the latent active = detected)."""
+    active = (sae.encode(rows) > 0).numpy()
+    y = labels.numpy()
+    return torch.tensor([balanced_accuracy_score(y, active[:, j]) for j in range(active.shape[1])])
+
+
+def obfuscate_sae(sc: Scenario, seed: int = 0, steps: int = 300, feature: int = 0, weight: float = 1.0) -> Stressed:
+    """Train the model to keep its outputs while a fixed SAE latent stops firing on `feature`.
+
+    A TopK SAE is fitted on r0 of the base model and frozen; the attacked latent is the one whose activity best
+    detects "feature > 0". The hiding term is the mean ReLU of that latent's pre-activation on the rows with the
+    feature on (the TopK selection itself has no gradient). Reports the output change, the latent's detection
+    (balanced accuracy) before and after, the share of its above-chance detection removed, and the best latent
+    of an SAE refitted on the obfuscated model (the control).
+    """
+    x_fit = sc.fit_batch(EVAL_ROWS, seed)
+    pos, n = sc.truth.inputs[feature], len(sc.truth.inputs)
+    sae = _fit_sae(sites(sc.model, x_fit)["embed"], n, seed).requires_grad_(False)
+    latent = int(_detections(sae, sites(sc.model, x_fit)["embed"], x_fit[:, pos] > 0).argmax())
+    m = _obfuscated(sc, seed, steps, pos, weight, lambda r0: torch.relu(sae.pre_acts(r0)[:, latent]).mean())
+    x_eval = sc.fit_batch(EVAL_ROWS, seed + 1)
+    labels = x_eval[:, pos] > 0
+    before_rows, after_rows = sites(sc.model, x_eval)["embed"], sites(m, x_eval)["embed"]
+    before = float(_detections(sae, before_rows, labels)[latent])
+    after = float(_detections(sae, after_rows, labels)[latent])
+    refit = _fit_sae(sites(m, x_fit)["embed"], n, seed + 1)
+    extra = {
+        "latent": float(latent),
+        "latent_before": before,
+        "latent_after": after,
+        "detection_removed": (before - after) / max(before - 0.5, 1e-9),
+        "latent_mean_before": float(sae.encode(before_rows[labels])[:, latent].mean()),
+        "latent_mean_after": float(sae.encode(after_rows[labels])[:, latent].mean()),
+        "refit_best_latent": float(_detections(refit, after_rows, labels).max()),
+    }
+    return _change("obfuscate_sae", sc, _one_feature(sc, m, feature), "after-fit", **extra)
+
+
+@torch.no_grad()
+def circle(sc: Scenario, seed: int = 0, steps: int = 0, days: int = 7) -> Stressed:
+    """Inputs 0 and 1 become one feature on a circle: (cos φ, sin φ) at one of `days` angles when it is on.
+
+    The model is the planted base (a new data distribution, so no output change to report); the truth is the
+    feature's 2-D plane in r0, and its presence (the magnitude ‖(x0, x1)‖ > 0, which no linear reading gives:
+    the days surround the origin). A single direction can hold at most half of the plane; a pair can hold all.
+    """
+    p = float(sc.fit_batch(EVAL_ROWS, 0)[:, :-1].ne(0).float().mean())
+    m = _copy(sc.model).float()
+    inputs = sc.truth.inputs[:2]
+    truth = Truth(embedding_directions(m, inputs), inputs, sc.truth.layer, ["day.cos", "day.sin"], circle=True)
+    after = Scenario(m.eval(), on_circle(len(sc.truth.inputs), p, days), truth)
+    return Stressed("circle", after, "planted", None, {"days": float(days)})
 
 
 STRESSORS: dict[str, Stressor] = {
@@ -307,4 +398,6 @@ STRESSORS: dict[str, Stressor] = {
     "superposition": superposition,
     "drift": drift,
     "obfuscate": obfuscate,
+    "obfuscate_sae": obfuscate_sae,
+    "circle": circle,
 }

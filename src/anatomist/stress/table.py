@@ -3,7 +3,8 @@
 For each stressor the base scenario is stressed; each lens is fitted on the stressed model's ordinary data and
 scored against where the truth now lives. For stressors that happen after a lens was fitted (drift,
 obfuscation) the lens is fitted on the original model and scored on the changed one (the fixed tool), and a
-lens refitted on the changed model is the control. Verdicts: "found" (score ≥ the lens's threshold),
+lens refitted on the changed model is the control. For a feature on a circle the cell also holds "pair": what
+the lens's best 2-D reading (two of its elements together) recovers. Verdicts: "found" (score ≥ the lens's threshold),
 "missed", or "n/a" (the lens reads nothing there, e.g. the bilinear eigen-reading of a model whose bilinear
 block is empty).
 """
@@ -59,8 +60,15 @@ def _cell(lens: str, stressed: Stressed, fits: _Fits) -> dict[str, Any]:
         refit = fit(sc, fits.budget, fits.seed).score(sc)
         return {"score": score, "refit": refit, "threshold": threshold, "metric": METRIC[lens],
                 "verdict": verdict(score, threshold), "refit_verdict": verdict(refit, threshold)}
-    score = fit(sc, fits.budget, fits.seed).score(sc)
-    return {"score": score, "threshold": threshold, "metric": METRIC[lens], "verdict": verdict(score, threshold)}
+    reading = fit(sc, fits.budget, fits.seed)
+    score = reading.score(sc)
+    cell: dict[str, Any] = {"score": score, "threshold": threshold, "metric": METRIC[lens],
+                            "verdict": verdict(score, threshold)}
+    if sc.truth.circle:  # a feature on a circle: what a 2-D reading (a pair of the lens's elements) holds
+        pair = getattr(reading, "pair_score", None)
+        pair_score = pair(sc) if pair is not None else None
+        cell |= {"pair": pair_score, "pair_verdict": verdict(pair_score, threshold)}
+    return cell
 
 
 def stress_table(lenses: Sequence[str], stressors: Sequence[str], budget: Budget, *, n_features: int = 8,
@@ -94,8 +102,9 @@ def markdown(result: dict[str, Any]) -> str:
         for s in stressors:
             c = cells[s][lens]
             text = "n/a" if c["score"] is None else f"{c['score']:.2f} {c['verdict']}"
-            if "refit" in c:
-                text += " / refit " + ("n/a" if c["refit"] is None else f"{c['refit']:.2f}")
+            for extra in ("refit", "pair"):
+                if extra in c:
+                    text += f" / {extra} " + ("n/a" if c[extra] is None else f"{c[extra]:.2f}")
             row.append(text)
         lines.append("| " + " | ".join(row) + " |")
     change = ["output change (relative)"]

@@ -22,6 +22,7 @@ positive), and the layer that reads them (`layer`, for the weight lenses' pieces
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -75,9 +76,12 @@ class Truth:
     inputs: list[int]  # input coordinate of each feature (present when that input is > 0)
     layer: str = "mlp.mlp_in"  # the weight that reads them (weight lenses are scored on its pieces)
     names: list[str] = field(default_factory=list)
+    circle: bool = False  # one feature on a circle: `directions` span its plane, `inputs` carry (cos, sin)
 
     def labels(self, x: Tensor) -> Tensor:
-        """bool [batch, k]: which planted features each input switches on."""
+        """bool [batch, k]: which planted features each input switches on (a circle: whether it is on at all)."""
+        if self.circle:
+            return (x[:, self.inputs] != 0).any(dim=1, keepdim=True).expand(-1, len(self.inputs))
         return x[:, self.inputs] > 0
 
 
@@ -116,6 +120,21 @@ def sparse_signed(n_features: int, p: float, correlated: float = 0.0) -> Sampler
             on[:, 1 : 2 * pairs : 2] |= on[:, 0 : 2 * pairs : 2] & partner
         values = torch.rand(batch, n_features, generator=gen) * 2 - 1
         return torch.cat([values * on, torch.zeros(batch, 1)], dim=1)
+
+    return sample
+
+
+def on_circle(n_features: int, p: float, days: int = 7) -> Sampler:
+    """`sparse_signed`, with inputs 0 and 1 replaced by one circular feature: on with probability p, then
+    (cos φ, sin φ) at one of `days` equally spaced angles φ (like the days of the week; Engels et al. 2024)."""
+    base = sparse_signed(n_features, p)
+
+    def sample(batch: int, gen: torch.Generator) -> Tensor:
+        x = base(batch, gen)
+        on = (torch.rand(batch, generator=gen) < p).to(x.dtype)
+        angle = 2 * math.pi * torch.randint(days, (batch,), generator=gen).to(x.dtype) / days
+        x[:, 0], x[:, 1] = angle.cos() * on, angle.sin() * on
+        return x
 
     return sample
 
