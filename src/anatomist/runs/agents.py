@@ -8,8 +8,11 @@
   cells are read back, unfinished ones resume), each rate's mean over seeds with a t interval, and the curve of
   misgeneralization against rand_frac (`misgeneralization.png`).
 - `agent-lens`: an agent (trained in `<out>/agent`, or continued there) under the lenses: linear probes for the
-  goal's and the proxy's direction with shuffled-label and untrained-policy controls, and the goal vector
-  subtracted at a conv layer (steering).
+  goal's and the proxy's direction with shuffled-label and untrained-policy controls, the goal vector
+  subtracted at a conv layer (steering), a TopK SAE's best latents and the polytope lens's region clusters
+  against goal and proxy labels (`anatomist.agents.latents`).
+
+Each run writes a `report.html` (`anatomist.report.agents`) beside its metrics and PNGs.
 """
 
 from __future__ import annotations
