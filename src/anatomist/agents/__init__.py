@@ -5,7 +5,8 @@ the paper's measurement, and anatomist's lenses turned on the policy.
 - `levels`: level generation, reachability and decisive test levels;
 - `ppo`: the actor-critic network and PPO trainer (checkpointed, resumable);
 - `measure`: capability / goal / proxy / misgeneralization rates with intervals, scripted agents;
-- `lenses`: linear probes for goal vs proxy direction, the goal ("cheese") vector for steering.
+- `lenses`: linear probes for goal vs proxy direction, the goal ("cheese") vector for steering;
+- `latents`: an SAE's latents and the polytope lens's region codes against goal and proxy labels.
 """
 
 from anatomist.agents.envs import (

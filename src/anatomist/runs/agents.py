@@ -8,8 +8,11 @@
   cells are read back, unfinished ones resume), each rate's mean over seeds with a t interval, and the curve of
   misgeneralization against rand_frac (`misgeneralization.png`).
 - `agent-lens`: an agent (trained in `<out>/agent`, or continued there) under the lenses: linear probes for the
-  goal's and the proxy's direction with shuffled-label and untrained-policy controls, and the goal vector
-  subtracted at a conv layer (steering).
+  goal's and the proxy's direction with shuffled-label and untrained-policy controls, the goal vector
+  subtracted at a conv layer (steering), a TopK SAE's best latents and the polytope lens's region clusters
+  against goal and proxy labels (`anatomist.agents.latents`).
+
+Each run writes a `report.html` (`anatomist.report.agents`) beside its metrics and PNGs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from pydantic import Field
 
 from anatomist.agents.envs import GridWorld, held_out_levels, make_env
+from anatomist.agents.latents import goal_quadrants, polytope_report, sae_report
 from anatomist.agents.lenses import probe_report, probe_states, steering_report
 from anatomist.agents.levels import Level
 from anatomist.agents.measure import over_seeds, play_levels, policy_agent, rates, scripted_agent
@@ -31,6 +35,7 @@ from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json, load_tensors, save_tensors
 from anatomist.core.metrics import METRICS
 from anatomist.core.provenance import model_record
+from anatomist.report.agents import PAGE, write_agent_page, write_grid_page
 from anatomist.runs.base import CONFIG, Context, Outcome, RunConfig, register, run_or_continue
 from anatomist.runs.plots.agents import plot_learning_curve, plot_misgeneralization, plot_trajectories
 
@@ -83,11 +88,16 @@ def agent_train(cfg: AgentTrainConfig, ctx: Context) -> Outcome:
         metrics["scripted"] = {who: _scripted_row(env, held_out, who) for who in ("goal", "proxy")}
     plot_learning_curve(curve, ctx.out / "learning_curve.png", f"{cfg.env}, rand_frac {cfg.rand_frac:g}")
     plot_trajectories(env, policy, held_out[:6], ctx.out / "trajectories.png")
+    write_agent_page(ctx.out, ctx.out, metrics, _agent_title(cfg))
     summary = (f"{cfg.env} rand_frac {cfg.rand_frac:g} seed {cfg.seed}: on {cfg.test_levels} test levels capable "
                f"{test['capable']['rate']:.2f}, goal {test['goal']['rate']:.2f}, misgeneralized "
                f"{test['misgeneralized']['rate']:.2f}; goal {train['goal']['rate']:.2f} on training levels")
     return Outcome(metrics, summary, models=[model_record(f"{cfg.env} PPO policy", policy)],
                    access=["weights", "training_data"], value=policy)
+
+
+def _agent_title(cfg: AgentTrainConfig) -> str:
+    return f"{cfg.env} agent, rand_frac {cfg.rand_frac:g}, seed {cfg.seed}"
 
 
 def _scripted_row(env: GridWorld, levels: list[Level], pursue: Literal["goal", "proxy"]) -> dict[str, float]:
@@ -146,6 +156,8 @@ def cell_rates(cfg: GoalMisgenConfig, rand_frac: float, seed: int, folder: Path)
     config = cell_config(cfg, rand_frac, seed)
     reused = finished_metrics(config, folder)
     if reused is not None:
+        if not (folder / PAGE).is_file():  # a cell finished before runs wrote pages
+            write_agent_page(folder, folder, load_json(folder / METRICS)["numbers"], _agent_title(config))
         return reused
     result = run_or_continue(config, folder, threads=1)
     return _test_rates(result.metrics.numbers)
@@ -159,6 +171,8 @@ def goal_misgen(cfg: GoalMisgenConfig, ctx: Context) -> Outcome:
         curve[f"{frac:g}"] = {"rand_frac": frac, **_flat(over_seeds(per_seed))}
     plot_misgeneralization(curve, ctx.out / "misgeneralization.png", cfg.agent.env)
     (ctx.out / "curve.json").write_text(json.dumps(curve, indent=1))
+    cells = [f"rf{frac:g}_s{s}" for frac in cfg.rand_fracs for s in cfg.seeds]
+    write_grid_page(ctx.out, curve, cells, f"{cfg.agent.env}: goal misgeneralization against rand_frac")
     first, last = curve[f"{cfg.rand_fracs[0]:g}"], curve[f"{cfg.rand_fracs[-1]:g}"]
     summary = (f"{cfg.agent.env}, {len(cfg.seeds)} seeds: misgeneralized {first['misgeneralized.mean']:.2f} at "
                f"rand_frac {cfg.rand_fracs[0]:g} -> {last['misgeneralized.mean']:.2f} at {cfg.rand_fracs[-1]:g} "
@@ -193,11 +207,16 @@ class AgentLensConfig(RunConfig):
     steer_levels: int = Field(300, gt=0, description="test levels played with and without steering")
     coefficients: list[float] = Field([0.0, 1.0, 2.0], min_length=1, description="multiples of the goal vector "
                                                                                  "subtracted (0: unsteered)")
+    sae_latents: int = Field(128, gt=0, description="latents of the TopK SAE fitted to the probe site")
+    sae_k: int = Field(8, gt=0, description="active latents per state of that SAE")
+    sae_steps: int = Field(1000, gt=0, description="Adam steps fitting the SAE")
+    regions: int = Field(16, gt=1, description="k-medoids clusters of the probe site's spline codes")
     seed: int = Field(0, description="seed of the probe states, the untrained control and the sampled actions")
 
     smoke: ClassVar[tuple[str, ...]] = ("agent.ppo.env_steps=512", "agent.ppo.num_envs=8", "agent.ppo.n_steps=16",
-                                        "agent.test_levels=12", "agent.scripted=false", "probe_levels=10",
-                                        "states_per_level=4", "steer_levels=10")
+                                        "agent.test_levels=12", "agent.scripted=false", "probe_levels=20",
+                                        "states_per_level=4", "steer_levels=10", "sae_latents=16", "sae_k=2",
+                                        "sae_steps=20", "regions=4")
 
 
 @register(AgentLensConfig, composite=True)
@@ -212,6 +231,10 @@ def agent_lens(cfg: AgentLensConfig, ctx: Context) -> Outcome:
     states = probe_states(env, levels[: cfg.probe_levels], cfg.states_per_level, cfg.seed)
     probes = probe_report(policy, untrained, states, cfg.probe_site, cfg.seed)
     steering = steering_report(policy, env, levels[: cfg.steer_levels], cfg.steer_site, cfg.coefficients)
+    quadrants = goal_quadrants(env, levels[: cfg.probe_levels])
+    sae = sae_report(policy, untrained, states, quadrants, cfg.probe_site, cfg.sae_latents, cfg.sae_k,
+                     cfg.sae_steps, cfg.seed)
+    polytope = polytope_report(policy, untrained, states, quadrants, cfg.probe_site, cfg.regions, cfg.seed)
     base, most = steering[f"coef_{cfg.coefficients[0]:g}"], steering[f"coef_{cfg.coefficients[-1]:g}"]
     g, p = probes["goal_direction"], probes["proxy_direction"]
     summary = (f"{agent_cfg.env} agent (rand_frac {agent_cfg.rand_frac:g}): probe at {cfg.probe_site} reads the goal "
@@ -219,8 +242,26 @@ def agent_lens(cfg: AgentLensConfig, ctx: Context) -> Outcome:
                f"{g['shuffled_labels']:.2f}), the proxy direction {p['trained']:.2f} (untrained "
                f"{p['untrained_policy']:.2f}); goal vector x{cfg.coefficients[-1]:g} at {cfg.steer_site}: goal "
                f"{base['goal']['rate']:.2f} -> {most['goal']['rate']:.2f}, proxy {base['proxy']['rate']:.2f} -> "
-               f"{most['proxy']['rate']:.2f}")
-    return Outcome({"probes": probes, "steering": steering, "states": int(len(states["obs"]))}, summary,
-                   models=[model_record(str(folder / POLICY), policy)],
-                   access=["weights", "activations"], value={"probes": probes, "steering": steering})
+               f"{most['proxy']['rate']:.2f}; {_latent_summary(sae, polytope)}")
+    lenses = {"probes": probes, "steering": steering, "sae": sae, "polytope": polytope}
+    write_agent_page(ctx.out, folder, load_json(folder / METRICS)["numbers"], f"{_agent_title(agent_cfg)}: lenses",
+                     lenses)
+    return Outcome({**lenses, "states": int(len(states["obs"]))}, summary,
+                   models=[model_record(str(folder / POLICY), policy)], access=["weights", "activations"],
+                   value=lenses)
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _latent_summary(sae: dict[str, Any], polytope: dict[str, Any]) -> str:
+    """Best SAE latent AUC and region purity (over chance) for the goal's and the proxy's direction."""
+    parts = []
+    for family in ("goal_direction", "proxy_direction"):
+        auc, regions = sae["sae"][family], polytope["trained"][family]
+        parts.append(f"{family.split('_')[0]}: SAE latent AUC {_num(auc['auc'])} (shuffled "
+                     f"{_num(auc['shuffled_labels'])}), region purity {regions['purity']:.2f} (chance "
+                     f"{regions['chance_purity']:.2f})")
+    return "; ".join(parts)
 
