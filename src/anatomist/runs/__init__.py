@@ -20,6 +20,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     saebench,
     sites,
     spd_lm,
+    spd_vision,
     steer,
     sweep,
     toys,
