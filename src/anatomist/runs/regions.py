@@ -404,7 +404,7 @@ def cluster_inputs(cfg: ClusterConfig, ctx: Context) -> Outcome:
                 mean = {key: float(np.mean([sc[key] for sc in scores])) for key in scores[0]}
                 spread = {"nmi_sd": float(np.std([sc["nmi"] for sc in scores])), "runs": cfg.runs}
                 rows.append({"site": name, "representation": rep, "metric": metric, "label": label, **mean, **spread})
-    cls_rows = labels["position"] == 0 if "position" in labels and vision_layout(loaded.model).has_cls else None
+    cls_rows = labels["position"] == 0 if cfg.tokens == "token" and vision_layout(loaded.model).has_cls else None
     result = {"sites": [c.module for c in sites], "n": len(codes), "code_bytes": codes.nbytes, "rows": rows,
               "code_density": code_density(codes, cls_rows)}
     result["plots"] = plot_clusters(rows, ctx.out)
