@@ -75,6 +75,20 @@ def test_per_token_codes_are_rows_of_each_token_image_major(vit_folder: Path, tm
     assert {r["representation"] for r in rows} == {"code", "soft code", "activation", "direction"}  # GELU: soft
 
 
+def test_cluster_alias_takes_tokens(vit_folder: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from anatomist.cli.regions import regions_app
+
+    args = ["cluster", str(vit_folder), "--sites", "vit.layers.0.mlp.activation_fn", "--tokens", "token", "--n", "10",
+            "--k", "3", "--out", str(tmp_path / "c"), "--json"]
+    got = CliRunner().invoke(regions_app, args)
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["numbers"]["n"] == 10 * N_TOKENS
+
+
 def test_per_image_codes_on_a_vit_and_per_token_codes_refused_off_a_vit(vit_folder: Path, tmp_path: Path) -> None:
     site = "vit.layers.0.mlp.activation_fn"
     cfg = ClusterConfig(model=str(vit_folder), sites=(site,), n=12, k=3, fit_on=200)
