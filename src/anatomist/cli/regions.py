@@ -65,9 +65,12 @@ def cluster(
     n: Annotated[int | None, typer.Option(help="images, or tokens for a language model")] = None,
     k: Annotated[int | None, typer.Option(help="clusters, the same for every representation")] = None,
     runs: Annotated[int | None, typer.Option(help="k-medoids runs with different seeds (scores averaged)")] = None,
+    tokens: Annotated[
+        str | None, typer.Option(help="vision transformers: 'image' (one code per image) or 'token' (one per token)")
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Purity and NMI of clusters by spline code vs activation vs direction, against labels."""
-    extra = {"model": model, "sites": split_sites(sites), "n": n, "k": k, "runs": runs}
+    extra = {"model": model, "sites": split_sites(sites), "n": n, "k": k, "runs": runs, "tokens": tokens}
     invoke(str(config) if config else "regions-cluster", [], out, as_json=as_json, extra=extra)

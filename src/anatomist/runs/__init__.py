@@ -21,6 +21,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     saebench,
     sites,
     spd_lm,
+    spd_vision,
     steer,
     stress,
     sweep,

@@ -10,6 +10,12 @@ middle and on paths between two inputs of the same class.
 `regions-cluster`: k-medoids clusters of inputs (images, or tokens of the wiki corpus) by code
 (Hamming on hard codes, L1 on soft codes), raw activation (Euclidean, the activation module's
 output) and direction (cosine), at equal k, scored against labels (digit classes; token labels).
+On a vision transformer (`nets.vision`; its MLPs' GELU sites give soft codes Phi(z)) `tokens: token`
+gives one code per token instead of one per image: rows are the CLS and patch tokens, labelled by
+their image's class (`digit`) and their position (`position`, 0 = CLS), so one can ask whether the
+regions a token falls in say what the image is or where the token sits. Both kinds also report the
+code density per site (share of units with z > 0; for per-token codes split into CLS and patches)
+and how many distinct hard codes (regions) the rows occupy.
 
 Each writes its plots (and, for density, `paths.json`: every path's counts) into the run folder; the
 numbers go to metrics.json through `run(config, out)`.
@@ -30,8 +36,10 @@ from anatomist.core.progress import progress
 from anatomist.core.provenance import data_record, model_record
 from anatomist.data import load_corpus, load_images
 from anatomist.data.token_labels import token_labels
+from anatomist.mechanisms.components import model_output
 from anatomist.nets.assets import LoadedModel, load_model
 from anatomist.nets.sites import Site, capture, splice
+from anatomist.nets.vision import is_vision_transformer, vision_layout
 from anatomist.regions.cluster import Metric, cluster, score_clusters
 from anatomist.regions.codes import CodeSite, SplineCodes, code_sites, encode, nearby_activations, preactivations
 from anatomist.regions.paths import PathProbe, search_crossings
@@ -85,6 +93,11 @@ class ClusterConfig(RunConfig):
     images: str = Field(default="mnist", description="image set for image classifiers")
     seq_len: int = Field(default=128, ge=2, description="tokens per row for language models")
     top_tokens: int = Field(default=20, ge=2, description="token identity is scored on the most frequent tokens only")
+    tokens: Literal["image", "token"] = Field(
+        default="image",
+        description="vision transformers: 'image' one code per image (all its tokens' units), 'token' one code "
+        "per token (CLS and patches), labelled by the image's class and the token's position",
+    )
     runs: int = Field(default=1, ge=1, description="k-medoids runs (seeds seed, seed+1, ...); scores are their mean")
     seed: int = Field(default=0, description="seed for sampling and k-medoids")
 
@@ -123,7 +136,7 @@ def _classes(probe: PathProbe, t: np.ndarray) -> np.ndarray:
         pts = probe.points(t[i : i + probe.batch_size])
         with torch.no_grad():
             if probe.at is None:
-                logits = probe.model(pts)
+                logits = model_output(probe.model(pts))  # an HF classifier (a ViT) returns .logits
             else:
                 with splice(probe.model, {probe.at: _constant(pts)}):
                     logits = probe.model(**_repeat_inputs(probe.inputs, len(pts))).logits
@@ -148,7 +161,7 @@ def _endpoints(loaded: Any, cfg: DensityConfig, rng: np.random.Generator) -> tup
         pool = np.sort(rng.choice(len(imgs), min(len(imgs), 10 * (cfg.pairs + cfg.same_class_pairs) + 100), False))
         x = imgs.images[torch.from_numpy(pool)]
         with torch.no_grad():
-            pred = torch.cat([model(x[i : i + 500]).argmax(-1) for i in range(0, len(x), 500)])
+            pred = torch.cat([model_output(model(x[i : i + 500])).argmax(-1) for i in range(0, len(x), 500)])
         return list(zip(x, [None] * len(x), strict=True)), pred.numpy(), None
     n_rows = 4 * (cfg.pairs + cfg.same_class_pairs)
     ids = load_corpus("wiki").tokenize(loaded.tokenizer, cfg.seq_len, n_rows)
@@ -306,12 +319,12 @@ def summarise_density(records: list[dict[str, Any]], sites: list[str], window: f
 
 
 def _harvest(
-    model: torch.nn.Module, batches: list[Any], sites: list[CodeSite], soft: bool
+    model: torch.nn.Module, batches: list[Any], sites: list[CodeSite], soft: bool, per_token: bool | None = None
 ) -> tuple[Any, list[np.ndarray]]:
     """Codes and post-activation values (float32 [n, units] per site) for a list of batches."""
     parts, acts = [], []
     for batch in progress(batches, total=len(batches), desc="harvest"):
-        z = preactivations(model, batch, sites)
+        z = preactivations(model, batch, sites, per_token)
         parts.append(encode(z, sites, soft))
         with torch.no_grad():
             acts.append(
@@ -329,11 +342,41 @@ def _cluster_data(loaded: Any, cfg: ClusterConfig) -> tuple[list[Any], dict[str,
             raise AnatomistError(f"n = {cfg.n} but image set '{cfg.images}' has {len(imgs)} images")
         pick = np.sort(rng.choice(len(imgs), cfg.n, replace=False))
         x = imgs.images[torch.from_numpy(pick)]
-        return [x[i : i + 250] for i in range(0, cfg.n, 250)], {"digit": imgs.labels[pick].numpy()}
+        digit = imgs.labels[pick].numpy()
+        if cfg.tokens == "token":
+            return [x[i : i + 250] for i in range(0, cfg.n, 250)], _token_labels(loaded, x, digit)
+        return [x[i : i + 250] for i in range(0, cfg.n, 250)], {"digit": digit}
     n_seqs = -(-cfg.n // cfg.seq_len)
     ids = load_corpus("wiki").tokenize(loaded.tokenizer, cfg.seq_len, n_seqs)
     labels = token_labels(ids, loaded.tokenizer, top_tokens=cfg.top_tokens)
     return [ids[i : i + 8] for i in range(0, n_seqs, 8)], {name: lab.values for name, lab in labels.items()}
+
+
+def _token_labels(loaded: LoadedModel, x: torch.Tensor, digit: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-token labels of a vision transformer's rows (image-major, then token order, as `rows` flattens them):
+    the image's class and the token's position (0 = CLS when there is one, then registers, then patches)."""
+    if not is_vision_transformer(loaded.model):
+        raise AnatomistError(f"tokens: token needs a vision transformer; '{loaded.name}' has one code per image")
+    n_tokens = vision_layout(loaded.model).n_tokens((int(x.shape[-2]), int(x.shape[-1])))
+    return {"digit": np.repeat(digit, n_tokens), "position": np.tile(np.arange(n_tokens), len(digit))}
+
+
+def code_density(codes: SplineCodes, cls_rows: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Per site: the share of units on (z > 0), the mean soft code where stored, the number of distinct hard
+    codes (regions occupied) and the share of rows alone in theirs. With `cls_rows` (bool per row), the share
+    on for CLS rows and for the others (patches) apart."""
+    out = {}
+    for site in codes.sites:
+        hard = codes.hard()[:, codes.site_units(site)]
+        _, counts = np.unique(np.packbits(hard, axis=1), axis=0, return_counts=True)
+        row: dict[str, float] = {"on": float(hard.mean()), "regions": int(len(counts)),
+                                 "unique_rows": float((counts == 1).sum() / len(hard))}
+        if codes.soft is not None:
+            row["soft_mean"] = float(codes.values()[:, codes.site_units(site)].mean())
+        if cls_rows is not None:
+            row["on_cls"], row["on_patches"] = float(hard[cls_rows].mean()), float(hard[~cls_rows].mean())
+        out[site] = row
+    return out
 
 
 @register(ClusterConfig)
@@ -343,7 +386,8 @@ def cluster_inputs(cfg: ClusterConfig, ctx: Context) -> Outcome:
     sites = code_sites(loaded.model, cfg.sites or default_sites(loaded))
     soft = any(c.kind == "soft" for c in sites)
     batches, labels = _cluster_data(loaded, cfg)
-    codes, acts = _harvest(loaded.model, batches, sites, soft)
+    per_token = True if cfg.tokens == "token" else None
+    codes, acts = _harvest(loaded.model, batches, sites, soft, per_token)
     names = [c.module for c in sites] + (["all"] if len(sites) > 1 else [])
     rows = []
     for name in progress(names, total=len(names), desc="cluster"):
@@ -360,7 +404,9 @@ def cluster_inputs(cfg: ClusterConfig, ctx: Context) -> Outcome:
                 mean = {key: float(np.mean([sc[key] for sc in scores])) for key in scores[0]}
                 spread = {"nmi_sd": float(np.std([sc["nmi"] for sc in scores])), "runs": cfg.runs}
                 rows.append({"site": name, "representation": rep, "metric": metric, "label": label, **mean, **spread})
-    result = {"sites": [c.module for c in sites], "n": len(codes), "code_bytes": codes.nbytes, "rows": rows}
+    cls_rows = labels["position"] == 0 if cfg.tokens == "token" and vision_layout(loaded.model).has_cls else None
+    result = {"sites": [c.module for c in sites], "n": len(codes), "code_bytes": codes.nbytes, "rows": rows,
+              "code_density": code_density(codes, cls_rows)}
     result["plots"] = plot_clusters(rows, ctx.out)
     inputs = torch.cat([b if isinstance(b, torch.Tensor) else b["input_ids"] for b in batches])
     data = data_record(_data_name(loaded, cfg.images), inputs, n_examples=cfg.n)
