@@ -110,7 +110,8 @@ class SAETrainSitesConfig(TrainRecipe, RunConfig):
                              "model.layers.8]; every one must have width sae.d_in")
     distribute_sites: bool = Field(False, description="under torchrun: site i trains on rank i mod N by itself "
                                    "(false: each site in turn, data-parallel over every rank)")
-    smoke: ClassVar[tuple[str, ...]] = SAETrainConfig.smoke
+    # two sites: each is a run of its own that loads the model again
+    smoke: ClassVar[tuple[str, ...]] = (*SAETrainConfig.smoke, "sites=[model.layers.1, model.layers.2]")
 
     @model_validator(mode="after")
     def _check_sites(self) -> SAETrainSitesConfig:
