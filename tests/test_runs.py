@@ -51,6 +51,15 @@ def test_overrides_set_nested_keys_as_yaml_values() -> None:
         apply_overrides({}, ["novalue"])
 
 
+def test_setting_one_key_of_a_section_the_yaml_leaves_out_keeps_the_kinds_recipe(tmp_path: Path) -> None:
+    (tmp_path / "lm.yaml").write_text("kind: spd-lm\n")
+    recipe = load_run_config(str(tmp_path / "lm.yaml")).spd  # type: ignore[attr-defined]
+    changed = load_run_config(str(tmp_path / "lm.yaml"), ["spd.steps=3"]).spd  # type: ignore[attr-defined]
+    assert changed.steps == 3 and recipe.steps != 3
+    assert changed.model_dump(exclude={"steps"}) == recipe.model_dump(exclude={"steps"})  # C 128, deltas, KL, ...
+    assert recipe.delta_component and recipe.C == 128  # the recipe differs from SPDConfig's own defaults
+
+
 def test_unknown_kind_and_key_are_named() -> None:
     with pytest.raises(AnatomistError, match="unknown run kind 'toy-trian'.*toy-train"):
         parse_run_config({"kind": "toy-trian"})

@@ -193,7 +193,26 @@ def load_run_config(target: str, assignments: Iterable[str] = ()) -> RunConfig:
         if not Path(target).exists() and not target.endswith((".yaml", ".yml")):
             get_kind(target)  # a mistyped kind name: say so, with the nearest kinds
         data, source = read_yaml_mapping(target), target
-    return parse_run_config(apply_overrides(data, assignments), source=source)
+    assignments = list(assignments)
+    return parse_run_config(apply_overrides(with_default_sections(data, assignments), assignments), source=source)
+
+
+def with_default_sections(data: dict[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """`data` with the kind's default for each section that a `--set section.key=value` changes but `data` leaves
+    out, so the override changes that one key of the kind's recipe (spd-lm's SPD settings, say) instead of starting
+    the section from empty, which would reset every other key to the section class's own defaults."""
+    kind = KINDS.get(str(data.get("kind")))
+    if kind is None:
+        return data
+    out = dict(data)
+    for item in assignments:
+        section, dot, _ = item.partition("=")[0].partition(".")
+        field_info = kind.config.model_fields.get(section)
+        if dot and section not in out and field_info is not None:
+            default = field_info.get_default(call_default_factory=True)
+            if isinstance(default, Config):
+                out[section] = default.model_dump(mode="json")
+    return out
 
 
 def _config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
