@@ -22,6 +22,7 @@ slot returns the first observation of its next level, its outcome in `infos`); `
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import gymnasium
@@ -48,7 +49,7 @@ SEEDS_PER_STREAM = 1_000_000  # level seeds of training stream s are s * SEEDS_P
 OUTCOMES = ("goal", "proxy", "capable")
 
 
-class GridWorld(VectorEnv):  # type: ignore[type-arg]
+class GridWorld(VectorEnv, ABC):  # type: ignore[type-arg]
     """A batch of `num_envs` levels of one environment, stepped together.
 
     Training slots draw levels from the stream of `seed` (level k of the stream has seed seed*10^6 + k), so a
@@ -77,23 +78,25 @@ class GridWorld(VectorEnv):  # type: ignore[type-arg]
 
     # --- what each environment defines ---------------------------------------------------------------------
 
+    @abstractmethod
     def grid_shape(self) -> tuple[int, int]:
-        raise NotImplementedError
+        """(H, W) of every level."""
 
+    @abstractmethod
     def default_max_steps(self) -> int:
-        raise NotImplementedError
+        """Steps before an episode is truncated, unless the constructor is given max_steps."""
 
+    @abstractmethod
     def make_level(self, split: str, seed: int) -> Level:
         """The level of `seed` in `split` ('train': with the rand_frac share decorrelated, 'test': decisive)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def goal_squares(self, level: Level) -> np.ndarray:
         """[H, W] bool: where the goal is (for probes and scripted agents)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _interact(self, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Objects at the agents' new squares (slots `i`): update flags; return (reward, terminated) for them."""
-        raise NotImplementedError
 
     # --- state ---------------------------------------------------------------------------------------------
 

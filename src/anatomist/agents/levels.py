@@ -48,18 +48,9 @@ def level_rng(env_id: int, split: str, seed: int) -> np.random.Generator:
 
 def distances(blocked: np.ndarray, source: tuple[int, int]) -> np.ndarray:
     """Shortest-path lengths (4-neighbour moves) from `source` to every square; UNREACHABLE where none."""
-    h, w = blocked.shape
-    dist = np.full((h, w), UNREACHABLE, dtype=np.int64)
-    dist[source] = 0
-    queue = deque([source])
-    while queue:
-        r, c = queue.popleft()
-        for dr, dc in MOVES:
-            nr, nc = r + dr, c + dc
-            if 0 <= nr < h and 0 <= nc < w and not blocked[nr, nc] and dist[nr, nc] == UNREACHABLE:
-                dist[nr, nc] = dist[r, c] + 1
-                queue.append((nr, nc))
-    return dist
+    only_source = np.zeros(blocked.shape, dtype=bool)
+    only_source[source] = True
+    return _distance_to_set(blocked, only_source)  # moves are symmetric: distance to a set of one
 
 
 def first_step(blocked: np.ndarray, source: tuple[int, int], targets: np.ndarray) -> int | None:
