@@ -126,6 +126,18 @@ def test_cache_reads_from_disk_without_the_model(llama: LlamaForCausalLM, tmp_pa
     assert forwards[0] == 0
 
 
+def test_a_float16_cache_holds_half_precision_rows_and_yields_float32(llama: LlamaForCausalLM, tmp_path: Path) -> None:
+    want = next(iter(_store(llama)))
+    half = _store(llama, cache=tmp_path / "acts", dtype=torch.float16)
+    half.harvest()
+    assert '"dtype": "float16"' in (tmp_path / "acts" / MANIFEST).read_text()
+    assert ActivationStore.from_cache(tmp_path / "acts").block(0)[Site.parse(SITES[0])].dtype == torch.float16
+    got = next(iter(half))
+    for s in half.sites:  # the same rows in the same order, each rounded to float16 once
+        assert got[s].dtype == torch.float32 and torch.equal(got[s], want[s].half().float())
+    assert not torch.equal(got[half.sites[0]], want[half.sites[0]])
+
+
 def test_interrupted_harvest_resumes_at_the_missing_shard(llama: LlamaForCausalLM, tmp_path: Path) -> None:
     calls = [0]
 

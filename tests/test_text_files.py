@@ -65,6 +65,17 @@ def test_a_long_file_streams_in_parts_with_one_end_of_text(tmp_path: Path, monke
     assert _rows(tmp_path / "long.txt").flatten().tolist() == _expected([text])
 
 
+def test_corpora_joined_by_plus_read_in_order_as_one_stream(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text(DOCS[0])
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS[1:]))
+    joined = f"{tmp_path / 'b.jsonl'}+{tmp_path / 'a.txt'}"
+    assert _rows(joined).flatten().tolist() == _expected([*DOCS[1:], DOCS[0]])  # rows run on across the join
+    with pytest.raises(AnatomistError, match="empty corpus name"):
+        _rows(f"{tmp_path / 'a.txt'}++wiki")
+    with pytest.raises(AnatomistError, match="unknown corpus 'nowiki'"):
+        _rows("wiki+nowiki")
+
+
 def test_tokenising_reads_only_what_the_rows_need(tmp_path: Path) -> None:
     for i in range(70):  # texts are tokenised 64 at a time: the rows are made within the first batch
         (tmp_path / f"{i:03d}.txt").write_text("x" * 100)

@@ -4,7 +4,7 @@ the user's own files (a path, folder or glob: `anatomist.data.text_files`), stre
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -15,7 +15,7 @@ import torch
 from anatomist.core.errors import AnatomistError
 from anatomist.core.packages import wiki_articles
 from anatomist.core.progress import progress
-from anatomist.core.text import pack_rows
+from anatomist.core.text import Piece, pack_rows
 from anatomist.data.text_files import (
     Reader,
     TextFiles,
@@ -26,7 +26,8 @@ from anatomist.data.text_files import (
 )
 
 CORPUS_HELP = ("packaged corpus name (wiki; brown, python-docs, linux-docs once `make corpora` ran) or your own text: "
-               "a .txt/.md/.jsonl/.parquet file, a folder or glob of them, a datasets save_to_disk folder, hf:NAME")
+               "a .txt/.md/.jsonl/.parquet file, a folder or glob of them, a datasets save_to_disk folder, hf:NAME; "
+               "several joined by '+' (brown+wiki) are read one after the other")
 TEXT_FIELD_HELP = "the field (.jsonl) or column (.parquet, datasets folder) that holds the text"
 
 
@@ -41,6 +42,9 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def stream(self) -> Iterable[str | Piece]:
+        return self.texts
+
     def tokenize(self, tokenizer: Any, seq_len: int, n_seqs: int | None = None, add_bos: bool = True) -> torch.Tensor:
         """Pack the texts, each followed by EOS, into rows of `seq_len` token ids: LongTensor [n, seq_len].
 
@@ -48,7 +52,7 @@ class Corpus:
         `seq_len - 1` tokens of the stream; texts run on across row ends. Stops once `n_seqs` rows
         are made (None: the whole corpus); the last, partial row is dropped (`core.text.pack_rows`).
         """
-        return pack_rows(self.texts, tokenizer, seq_len, n_seqs, add_bos, name=self.name)
+        return pack_rows(self.stream(), tokenizer, seq_len, n_seqs, add_bos, name=self.name)
 
 
 def _wiki() -> tuple[list[str], list[str]]:
@@ -99,13 +103,32 @@ class FileCorpus:
     name: str
     files: TextFiles
 
+    def stream(self) -> Iterable[str | Piece]:
+        return progress(self.files.pieces(), desc=f"tokenising {self.name}")
+
     def tokenize(self, tokenizer: Any, seq_len: int, n_seqs: int | None = None, add_bos: bool = True) -> torch.Tensor:
         """As `Corpus.tokenize`, reading the files only as far as the rows need."""
-        pieces = progress(self.files.pieces(), desc=f"tokenising {self.name}")
-        return pack_rows(pieces, tokenizer, seq_len, n_seqs, add_bos, name=self.name)
+        return pack_rows(self.stream(), tokenizer, seq_len, n_seqs, add_bos, name=self.name)
 
 
-def load_corpus(name: str = "wiki", text_field: str = "text", split: str = "train") -> Corpus | FileCorpus:
+@dataclass
+class JoinedCorpus:
+    """Corpora read one after the other ("brown+wiki"), as one stream: rows may span the join."""
+
+    name: str
+    parts: list[Corpus | FileCorpus]
+
+    def stream(self) -> Iterator[str | Piece]:
+        for part in self.parts:
+            yield from part.stream()
+
+    def tokenize(self, tokenizer: Any, seq_len: int, n_seqs: int | None = None, add_bos: bool = True) -> torch.Tensor:
+        """As `Corpus.tokenize`, over the parts in order."""
+        return pack_rows(self.stream(), tokenizer, seq_len, n_seqs, add_bos, name=self.name)
+
+
+def load_corpus(name: str = "wiki", text_field: str = "text", split: str = "train",
+                ) -> Corpus | FileCorpus | JoinedCorpus:
     """A packaged corpus by name, or the user's text by path (`anatomist.data.text_files`).
 
     Packaged: "wiki", 10,033 English Wikipedia lead summaries (CC BY-SA), sorted by title. Installed by `make
@@ -113,8 +136,17 @@ def load_corpus(name: str = "wiki", text_field: str = "text", split: str = "trai
     "python-docs" (the Python 3.11 documentation's reStructuredText sources, PSF licence) and "linux-docs" (the
     Linux 6.1 kernel documentation's .rst files, GPL-2.0, translations left out). A path: a .txt/.md file,
     a .jsonl or .parquet file (documents under `text_field`), a folder or glob of such files, or a folder saved by
-    `datasets`' save_to_disk (`split` of a DatasetDict).
+    `datasets`' save_to_disk (`split` of a DatasetDict). Names joined by "+" ("brown+python-docs+wiki") are read in
+    that order as one corpus.
     """
+    if "+" in name and not Path(name).exists():
+        return JoinedCorpus(name, [_one_corpus(part, text_field, split) for part in name.split("+")])
+    return _one_corpus(name, text_field, split)
+
+
+def _one_corpus(name: str, text_field: str, split: str) -> Corpus | FileCorpus:
+    if not name:
+        raise AnatomistError("empty corpus name (two '+' in a row, or one at an end, in a joined corpus?)")
     if name in FILE_CORPORA:
         return _installed_corpus(name)
     if name not in CORPORA:

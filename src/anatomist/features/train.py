@@ -91,6 +91,10 @@ class DataConfig(Config):
     block_seqs: int = Field(32, gt=0, description="sequences per harvest block / cache shard")
     buffer_rows: int = Field(131_072, gt=0, description="rows in the shuffling window")
     model_batch_size: int = Field(8, gt=0, description="sequences per model forward while harvesting")
+    store_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype of the harvested rows in the cache and the shuffling window (training reads "
+        "them as float32): float16 halves a large cache's disk and memory"
+    )
     inputs: str | None = Field(
         None, description="a safetensors file whose tensor 'inputs' (one row per sequence: token ids or model "
         "inputs) is used instead of the corpus: n_seqs + eval_seqs rows, the held-out ones last"
@@ -439,8 +443,8 @@ def store_args(cfg: TrainRecipe, device: torch.device) -> dict[str, Any]:
     return dict(
         exclude_bos=cfg.data.exclude_bos and not cfg.end_to_end, batch_size=cfg.batch_size,
         buffer_rows=cfg.data.buffer_rows, block_seqs=cfg.data.block_seqs, model_batch_size=cfg.data.model_batch_size,
-        model_name=cfg.model, seed=cfg.seed, device=device, rank=distributed.rank(),
-        world_size=distributed.world_size(),
+        dtype=getattr(torch, cfg.data.store_dtype), model_name=cfg.model, seed=cfg.seed, device=device,
+        rank=distributed.rank(), world_size=distributed.world_size(),
     )
 
 
