@@ -205,13 +205,8 @@ def load_spd_run(run_dir: Path) -> SPDExperiment:
     raise AnatomistError(f"{run_dir}: no {CONFIG}; not a run folder of `anatomist spd run`")
 
 
-def score_spd_checkpoint(run_dir: str | Path, step: int | None = None) -> dict[str, Any]:
-    """Score the newest (or a given) checkpoint of an `spd-toy` run folder.
-
-    Long schedules (TMS 40-10, the residual MLPs: hours of CPU) can be followed, or judged after
-    being stopped, without waiting for the end: the scores are `toy_report`'s, as in metrics.json.
-    """
-    run_dir = Path(run_dir)
+def checkpoint_to_score(run_dir: Path, step: int | None) -> tuple[Checkpointer, int]:
+    """The run folder's checkpoints and the step to score: `step`, or the newest; an error names what there is."""
     ckpt = Checkpointer(run_dir)
     steps = ckpt.steps()
     if not steps:
@@ -219,6 +214,17 @@ def score_spd_checkpoint(run_dir: str | Path, step: int | None = None) -> dict[s
     step = steps[-1] if step is None else step
     if step not in steps:
         raise AnatomistError(f"{ckpt.dir}: no checkpoint of step {step} (there are: {', '.join(map(str, steps))})")
+    return ckpt, step
+
+
+def score_spd_checkpoint(run_dir: str | Path, step: int | None = None) -> dict[str, Any]:
+    """Score the newest (or a given) checkpoint of an `spd-toy` run folder.
+
+    Long schedules (TMS 40-10, the residual MLPs: hours of CPU) can be followed, or judged after
+    being stopped, without waiting for the end: the scores are `toy_report`'s, as in metrics.json.
+    """
+    run_dir = Path(run_dir)
+    ckpt, step = checkpoint_to_score(run_dir, step)
     exp = load_spd_run(run_dir)
     toy = load_toy(exp.toy, seed=exp.toy_seed)
     dec = spd.initial_decomposition(toy.model, exp.targets or default_targets(toy), exp.spd)
