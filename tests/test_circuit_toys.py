@@ -11,6 +11,7 @@ from anatomist.mechanisms.components import find_targets
 from anatomist.nets.toys import toy_config
 from anatomist.nets.toys.circuits import CircuitMLPConfig, span_projection
 from anatomist.nets.toys.train import TrainedToy
+from anatomist.runs.mechanisms import gradient_ceiling
 from anatomist.runs.toy_scoring import toy_report
 
 
@@ -112,3 +113,26 @@ def test_grouped_circuits_are_scored_against_their_pieces() -> None:
         merged[n][1] = 0
     worse = toy_report(toy, gt.targets, lambda n: merged[n], none)
     assert worse["linear1"]["min_cosine"] < 0.8
+
+
+def test_gradient_ceiling_known_answers() -> None:
+    """With W1 = W2 = I (and b = 0) the one-hot gradients of ½‖f‖² are the true pieces: ceiling 1 in both layers.
+    A shear in W2 turns the W1 gradients (W2ᵀW2 e_i, not e_i) of the two sheared features, by hand below."""
+    cfg = CircuitMLPConfig(name="eye", n_features=4, d_hidden=4, n_outputs=4)
+    model = cfg.build()
+    with torch.no_grad():
+        model.linear1.weight.copy_(torch.eye(4))
+        model.linear2.weight.copy_(torch.eye(4))
+    toy = TrainedToy(model, cfg, final_loss=0.0)
+    lcfg = l3d.L3DConfig(reference="zero")
+    exact = gradient_ceiling(toy, lcfg, n_samples=2000)
+    assert exact["linear1"]["min_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert exact["linear2"]["min_cosine"] == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        model.linear2.weight.copy_(torch.eye(4) + torch.tensor([[0.0, 1.0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0],
+                                                                [0, 0, 0, 0]]))
+    toy = TrainedToy(model, cfg, final_loss=0.0)
+    sheared = gradient_ceiling(toy, lcfg, n_samples=2000)
+    # feature 0: W2ᵀW2 e_0 = e_0 + e_1, cos 1/√2; feature 1: W2ᵀW2 e_1 = W2ᵀ(e_0 + e_1) = e_0 + 2 e_1, cos 2/√5
+    assert sheared["linear1"]["min_cosine"] == pytest.approx(1 / 2**0.5, abs=1e-5)
+    assert sheared["linear1"]["mmcs"] == pytest.approx((1 / 2**0.5 + 2 / 5**0.5 + 2) / 4, abs=1e-5)

@@ -30,6 +30,7 @@ from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms import apd, l3d, spd
 from anatomist.mechanisms.apd import APDConfig
+from anatomist.mechanisms.components import find_targets
 from anatomist.mechanisms.l3d import L3DConfig
 from anatomist.mechanisms.spd import SPDConfig
 from anatomist.mechanisms.training import FitConfig
@@ -193,6 +194,41 @@ def l3d_toy(exp: L3DExperiment, ctx: Context) -> Outcome:
 def _without_ml2r(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The metrics without any norm-ratio entry (ml2r, ml2r_rows, their init_/final_ twins), at any depth."""
     return {k: _without_ml2r(v) if isinstance(v, dict) else v for k, v in metrics.items() if "ml2r" not in k}
+
+
+@torch.no_grad()
+def gradient_ceiling(toy: Any, config: L3DConfig, n_samples: int = 4096) -> dict[str, dict[str, float]]:
+    """What L3D can reach at best on a toy: per ground-truth layer, the cosine of each mechanism's true piece
+    with the top singular direction of the per-sample gradients (L3D's data) of the inputs that use that
+    mechanism alone, averaged over mechanisms (`mmcs`) and the worst one (`min_cosine`).
+
+    A mechanism's inputs are the features its first scored layer's piece reads (its nonzero columns). L3D
+    reconstructs gradients, so where a gradient does not point along the weight piece (a layer after which the
+    output is read through other weights), no subnetwork can match the piece better than this.
+    """
+    gt = toy.ground_truth
+    layers = [n for n in gt.components if n in gt.targets and n not in gt.identity]
+    x = toy.sample_batch(n_samples, torch.Generator(toy.device).manual_seed(4321))[0]
+    grads = l3d.per_sample_gradients(toy.model, x, find_targets(toy.model, layers), config.divergence,
+                                     config.reference)
+    reads = gt.components[layers[0]].abs().sum(1) > 0  # [n_mech, n_features]: the inputs each mechanism reads
+    active = x != 0
+    alone = (active[:, None, :] & reads[None]).any(-1) & ~(active[:, None, :] & ~reads[None]).any(-1)  # [n, mech]
+    out: dict[str, dict[str, float]] = {}
+    for name in layers:
+        g = grads[name].flatten(1)  # [n, d_out·d_in]
+        cos = torch.stack([_top_direction_cosine(g[alone[:, m]], gt.components[name][m].flatten())
+                           for m in range(len(reads))])
+        out[name] = {"mmcs": float(cos.mean()), "min_cosine": float(cos.min())}
+    return out
+
+
+def _top_direction_cosine(grads: Tensor, piece: Tensor) -> Tensor:
+    """|cos| of the top right singular vector of `grads` [k, p] with `piece` [p] (0 when there are no rows)."""
+    if len(grads) == 0:
+        return piece.new_zeros(())
+    top = torch.linalg.svd(grads.double(), full_matrices=False).Vh[0]
+    return (top @ piece.double()).abs() / piece.double().norm().clamp_min(1e-30)
 
 
 def load_spd_run(run_dir: Path) -> SPDExperiment:
