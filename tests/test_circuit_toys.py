@@ -11,7 +11,7 @@ from anatomist.mechanisms.components import find_targets
 from anatomist.nets.toys import toy_config
 from anatomist.nets.toys.circuits import CircuitMLPConfig, span_projection
 from anatomist.nets.toys.train import TrainedToy
-from anatomist.runs.mechanisms import gradient_ceiling
+from anatomist.runs.mechanisms import gradient_ceiling, mechanism_inputs, purity, used_alone
 from anatomist.runs.toy_scoring import toy_report
 
 
@@ -136,3 +136,16 @@ def test_gradient_ceiling_known_answers() -> None:
     # feature 0: W2ᵀW2 e_0 = e_0 + e_1, cos 1/√2; feature 1: W2ᵀW2 e_1 = W2ᵀ(e_0 + e_1) = e_0 + 2 e_1, cos 2/√5
     assert sheared["linear1"]["min_cosine"] == pytest.approx(1 / 2**0.5, abs=1e-5)
     assert sheared["linear1"]["mmcs"] == pytest.approx((1 / 2**0.5 + 2 / 5**0.5 + 2) / 4, abs=1e-5)
+
+
+def test_purity_counts_which_subnetwork_each_circuit_picks() -> None:
+    reads = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)  # two circuits of two inputs
+    x = torch.tensor([[0.5, 0.2, 0, 0], [0, 0.3, 0, 0], [0, 0, 0.9, 0], [0, 0, 0.1, 0.4], [0.5, 0, 0.5, 0]])
+    alone = used_alone(x, reads)
+    assert alone.tolist() == [[True, False], [True, False], [False, True], [False, True], [False, False]]
+    coeffs = torch.tensor([[0.1, -2.0, 0.0], [0.0, 1.0, 0.5], [3.0, 0.0, 0.0], [0.0, 0.1, -0.2], [9.0, 9.0, 9.0]])
+    found = purity(coeffs, alone)  # circuit 0 → subnetwork 1 twice; circuit 1 → 0 once, 2 once; the mixed row skipped
+    assert found["table"] == [[0, 2, 0], [1, 0, 1]]
+    assert found["purity"] == pytest.approx(3 / 4) and found["n_distinct"] == 2
+    assert mechanism_inputs(toy_config("squared-mlp").ground_truth(toy_config("squared-mlp").build())).equal(
+        torch.eye(5, dtype=torch.bool))

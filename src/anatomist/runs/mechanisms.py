@@ -211,16 +211,59 @@ def gradient_ceiling(toy: Any, config: L3DConfig, n_samples: int = 4096) -> dict
     x = toy.sample_batch(n_samples, torch.Generator(toy.device).manual_seed(4321))[0]
     grads = l3d.per_sample_gradients(toy.model, x, find_targets(toy.model, layers), config.divergence,
                                      config.reference)
-    reads = gt.components[layers[0]].abs().sum(1) > 0  # [n_mech, n_features]: the inputs each mechanism reads
-    active = x != 0
-    alone = (active[:, None, :] & reads[None]).any(-1) & ~(active[:, None, :] & ~reads[None]).any(-1)  # [n, mech]
+    alone = used_alone(x, mechanism_inputs(gt))  # [n, mech]
     out: dict[str, dict[str, float]] = {}
     for name in layers:
         g = grads[name].flatten(1)  # [n, d_out·d_in]
         cos = torch.stack([_top_direction_cosine(g[alone[:, m]], gt.components[name][m].flatten())
-                           for m in range(len(reads))])
+                           for m in range(alone.shape[1])])
         out[name] = {"mmcs": float(cos.mean()), "min_cosine": float(cos.min())}
     return out
+
+
+def mechanism_inputs(gt: Any) -> Tensor:
+    """Bool [n_mech, n_features]: the inputs each mechanism reads (its first layer piece's nonzero columns; one
+    feature each where the toy names no pieces)."""
+    layers = [n for n in gt.components if n in gt.targets and n not in gt.identity]
+    if not layers:
+        return torch.eye(gt.n_features, dtype=torch.bool)
+    return gt.components[layers[0]].abs().sum(1) > 0
+
+
+def used_alone(x: Tensor, reads: Tensor) -> Tensor:
+    """Bool [n, n_mech]: input n uses mechanism m and no input outside it is active."""
+    active = (x != 0)[:, None, :]
+    reads = reads.to(x.device)[None]
+    return (active & reads).any(-1) & ~(active & ~reads).any(-1)
+
+
+def purity(coefficients: Tensor, alone: Tensor) -> dict[str, Any]:
+    """How cleanly mechanisms map to subnetworks on inputs that use one mechanism alone.
+
+    `table[m, s]` counts those inputs of mechanism m whose largest |coefficient| is subnetwork s; `purity` is the
+    share of them whose subnetwork is the one its mechanism picks most (1: every mechanism always picks one
+    subnetwork, and no two share it when `n_distinct` equals the number of mechanisms).
+    """
+    rows = alone.sum(1) == 1
+    top = coefficients[rows].abs().argmax(1)
+    mech = alone[rows].float().argmax(1)
+    table = torch.zeros(alone.shape[1], coefficients.shape[1], dtype=torch.long)
+    table.index_put_((mech.cpu(), top.cpu()), torch.ones_like(top.cpu()), accumulate=True)
+    favourite = table.argmax(1)
+    return {"purity": float(table.max(1).values.sum() / table.sum().clamp_min(1)),
+            "n_distinct": int(favourite.unique().numel()), "table": table.tolist()}
+
+
+def l3d_checkpoint_purity(run_dir: str | Path, step: int | None = None, n_samples: int = 8192) -> dict[str, Any]:
+    """`purity` of an `l3d-toy` run's newest (or given) checkpoint on fresh inputs of its toy."""
+    run_dir = Path(run_dir)
+    ckpt, step = checkpoint_to_score(run_dir, step)
+    exp = L3DExperiment.from_yaml(run_dir / CONFIG)
+    toy = load_toy(exp.toy, seed=exp.toy_seed)
+    dec = l3d.initial_decomposition(toy.model, exp.targets or default_targets(toy), exp.l3d)
+    ckpt.load_model(dec, step)
+    x = toy.sample_batch(n_samples, torch.Generator(toy.device).manual_seed(7))[0]
+    return {"step": step, **purity(dec.coefficients(x), used_alone(x, mechanism_inputs(toy.ground_truth)))}
 
 
 def _top_direction_cosine(grads: Tensor, piece: Tensor) -> Tensor:
