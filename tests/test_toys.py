@@ -53,6 +53,9 @@ def test_registry_names_and_unknown_name() -> None:
         "llama-lm-1",
         "llama-lm-2",
         "vit-mnist",
+        "circuit-10-5-10",
+        "high-rank-30-10-30",
+        "squared-mlp",
     }
     with pytest.raises(AnatomistError, match=r"unknown toy 'tms-5-3'.*tms-40-10.*resid-mlp-3"):
         toy_config("tms-5-3")

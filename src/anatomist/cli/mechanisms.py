@@ -19,6 +19,8 @@ from anatomist.cli.output import emit
 from anatomist.cli.run import invoke
 from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
+from anatomist.runs.base import CONFIG
+from anatomist.runs.lm_mlp import score_lm_mlp_checkpoint
 from anatomist.runs.mechanisms import score_spd_checkpoint
 
 spd_app = typer.Typer(help="Stochastic Parameter Decomposition (SPD).", no_args_is_help=True)
@@ -74,12 +76,14 @@ def spd_run(out: Out, toy: Toy = None, steps: Steps = None, seed: Seed = None, c
 
 @spd_app.command("score")
 def spd_score(
-    run: Annotated[Path, typer.Argument(help="run folder of `anatomist spd run` (it may still be training)")],
+    run: Annotated[Path, typer.Argument(help="run folder of `anatomist spd run` or `spd lm-mlp` (may be training)")],
     step: Annotated[int | None, typer.Option(help="checkpoint step to score (default: the newest)")] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Score a checkpoint of a toy run: MMCS/ML2R, CI L0, alive components, identity pattern, as `run` reports them."""
-    emit(score_spd_checkpoint(run, step), as_json)
+    """Score a checkpoint as the run's own report would: a toy run's MMCS/ML2R, CI L0, alive components and
+    identity pattern; an `spd lm-mlp` run's held-out KLs (CI masks, stochastic, all on, ablated), CI L0, alive."""
+    is_lm_mlp = (run / CONFIG).is_file() and read_yaml_mapping(run / CONFIG).get("kind") == "spd-lm-mlp"
+    emit(score_lm_mlp_checkpoint(run, step) if is_lm_mlp else score_spd_checkpoint(run, step), as_json)
 
 
 @spd_app.command("lm-mlp")

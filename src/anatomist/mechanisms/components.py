@@ -303,10 +303,16 @@ class Decomposition(nn.Module):
 
     def delta_forward(self, name: str, x: Tensor) -> Tensor:
         """The layer's input through W − ΣUVᵀ alone (no bias): `[..., d_out]`."""
-        delta = self.weight_delta(name)
-        if self.target(name).kind == "embedding":
-            return delta.T[x]
-        return x @ delta.T
+        t = self.target(name)
+        if t.kind == "embedding":
+            return self.weight_delta(name).T[x]
+        rows = x.numel() // x.shape[-1]
+        if rows * (t.d_in + t.d_out) < t.d_in * t.d_out:
+            # few inputs through a large matrix (an LM's MLP, 32 tokens): x Wᵀ − (x V) U never forms the
+            # [d_out, d_in] product UᵀVᵀ, which costs C·d_in·d_out per masked forward and again in its backward
+            V, U = self.factors(name)
+            return x @ self.target_weight(name).T - (x @ V) @ U
+        return x @ self.weight_delta(name).T
 
     def layer_forward(self, name: str, x: Tensor, mask: Tensor | None, delta_mask: Tensor | None = None) -> Tensor:
         """The target layer computed from its subcomponents: ((x V) ⊙ mask) U + bias.

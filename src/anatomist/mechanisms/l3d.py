@@ -58,10 +58,10 @@ class L3DConfig(FitConfig, defaults={"steps": 4000, "batch_size": 512, "lr": 1e-
     divergence: Literal["mse", "kl"] = Field(
         default="mse", description="D between output and reference: squared error, or KL for logits."
     )
-    reference: Literal["batch_mean", "shuffled"] = Field(
+    reference: Literal["batch_mean", "shuffled", "zero"] = Field(
         default="batch_mean",
-        description="Reference output: the batch's mean output (for kl: the mean of the output probabilities), or "
-        "another sample's output.",
+        description="Reference output: the batch's mean output (for kl: the mean of the output probabilities), "
+        "another sample's output, or zero (the paper's code on its circuit toys: ZeroOutput).",
     )
 
 
@@ -85,6 +85,8 @@ def references(
     not the mean of the logits (whose softmax is a renormalised geometric mean that no sample's output averages to).
     """
     outputs = outputs.detach()
+    if kind == "zero":  # D(f(x), 0): the gradient of the output's own size (for kl: against uniform logits)
+        return torch.zeros_like(outputs)
     if kind == "batch_mean" and divergence_kind == "kl":
         mean_log_probs = outputs.log_softmax(-1).logsumexp(0, keepdim=True) - math.log(len(outputs))
         return mean_log_probs.expand_as(outputs)

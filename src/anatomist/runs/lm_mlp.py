@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -31,7 +32,8 @@ from anatomist.mechanisms import spd
 from anatomist.mechanisms.spd import SPDConfig
 from anatomist.nets.assets import load_model
 from anatomist.nets.sites import Site, capture
-from anatomist.runs.base import Context, Outcome, RunConfig, register
+from anatomist.runs.base import CONFIG, Context, Outcome, RunConfig, register
+from anatomist.runs.mechanisms import checkpoint_to_score
 
 TARGETS = ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
@@ -106,11 +108,9 @@ def run_lm_mlp(config: LMMLPConfig, ctx: Context) -> Outcome:
     """Cache activations, fit SPD to the MLP's three projections, and report alive components and KLs."""
     lm = load_model(config.model)
     hf: Any = lm.model
-    n_layers = len(hf.model.layers)
-    layer = resolve_layer(config.layer, n_layers)
-    n_seqs = -(-(config.n_tokens + config.n_eval_tokens) // config.seq_len)
+    layer = resolve_layer(config.layer, len(hf.model.layers))
     start = time.perf_counter()
-    tokens = load_corpus("wiki").tokenize(lm.tokenizer, seq_len=config.seq_len, n_seqs=n_seqs)
+    tokens = corpus_tokens(config, lm.tokenizer)
     resid = cache_resid_mid(hf, layer, tokens)  # [n, d_model]
     t_cache = time.perf_counter() - start
     train, held_out = resid[: config.n_tokens], resid[config.n_tokens : config.n_tokens + config.n_eval_tokens]
@@ -123,41 +123,93 @@ def run_lm_mlp(config: LMMLPConfig, ctx: Context) -> Outcome:
     dec = spd.decompose(head, batches, TARGETS, cfg, run_dir=ctx.out, resume=ctx.resume, generators={"data": g})
     t_fit = time.perf_counter() - start
     dec.save(ctx.out)
-    kls, ci = held_out_kls(dec, head, held_out)
     metrics: dict[str, Any] = {
         "model": config.model,
         "layer": layer,
-        "exact_rest_of_model": layer == n_layers - 1,
+        "exact_rest_of_model": layer == len(hf.model.layers) - 1,
         "train_tokens": len(train),
         "eval_tokens": len(held_out),
         "C": cfg.C,
         "steps": cfg.steps,
         "cache_seconds": round(t_cache, 1),
         "fit_seconds": round(t_fit, 1),
-        **kls,
-        "alive": {n: int(alive(c).sum()) for n, c in ci.items()},
-        "ci_l0": {n: ci_l0(c) for n, c in ci.items()},
+        **score_lm_mlp(dec, head, held_out),
         "final_faithfulness": dec.history[-1]["faithfulness"],
         "out": str(ctx.out),
     }
     summary = (f"SPD on {config.model} layer {layer} MLP: {sum(metrics['alive'].values())} alive subcomponents of "
-               f"{3 * cfg.C}, KL {kls['kl_ci_masked']:.3g} with CI masks (MLP ablated: {kls['kl_mlp_ablated']:.3g})")
+               f"{3 * cfg.C}, KL {metrics['kl_ci_masked']:.3g} with CI masks (MLP ablated: "
+               f"{metrics['kl_mlp_ablated']:.3g})")
     data = [data_record("wiki (cached resid_mid)", tokens, n_tokens=int(tokens.numel()))]
     return Outcome(metrics, summary, models=[model_record(config.model, hf)], data=data,
                    access=["outputs", "activations", "weights", "gradients"], value=dec)
+
+
+def corpus_tokens(config: LMMLPConfig, tokenizer: Any) -> Tensor:
+    """The wiki rows a run caches: enough `seq_len` rows for its training tokens, then its held-out tokens."""
+    n_seqs = -(-(config.n_tokens + config.n_eval_tokens) // config.seq_len)
+    return load_corpus("wiki").tokenize(tokenizer, seq_len=config.seq_len, n_seqs=n_seqs)
+
+
+@torch.no_grad()
+def score_lm_mlp(dec: spd.SPDDecomposition, head: nn.Module, held_out: Tensor) -> dict[str, Any]:
+    """The held-out KLs (`held_out_kls`), alive subcomponents and CI L0 per token, and ‖W − ΣUVᵀ‖/‖W‖ per matrix."""
+    kls, ci = held_out_kls(dec, head, held_out)
+    return {
+        **kls,
+        "kl_ci_over_ablation": kls["kl_ci_masked"] / max(kls["kl_mlp_ablated"], 1e-12),
+        "alive": {n: int(alive(c).sum()) for n, c in ci.items()},
+        "ci_l0": {n: ci_l0(c) for n, c in ci.items()},
+        "delta_norm": {n: float(dec.weight_delta(n).norm() / dec.target_weight(n).norm()) for n in ci},
+    }
 
 
 @torch.no_grad()
 def held_out_kls(
     dec: spd.SPDDecomposition, head: nn.Module, held_out: Tensor
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
-    """KL of the model's next-token distribution under CI masks, no masks, stochastic masks, and the MLP ablated."""
+    """KL of the model's next-token distribution under CI masks, no masks, stochastic masks, and the MLP ablated.
+
+    With delta components, the masked runs keep them on (they are always available) and two more numbers
+    say what the subcomponents alone carry: CI masks and mask 1 without the deltas. The ablation drops both.
+    """
     target = head(held_out)
     ci = dec.importances(held_out)
+    zeros = {n: torch.zeros_like(c) for n, c in ci.items()}
     kl = {
         "kl_ci_masked": dec.run_with_masks(held_out, ci),
         "kl_unmasked": dec.run_with_masks(held_out, dict.fromkeys(ci)),
         "kl_stochastic": dec.run_with_masks(held_out, spd.stochastic_masks(ci, torch.Generator().manual_seed(0))),
-        "kl_mlp_ablated": dec.run_with_masks(held_out, {n: torch.zeros_like(c) for n, c in ci.items()}),
+        "kl_mlp_ablated": dec.run_with_masks(held_out, zeros, delta_masks={}),
     }
+    if dec.config.delta_component:
+        kl["kl_ci_masked_no_delta"] = dec.run_with_masks(held_out, ci, delta_masks={})
+        kl["kl_all_on_no_delta"] = dec.run_with_masks(held_out, {n: torch.ones_like(c) for n, c in ci.items()},
+                                                      delta_masks={})
     return {k: float(spd.output_loss(v, target, "kl")) for k, v in kl.items()}, ci
+
+
+def score_lm_mlp_checkpoint(run_dir: str | Path, step: int | None = None) -> dict[str, Any]:
+    """Score the newest (or a given) checkpoint of an `spd-lm-mlp` run folder on its held-out tokens.
+
+    A run of hours can be judged while it trains or after it was stopped: the numbers are the ones its
+    metrics.json would hold (`score_lm_mlp`), for the factors and CI networks of that checkpoint.
+    """
+    run_dir = Path(run_dir)
+    ckpt, step = checkpoint_to_score(run_dir, step)
+    if not (run_dir / CONFIG).is_file():
+        raise AnatomistError(f"{run_dir}: no {CONFIG}; not a run folder of `anatomist spd lm-mlp`")
+    config = LMMLPConfig.from_yaml(run_dir / CONFIG)
+    lm = load_model(config.model)
+    hf: Any = lm.model
+    layer = resolve_layer(config.layer, len(hf.model.layers))
+    tokens = corpus_tokens(config, lm.tokenizer)
+    first = config.n_tokens // config.seq_len  # only the rows that hold held-out tokens go through the model
+    resid = cache_resid_mid(hf, layer, tokens[first:])
+    offset = config.n_tokens - first * config.seq_len
+    held_out = resid[offset : offset + config.n_eval_tokens]
+    head = MLPToLogits(hf, layer)
+    dec = spd.initial_decomposition(head, TARGETS, config.spd)
+    ckpt.load_model(dec, step)
+    return {"model": config.model, "layer": layer, "step": step, "eval_tokens": len(held_out),
+            **score_lm_mlp(dec, head, held_out), "run": str(run_dir)}

@@ -30,6 +30,7 @@ from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
 from anatomist.mechanisms import apd, l3d, spd
 from anatomist.mechanisms.apd import APDConfig
+from anatomist.mechanisms.components import find_targets
 from anatomist.mechanisms.l3d import L3DConfig
 from anatomist.mechanisms.spd import SPDConfig
 from anatomist.mechanisms.training import FitConfig
@@ -195,6 +196,84 @@ def _without_ml2r(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _without_ml2r(v) if isinstance(v, dict) else v for k, v in metrics.items() if "ml2r" not in k}
 
 
+@torch.no_grad()
+def gradient_ceiling(toy: Any, config: L3DConfig, n_samples: int = 4096) -> dict[str, dict[str, float]]:
+    """What L3D can reach at best on a toy: per ground-truth layer, the cosine of each mechanism's true piece
+    with the top singular direction of the per-sample gradients (L3D's data) of the inputs that use that
+    mechanism alone, averaged over mechanisms (`mmcs`) and the worst one (`min_cosine`).
+
+    A mechanism's inputs are the features its first scored layer's piece reads (its nonzero columns). L3D
+    reconstructs gradients, so where a gradient does not point along the weight piece (a layer after which the
+    output is read through other weights), no subnetwork can match the piece better than this.
+    """
+    gt = toy.ground_truth
+    layers = [n for n in gt.components if n in gt.targets and n not in gt.identity]
+    x = toy.sample_batch(n_samples, torch.Generator(toy.device).manual_seed(4321))[0]
+    grads = l3d.per_sample_gradients(toy.model, x, find_targets(toy.model, layers), config.divergence,
+                                     config.reference)
+    alone = used_alone(x, mechanism_inputs(gt))  # [n, mech]
+    out: dict[str, dict[str, float]] = {}
+    for name in layers:
+        g = grads[name].flatten(1)  # [n, d_out·d_in]
+        cos = torch.stack([_top_direction_cosine(g[alone[:, m]], gt.components[name][m].flatten())
+                           for m in range(alone.shape[1])])
+        out[name] = {"mmcs": float(cos.mean()), "min_cosine": float(cos.min())}
+    return out
+
+
+def mechanism_inputs(gt: Any) -> Tensor:
+    """Bool [n_mech, n_features]: the inputs each mechanism reads (its first layer piece's nonzero columns; one
+    feature each where the toy names no pieces)."""
+    layers = [n for n in gt.components if n in gt.targets and n not in gt.identity]
+    if not layers:
+        return torch.eye(gt.n_features, dtype=torch.bool)
+    return gt.components[layers[0]].abs().sum(1) > 0
+
+
+def used_alone(x: Tensor, reads: Tensor) -> Tensor:
+    """Bool [n, n_mech]: input n uses mechanism m and no input outside it is active."""
+    active = (x != 0)[:, None, :]
+    reads = reads.to(x.device)[None]
+    return (active & reads).any(-1) & ~(active & ~reads).any(-1)
+
+
+def purity(coefficients: Tensor, alone: Tensor) -> dict[str, Any]:
+    """How cleanly mechanisms map to subnetworks on inputs that use one mechanism alone.
+
+    `table[m, s]` counts those inputs of mechanism m whose largest |coefficient| is subnetwork s; `purity` is the
+    share of them whose subnetwork is the one its mechanism picks most (1: every mechanism always picks one
+    subnetwork, and no two share it when `n_distinct` equals the number of mechanisms).
+    """
+    rows = alone.sum(1) == 1
+    top = coefficients[rows].abs().argmax(1)
+    mech = alone[rows].float().argmax(1)
+    table = torch.zeros(alone.shape[1], coefficients.shape[1], dtype=torch.long)
+    table.index_put_((mech.cpu(), top.cpu()), torch.ones_like(top.cpu()), accumulate=True)
+    favourite = table.argmax(1)
+    return {"purity": float(table.max(1).values.sum() / table.sum().clamp_min(1)),
+            "n_distinct": int(favourite.unique().numel()), "table": table.tolist()}
+
+
+def l3d_checkpoint_purity(run_dir: str | Path, step: int | None = None, n_samples: int = 8192) -> dict[str, Any]:
+    """`purity` of an `l3d-toy` run's newest (or given) checkpoint on fresh inputs of its toy."""
+    run_dir = Path(run_dir)
+    ckpt, step = checkpoint_to_score(run_dir, step)
+    exp = L3DExperiment.from_yaml(run_dir / CONFIG)
+    toy = load_toy(exp.toy, seed=exp.toy_seed)
+    dec = l3d.initial_decomposition(toy.model, exp.targets or default_targets(toy), exp.l3d)
+    ckpt.load_model(dec, step)
+    x = toy.sample_batch(n_samples, torch.Generator(toy.device).manual_seed(7))[0]
+    return {"step": step, **purity(dec.coefficients(x), used_alone(x, mechanism_inputs(toy.ground_truth)))}
+
+
+def _top_direction_cosine(grads: Tensor, piece: Tensor) -> Tensor:
+    """|cos| of the top right singular vector of `grads` [k, p] with `piece` [p] (0 when there are no rows)."""
+    if len(grads) == 0:
+        return piece.new_zeros(())
+    top = torch.linalg.svd(grads.double(), full_matrices=False).Vh[0]
+    return (top @ piece.double()).abs() / piece.double().norm().clamp_min(1e-30)
+
+
 def load_spd_run(run_dir: Path) -> SPDExperiment:
     """The config of an `spd-toy` run folder (config.yaml; experiment.yaml in folders written before the run kinds)."""
     if (run_dir / CONFIG).is_file():
@@ -205,13 +284,8 @@ def load_spd_run(run_dir: Path) -> SPDExperiment:
     raise AnatomistError(f"{run_dir}: no {CONFIG}; not a run folder of `anatomist spd run`")
 
 
-def score_spd_checkpoint(run_dir: str | Path, step: int | None = None) -> dict[str, Any]:
-    """Score the newest (or a given) checkpoint of an `spd-toy` run folder.
-
-    Long schedules (TMS 40-10, the residual MLPs: hours of CPU) can be followed, or judged after
-    being stopped, without waiting for the end: the scores are `toy_report`'s, as in metrics.json.
-    """
-    run_dir = Path(run_dir)
+def checkpoint_to_score(run_dir: Path, step: int | None) -> tuple[Checkpointer, int]:
+    """The run folder's checkpoints and the step to score: `step`, or the newest; an error names what there is."""
     ckpt = Checkpointer(run_dir)
     steps = ckpt.steps()
     if not steps:
@@ -219,6 +293,17 @@ def score_spd_checkpoint(run_dir: str | Path, step: int | None = None) -> dict[s
     step = steps[-1] if step is None else step
     if step not in steps:
         raise AnatomistError(f"{ckpt.dir}: no checkpoint of step {step} (there are: {', '.join(map(str, steps))})")
+    return ckpt, step
+
+
+def score_spd_checkpoint(run_dir: str | Path, step: int | None = None) -> dict[str, Any]:
+    """Score the newest (or a given) checkpoint of an `spd-toy` run folder.
+
+    Long schedules (TMS 40-10, the residual MLPs: hours of CPU) can be followed, or judged after
+    being stopped, without waiting for the end: the scores are `toy_report`'s, as in metrics.json.
+    """
+    run_dir = Path(run_dir)
+    ckpt, step = checkpoint_to_score(run_dir, step)
     exp = load_spd_run(run_dir)
     toy = load_toy(exp.toy, seed=exp.toy_seed)
     dec = spd.initial_decomposition(toy.model, exp.targets or default_targets(toy), exp.spd)

@@ -98,7 +98,7 @@ def toy_report(toy: Any, targets: list[str], matrices: Matrices, importances: Im
     """Recovery and sparsity numbers of a decomposition of `toy` (see the module docstring)."""
     gt = toy.ground_truth
     report: dict[str, Any] = {}
-    scored = [n for n in gt.components if n in targets and gt.n_components[n] == gt.n_features]
+    scored = [n for n in gt.components if n in targets and n not in gt.identity]  # identity layers: by count
     for name in scored:
         m = match(gt.components[name], matrices(name))
         report[name] = {"mmcs": m.mmcs, "ml2r": m.ml2r, "min_cosine": m.worst}
@@ -167,7 +167,7 @@ def write_toy_plots(out: Path, toy: Any, targets: list[str], matrices: Matrices,
         plot_component_norms({n: matrices(n).flatten(1).norm(dim=1) for n in names}, out / "component_norms.png")
         files = ["ci_heatmap.png", "component_norms.png"]
         gt = toy.ground_truth
-        first = next((n for n in gt.components if n in names and gt.n_components[n] == gt.n_features), None)
+        first = next((n for n in gt.components if n in names and n not in gt.identity), None)
         if first is not None:
             cos = cosine_matrix(gt.components[first], matrices(first))
             plot_cosine_matrix(cos, out / "cosine_matrix.png", title=f"{first}: true pieces vs subcomponents")

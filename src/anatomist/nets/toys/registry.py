@@ -9,6 +9,7 @@ from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError, nearest
 from anatomist.nets.toys.base import ToyConfig
 from anatomist.nets.toys.bilinear_mnist import BilinearMNISTConfig
+from anatomist.nets.toys.circuits import CircuitMLPConfig, SquaredMLPConfig
 from anatomist.nets.toys.llama_lm import LlamaLMConfig
 from anatomist.nets.toys.moe_lm import MoELMConfig
 from anatomist.nets.toys.resid_mlp import ResidMLPConfig
@@ -23,6 +24,8 @@ KINDS: dict[str, type[ToyConfig]] = {
     "moe_lm": MoELMConfig,
     "llama_lm": LlamaLMConfig,
     "vit_mnist": ViTMNISTConfig,
+    "circuit_mlp": CircuitMLPConfig,
+    "squared_mlp": SquaredMLPConfig,
 }
 
 TOYS: dict[str, ToyConfig] = {
@@ -42,6 +45,10 @@ TOYS: dict[str, ToyConfig] = {
         LlamaLMConfig(name="llama-lm-1", n_layers=1),  # tiny Llamas on the wiki corpus (SPD on a whole LM)
         LlamaLMConfig(name="llama-lm-2", n_layers=2),
         ViTMNISTConfig(),  # a small HF ViT on the packaged digits (vision lenses)
+        # the L3D paper's other toys (nets.toys.circuits): circuits in superposition, higher-rank circuits, y = x²
+        CircuitMLPConfig(name="circuit-10-5-10"),
+        CircuitMLPConfig(name="high-rank-30-10-30", n_features=30, d_hidden=10, n_outputs=30, group_size=5),
+        SquaredMLPConfig(name="squared-mlp"),
     ]
 }
 
