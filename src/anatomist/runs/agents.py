@@ -28,7 +28,16 @@ from anatomist.agents.envs import GridWorld, held_out_levels, make_env
 from anatomist.agents.latents import goal_quadrants, polytope_report, sae_report
 from anatomist.agents.lenses import probe_report, probe_states, steering_report
 from anatomist.agents.levels import Level
-from anatomist.agents.measure import over_seeds, play_levels, policy_agent, rates, scripted_agent
+from anatomist.agents.measure import (
+    MEANS,
+    Agent,
+    over_seeds,
+    play_levels,
+    policy_agent,
+    random_agent,
+    rates,
+    scripted_agent,
+)
 from anatomist.agents.ppo import GridPolicy, PPOConfig, policy_for, train_ppo
 from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
@@ -59,7 +68,8 @@ class AgentTrainConfig(RunConfig):
     ppo: PPOConfig = Field(PPOConfig.parse({}), description="PPO settings")
     test_levels: int = Field(300, gt=0, description="held-out (decisive) test levels, each played once")
     test_seed: int = Field(0, description="stream of the test levels (the same for every agent of a comparison)")
-    scripted: bool = Field(True, description="also play the scripted goal- and proxy-seekers on the test levels")
+    scripted: bool = Field(True, description="also play the scripted goal- and proxy-seekers and a random agent on "
+                                             "the test levels")
 
     smoke: ClassVar[tuple[str, ...]] = ("ppo.env_steps=512", "ppo.num_envs=8", "ppo.n_steps=16", "test_levels=12")
     resumable_changes: ClassVar[frozenset[str]] = frozenset({"test_levels", "scripted"})
@@ -85,7 +95,9 @@ def agent_train(cfg: AgentTrainConfig, ctx: Context) -> Outcome:
     metrics: dict[str, Any] = {"test": test, "train_distribution": train,
                                "learning_curve": {str(i + 1): p for i, p in enumerate(curve)}}
     if cfg.scripted:
-        metrics["scripted"] = {who: _scripted_row(env, held_out, who) for who in ("goal", "proxy")}
+        players: dict[str, Agent] = {"goal": scripted_agent("goal"), "proxy": scripted_agent("proxy"),
+                                     "random": random_agent(cfg.seed)}
+        metrics["scripted"] = {who: _scripted_row(env, held_out, agent) for who, agent in players.items()}
     plot_learning_curve(curve, ctx.out / "learning_curve.png", f"{cfg.env}, rand_frac {cfg.rand_frac:g}")
     plot_trajectories(env, policy, held_out[:6], ctx.out / "trajectories.png")
     write_agent_page(ctx.out, ctx.out, metrics, _agent_title(cfg))
@@ -100,9 +112,10 @@ def _agent_title(cfg: AgentTrainConfig) -> str:
     return f"{cfg.env} agent, rand_frac {cfg.rand_frac:g}, seed {cfg.seed}"
 
 
-def _scripted_row(env: GridWorld, levels: list[Level], pursue: Literal["goal", "proxy"]) -> dict[str, float]:
-    r = rates(play_levels(env, levels, scripted_agent(pursue)))
-    return {k: r[k]["rate"] for k in ("capable", "goal", "proxy", "misgeneralized")}
+def _scripted_row(env: GridWorld, levels: list[Level], agent: Agent) -> dict[str, float]:
+    r = rates(play_levels(env, levels, agent))
+    return {**{k: r[k]["rate"] for k in ("capable", "goal", "proxy", "misgeneralized")},
+            **{k: r[k] for k in MEANS}}
 
 
 def load_agent(folder: str | Path) -> tuple[AgentTrainConfig, GridWorld, GridPolicy]:
@@ -149,7 +162,8 @@ def finished_metrics(config: RunConfig, folder: Path) -> dict[str, Any] | None:
 def _test_rates(numbers: dict[str, Any]) -> dict[str, Any]:
     """metrics.json's flat `test.<outcome>.rate` numbers back into the nested shape `over_seeds` reads."""
     keys = ("capable", "goal", "proxy", "misgeneralized", "misgeneralized_given_capable")
-    return {"levels": numbers["test.levels"], **{k: {"rate": numbers[f"test.{k}.rate"]} for k in keys}}
+    means = {k: numbers[f"test.{k}"] for k in MEANS if f"test.{k}" in numbers}  # absent in cells run before them
+    return {"levels": numbers["test.levels"], **{k: {"rate": numbers[f"test.{k}.rate"]} for k in keys}, **means}
 
 
 def cell_rates(cfg: GoalMisgenConfig, rand_frac: float, seed: int, folder: Path) -> dict[str, Any]:
