@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from torch import nn
 
 from anatomist.agents.envs import ENVS, SingleGridEnv, each_object_reachable, held_out_levels, make_env
-from anatomist.agents.lenses import goal_vectors, probe_accuracy
+from anatomist.agents.lenses import goal_vectors, probe_accuracy, rollout_states
 from anatomist.agents.levels import Level, corner_region, decisive, distances, one_hot
 from anatomist.agents.measure import over_seeds, play_levels, random_agent, rates, scripted_agent, seed_interval, wilson
 from anatomist.agents.ppo import GridPolicy, PPOConfig, gae, policy_for, train_ppo
@@ -279,6 +280,28 @@ def test_probe_reads_a_planted_direction_and_not_shuffled_labels() -> None:
     shuffled = y.copy()
     shuffled[train] = rng.permutation(y[train])
     assert probe_accuracy(x, shuffled, train, test, 0) < 0.4
+
+
+class AlwaysRight(nn.Module):
+    """A policy that moves right (almost) surely: its rollout's squares are known in advance."""
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.full((obs.shape[0], 4), -30.0)
+        logits[:, 3] = 30.0
+        return logits, torch.zeros(obs.shape[0])
+
+
+def test_rollout_states_are_the_squares_the_policy_visits() -> None:
+    env = make_env("maze-cheese", 1, size=5, openness=1.0, max_steps=6)
+    levels = held_out_levels(env, 12)
+    states = rollout_states(env, AlwaysRight(), levels, seed=0)
+    agent = env.channels.index("agent")
+    for k, level in enumerate(levels):
+        squares = [tuple(np.argwhere(o[agent] > 0.5)[0]) for o in states["obs"][states["level"] == k]]
+        assert 1 <= len(squares) <= 6 and squares[0] == level.start
+        assert all(r == level.start[0] for r, _ in squares)  # only moves right: the start's row throughout
+        assert [c for _, c in squares] == sorted(c for _, c in squares)
+    assert set(states["goal_direction"]) <= {0, 1, 2, 3} and len(states["proxy_direction"]) == len(states["obs"])
 
 
 def test_policy_sites_have_the_documented_shapes() -> None:

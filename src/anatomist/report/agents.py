@@ -47,7 +47,8 @@ def lens_tables(lenses: Mapping[str, Any]) -> str:
     """Probes, SAE latents and region clusters as tables of (what, goal / proxy numbers); steering as rates."""
     parts = []
     if "probes" in lenses:
-        parts.append("<h2>Linear probes</h2>" + _by_family(lenses["probes"], ("goal_direction", "proxy_direction")))
+        families = tuple(f for f in ("goal_direction", "proxy_direction", "goal_quadrant") if f in lenses["probes"])
+        parts.append("<h2>Linear probes</h2>" + _by_family(lenses["probes"], families))
     if "sae" in lenses:
         sae = lenses["sae"]
         rows = [[basis, family, v["auc"], v["shuffled_labels"]] for basis in ("sae", "neurons", "untrained_sae")

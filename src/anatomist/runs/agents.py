@@ -26,7 +26,7 @@ from pydantic import Field
 
 from anatomist.agents.envs import GridWorld, held_out_levels, make_env
 from anatomist.agents.latents import goal_quadrants, polytope_report, sae_report
-from anatomist.agents.lenses import probe_report, probe_states, steering_report
+from anatomist.agents.lenses import probe_report, probe_states, rollout_states, steering_report
 from anatomist.agents.levels import Level
 from anatomist.agents.measure import (
     MEANS,
@@ -216,7 +216,10 @@ class AgentLensConfig(RunConfig):
                                   "`agent` (e.g. a cell of a goal-misgen grid)")
     probe_site: str = Field("hidden", description="policy site the probes read (hidden, relu2, relu1)")
     probe_levels: int = Field(150, gt=1, description="test levels the probe states come from (70% train, 30% test)")
-    states_per_level: int = Field(8, gt=0, description="random agent squares per probe level")
+    states: Literal["placed", "rollout"] = Field("placed", description=(
+        "probe states: the agent placed on random free squares, or the squares the trained policy itself visits "
+        "playing the probe levels (sampled actions)"))
+    states_per_level: int = Field(8, gt=0, description="random agent squares per probe level (placed states)")
     steer_site: str = Field("relu2", description="policy site where the goal vector is subtracted")
     steer_levels: int = Field(300, gt=0, description="test levels played with and without steering")
     coefficients: list[float] = Field([0.0, 1.0, 2.0], min_length=1, description="multiples of the goal vector "
@@ -242,19 +245,23 @@ def agent_lens(cfg: AgentLensConfig, ctx: Context) -> Outcome:
     torch.manual_seed(cfg.seed)
     untrained = policy_for(env, agent_cfg.ppo).eval()
     levels = held_out_levels(env, max(cfg.probe_levels, cfg.steer_levels), agent_cfg.test_seed)
-    states = probe_states(env, levels[: cfg.probe_levels], cfg.states_per_level, cfg.seed)
-    probes = probe_report(policy, untrained, states, cfg.probe_site, cfg.seed)
+    probed = levels[: cfg.probe_levels]
+    states = (rollout_states(env, policy, probed, cfg.seed) if cfg.states == "rollout"
+              else probe_states(env, probed, cfg.states_per_level, cfg.seed))
+    quadrants = goal_quadrants(env, probed)
+    probes = probe_report(policy, untrained, states, cfg.probe_site, cfg.seed, quadrants)
     steering = steering_report(policy, env, levels[: cfg.steer_levels], cfg.steer_site, cfg.coefficients)
-    quadrants = goal_quadrants(env, levels[: cfg.probe_levels])
     sae = sae_report(policy, untrained, states, quadrants, cfg.probe_site, cfg.sae_latents, cfg.sae_k,
                      cfg.sae_steps, cfg.seed)
     polytope = polytope_report(policy, untrained, states, quadrants, cfg.probe_site, cfg.regions, cfg.seed)
     base, most = steering[f"coef_{cfg.coefficients[0]:g}"], steering[f"coef_{cfg.coefficients[-1]:g}"]
-    g, p = probes["goal_direction"], probes["proxy_direction"]
+    g, p, q = probes["goal_direction"], probes["proxy_direction"], probes["goal_quadrant"]
     summary = (f"{agent_cfg.env} agent (rand_frac {agent_cfg.rand_frac:g}): probe at {cfg.probe_site} reads the goal "
                f"direction {g['trained']:.2f} (untrained {g['untrained_policy']:.2f}, shuffled "
                f"{g['shuffled_labels']:.2f}), the proxy direction {p['trained']:.2f} (untrained "
-               f"{p['untrained_policy']:.2f}); goal vector x{cfg.coefficients[-1]:g} at {cfg.steer_site}: goal "
+               f"{p['untrained_policy']:.2f}), the goal's quadrant {q['trained']:.2f} (shuffled "
+               f"{q['shuffled_labels']:.2f}) on {len(states['obs'])} {cfg.states} states; goal vector "
+               f"x{cfg.coefficients[-1]:g} at {cfg.steer_site}: goal "
                f"{base['goal']['rate']:.2f} -> {most['goal']['rate']:.2f}, proxy {base['proxy']['rate']:.2f} -> "
                f"{most['proxy']['rate']:.2f}; {_latent_summary(sae, polytope)}")
     lenses = {"probes": probes, "steering": steering, "sae": sae, "polytope": polytope}
