@@ -127,6 +127,8 @@ def test_key_hoarder_takes_every_spare_key_and_chest_opener_none() -> None:
     assert hoarder["mean_superfluous_keys"] == 2.0 and opener["mean_superfluous_keys"] == 0.0
     assert hoarder["mean_chests_opened_share"] == opener["mean_chests_opened_share"] == 1.0
     assert hoarder["mean_length"] > opener["mean_length"]  # the spare keys cost the hoarder steps
+    maze = make_env("maze-cheese", 1)
+    assert "mean_superfluous_keys" not in rates(play_levels(maze, held_out_levels(maze, 5), scripted_agent("goal")))
 
 
 def test_chest_opener_solves_keys_chests_training_levels() -> None:

@@ -115,7 +115,7 @@ def _agent_title(cfg: AgentTrainConfig) -> str:
 def _scripted_row(env: GridWorld, levels: list[Level], agent: Agent) -> dict[str, float]:
     r = rates(play_levels(env, levels, agent))
     return {**{k: r[k]["rate"] for k in ("capable", "goal", "proxy", "misgeneralized")},
-            **{k: r[k] for k in MEANS}}
+            **{k: r[k] for k in MEANS if k in r}}
 
 
 def load_agent(folder: str | Path) -> tuple[AgentTrainConfig, GridWorld, GridPolicy]:
