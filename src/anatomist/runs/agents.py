@@ -2,13 +2,15 @@
 
 - `agent-train`: PPO on one gridworld at one `rand_frac` and seed (checkpointed, resumable), then the agent on
   held-out decisive test levels: capability, goal, proxy and misgeneralization rates with Wilson intervals, the
-  same on training-distribution levels, and the scripted goal- and proxy-seekers beside it. Writes
+  same on training-distribution levels (keys-chests also: superfluous keys and share of chests opened per level),
+  and the scripted goal- and proxy-seekers and a seeded random agent beside it. Writes
   `policy.safetensors`, `learning_curve.png` and `trajectories.png`.
 - `goal-misgen`: a grid of `agent-train` runs over `rand_fracs` x `seeds` (a stopped grid continues: finished
   cells are read back, unfinished ones resume), each rate's mean over seeds with a t interval, and the curve of
   misgeneralization against rand_frac (`misgeneralization.png`).
-- `agent-lens`: an agent (trained in `<out>/agent`, or continued there) under the lenses: linear probes for the
-  goal's and the proxy's direction with shuffled-label and untrained-policy controls, the goal vector
+- `agent-lens`: an agent (trained in `<out>/agent`, or continued there) under the lenses, on placed states (the
+  agent on random squares) or on the agent's own rollouts: linear probes for the goal's and the proxy's direction
+  and the goal's quadrant with shuffled-label and untrained-policy controls, the goal vector
   subtracted at a conv layer (steering), a TopK SAE's best latents and the polytope lens's region clusters
   against goal and proxy labels (`anatomist.agents.latents`).
 
