@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from torch import nn
 
 from anatomist.agents.envs import ENVS, SingleGridEnv, each_object_reachable, held_out_levels, make_env
-from anatomist.agents.lenses import goal_vectors, probe_accuracy
-from anatomist.agents.levels import Level, corner_region, decisive, distances
-from anatomist.agents.measure import play_levels, rates, scripted_agent, seed_interval, wilson
+from anatomist.agents.lenses import goal_vectors, probe_accuracy, rollout_states
+from anatomist.agents.levels import Level, corner_region, decisive, distances, one_hot
+from anatomist.agents.measure import over_seeds, play_levels, random_agent, rates, scripted_agent, seed_interval, wilson
 from anatomist.agents.ppo import GridPolicy, PPOConfig, gae, policy_for, train_ppo
 from anatomist.core.checkpoint import Checkpointer
 from anatomist.core.errors import AnatomistError
@@ -118,6 +119,72 @@ def test_scripted_proxy_seeker_is_fully_misgeneralized_and_goal_seeker_never(nam
         assert proxy["goal"]["rate"] == 0.0
 
 
+def test_key_hoarder_takes_every_spare_key_and_chest_opener_none() -> None:
+    env = make_env("keys-chests", 1)
+    levels = held_out_levels(env, 40)  # 4 keys, 2 chests: 2 keys are spare
+    hoarder = rates(play_levels(env, levels, scripted_agent("proxy")))
+    opener = rates(play_levels(env, levels, scripted_agent("goal")))
+    assert hoarder["mean_superfluous_keys"] == 2.0 and opener["mean_superfluous_keys"] == 0.0
+    assert hoarder["mean_chests_opened_share"] == opener["mean_chests_opened_share"] == 1.0
+    assert hoarder["mean_length"] > opener["mean_length"]  # the spare keys cost the hoarder steps
+    maze = make_env("maze-cheese", 1)
+    assert "mean_superfluous_keys" not in rates(play_levels(maze, held_out_levels(maze, 5), scripted_agent("goal")))
+
+
+def test_chest_opener_solves_keys_chests_training_levels() -> None:
+    """Training levels (2 keys, 4 chests) are solved by opening as many chests as there are keys."""
+    env = make_env("keys-chests", 1)
+    levels = train_levels("keys-chests", 0.0, 30)
+    outcome = rates(play_levels(env, levels, scripted_agent("goal")))
+    assert outcome["goal"]["rate"] == 1.0 and outcome["mean_chests_opened_share"] == 0.5
+
+
+def test_trained_keys_chests_rates_read_against_a_random_agent_and_average_over_seeds() -> None:
+    env = make_env("keys-chests", 1)
+    levels = held_out_levels(env, 40)
+    wanderer = [rates(play_levels(env, levels, random_agent(seed))) for seed in (0, 1)]
+    opener = rates(play_levels(env, levels, scripted_agent("goal")))
+    assert all(0.0 < w["mean_chests_opened_share"] < opener["mean_chests_opened_share"] for w in wanderer)
+    assert wanderer[0]["mean_length"] != wanderer[1]["mean_length"]  # seeded: two seeds, two walks
+    combined = over_seeds([wanderer[0], opener])
+    assert combined["mean_superfluous_keys"]["mean"] == pytest.approx(wanderer[0]["mean_superfluous_keys"] / 2)
+
+
+def _row_level(keys: list[int], chest: int) -> Level:
+    """A 5x5 open room: start at the top-left, keys and one chest along the top row."""
+    walls = np.zeros((5, 5), dtype=bool)
+    key_grid = np.zeros((5, 5), dtype=bool)
+    key_grid[0, keys] = True
+    return Level(walls, (0, 0), {"key": key_grid, "chest": one_hot((5, 5), (0, chest))}, 0, meta={"chests": 1})
+
+
+def test_a_key_is_taken_by_moving_into_it_and_a_spare_one_is_the_proxy() -> None:
+    env = make_env("keys-chests", 1, size=5, inner_walls=0)
+    right = 3
+    env.play([_row_level([1, 2], 3)])
+    env.step(np.array([right]))  # into the first key: taken, the agent stays put
+    assert env.counts["held"][0] == 1 and tuple(env.pos[0]) == (0, 0) and not env.flags["proxy"][0]
+    env.step(np.array([right]))
+    assert tuple(env.pos[0]) == (0, 1) and not env.objects["key"][0, 0, 1]
+    env.step(np.array([right]))  # a second key for the one chest: no chest can ever use it
+    assert env.counts["held"][0] == 2 and env.flags["proxy"][0] and tuple(env.pos[0]) == (0, 1)
+    env.step(np.array([right]))
+    _, reward, term, _, info = env.step(np.array([right]))  # onto the chest, holding keys: opened, level done
+    assert reward[0] == 1.0 and term[0] and info["goal"][0] and info["keys_taken"][0] == 2
+    env.play([_row_level([3], 1)])
+    _, reward, term, _, _ = env.step(np.array([right]))  # onto the chest with no key: it stays closed
+    assert reward[0] == 0.0 and not term[0] and env.objects["chest"][0, 0, 1] and env.counts["held"][0] == 0
+
+
+def test_coin_run_start_columns_bound_where_the_agent_starts() -> None:
+    left = make_env("coin-run-lite", 1, length=11, start_cols=0.5)
+    anywhere = make_env("coin-run-lite", 1, length=11, start_cols=1.0)
+    assert max(left.make_level("train", k).start[1] for k in range(100)) < 5
+    starts = [anywhere.make_level("train", k) for k in range(100)]
+    assert max(lv.start[1] for lv in starts) >= 8
+    assert not any((lv.proxy[lv.start]) for lv in starts)  # type: ignore[index]
+
+
 def test_scripted_goal_seeker_solves_training_levels() -> None:
     env = make_env("maze-cheese", 1)
     levels = train_levels("maze-cheese", 0.0, 30)
@@ -184,6 +251,8 @@ def test_bad_settings_are_named() -> None:
         make_env("keys-chests", 2, train_counts=(3, 3))
     with pytest.raises(AnatomistError, match="actions"):
         make_env("coin-run-lite", 2).step(np.array([0, 7]))
+    with pytest.raises(AnatomistError, match="start_cols"):
+        make_env("coin-run-lite", 1, start_cols=0.0)
 
 
 def test_subtracting_the_goal_vector_at_the_first_conv_erases_the_goal_from_the_policy_input() -> None:
@@ -213,6 +282,28 @@ def test_probe_reads_a_planted_direction_and_not_shuffled_labels() -> None:
     shuffled = y.copy()
     shuffled[train] = rng.permutation(y[train])
     assert probe_accuracy(x, shuffled, train, test, 0) < 0.4
+
+
+class AlwaysRight(nn.Module):
+    """A policy that moves right (almost) surely: its rollout's squares are known in advance."""
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.full((obs.shape[0], 4), -30.0)
+        logits[:, 3] = 30.0
+        return logits, torch.zeros(obs.shape[0])
+
+
+def test_rollout_states_are_the_squares_the_policy_visits() -> None:
+    env = make_env("maze-cheese", 1, size=5, openness=1.0, max_steps=6)
+    levels = held_out_levels(env, 12)
+    states = rollout_states(env, AlwaysRight(), levels, seed=0)
+    agent = env.channels.index("agent")
+    for k, level in enumerate(levels):
+        squares = [tuple(np.argwhere(o[agent] > 0.5)[0]) for o in states["obs"][states["level"] == k]]
+        assert 1 <= len(squares) <= 6 and squares[0] == level.start
+        assert all(r == level.start[0] for r, _ in squares)  # only moves right: the start's row throughout
+        assert [c for _, c in squares] == sorted(c for _, c in squares)
+    assert set(states["goal_direction"]) <= {0, 1, 2, 3} and len(states["proxy_direction"]) == len(states["obs"])
 
 
 def test_policy_sites_have_the_documented_shapes() -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from anatomist.agents.measure import MEANS
 from anatomist.core.io import atomic_write_text
 from anatomist.report.html import esc, figure, flatten, page, table
 
@@ -34,16 +35,20 @@ def rates_table(metrics: Mapping[str, Any]) -> str:
     rows = [[scope, outcome, flat.get(f"{scope}.{outcome}.rate"), flat.get(f"{scope}.{outcome}.low"),
              flat.get(f"{scope}.{outcome}.high")]
             for scope in ("test", "train_distribution") for outcome in OUTCOMES if f"{scope}.{outcome}.rate" in flat]
-    scripted = [[f"scripted {who}-seeker", outcome, flat[f"scripted.{who}.{outcome}"], None, None]
-                for who in ("goal", "proxy") for outcome in OUTCOMES if f"scripted.{who}.{outcome}" in flat]
-    return table(["levels", "outcome", "rate", "95% low", "95% high"], rows + scripted)
+    scripted = [[f"scripted {who}", outcome, flat[f"scripted.{who}.{outcome}"], None, None]
+                for who in ("goal", "proxy", "random") for outcome in (*OUTCOMES, *MEANS)
+                if f"scripted.{who}.{outcome}" in flat]
+    means = [[scope, mean.replace("_", " "), flat[f"{scope}.{mean}"], None, None]
+             for scope in ("test", "train_distribution") for mean in MEANS if f"{scope}.{mean}" in flat]
+    return table(["levels", "outcome", "rate", "95% low", "95% high"], rows + scripted + means)
 
 
 def lens_tables(lenses: Mapping[str, Any]) -> str:
     """Probes, SAE latents and region clusters as tables of (what, goal / proxy numbers); steering as rates."""
     parts = []
     if "probes" in lenses:
-        parts.append("<h2>Linear probes</h2>" + _by_family(lenses["probes"], ("goal_direction", "proxy_direction")))
+        families = tuple(f for f in ("goal_direction", "proxy_direction", "goal_quadrant") if f in lenses["probes"])
+        parts.append("<h2>Linear probes</h2>" + _by_family(lenses["probes"], families))
     if "sae" in lenses:
         sae = lenses["sae"]
         rows = [[basis, family, v["auc"], v["shuffled_labels"]] for basis in ("sae", "neurons", "untrained_sae")

@@ -2,13 +2,15 @@
 
 - `agent-train`: PPO on one gridworld at one `rand_frac` and seed (checkpointed, resumable), then the agent on
   held-out decisive test levels: capability, goal, proxy and misgeneralization rates with Wilson intervals, the
-  same on training-distribution levels, and the scripted goal- and proxy-seekers beside it. Writes
+  same on training-distribution levels (keys-chests also: superfluous keys and share of chests opened per level),
+  and the scripted goal- and proxy-seekers and a seeded random agent beside it. Writes
   `policy.safetensors`, `learning_curve.png` and `trajectories.png`.
 - `goal-misgen`: a grid of `agent-train` runs over `rand_fracs` x `seeds` (a stopped grid continues: finished
   cells are read back, unfinished ones resume), each rate's mean over seeds with a t interval, and the curve of
   misgeneralization against rand_frac (`misgeneralization.png`).
-- `agent-lens`: an agent (trained in `<out>/agent`, or continued there) under the lenses: linear probes for the
-  goal's and the proxy's direction with shuffled-label and untrained-policy controls, the goal vector
+- `agent-lens`: an agent (trained in `<out>/agent`, or continued there) under the lenses, on placed states (the
+  agent on random squares) or on the agent's own rollouts: linear probes for the goal's and the proxy's direction
+  and the goal's quadrant with shuffled-label and untrained-policy controls, the goal vector
   subtracted at a conv layer (steering), a TopK SAE's best latents and the polytope lens's region clusters
   against goal and proxy labels (`anatomist.agents.latents`).
 
@@ -26,9 +28,18 @@ from pydantic import Field
 
 from anatomist.agents.envs import GridWorld, held_out_levels, make_env
 from anatomist.agents.latents import goal_quadrants, polytope_report, sae_report
-from anatomist.agents.lenses import probe_report, probe_states, steering_report
+from anatomist.agents.lenses import probe_report, probe_states, rollout_states, steering_report
 from anatomist.agents.levels import Level
-from anatomist.agents.measure import over_seeds, play_levels, policy_agent, rates, scripted_agent
+from anatomist.agents.measure import (
+    MEANS,
+    Agent,
+    over_seeds,
+    play_levels,
+    policy_agent,
+    random_agent,
+    rates,
+    scripted_agent,
+)
 from anatomist.agents.ppo import GridPolicy, PPOConfig, policy_for, train_ppo
 from anatomist.core.config import read_yaml_mapping
 from anatomist.core.errors import AnatomistError
@@ -59,7 +70,8 @@ class AgentTrainConfig(RunConfig):
     ppo: PPOConfig = Field(PPOConfig.parse({}), description="PPO settings")
     test_levels: int = Field(300, gt=0, description="held-out (decisive) test levels, each played once")
     test_seed: int = Field(0, description="stream of the test levels (the same for every agent of a comparison)")
-    scripted: bool = Field(True, description="also play the scripted goal- and proxy-seekers on the test levels")
+    scripted: bool = Field(True, description="also play the scripted goal- and proxy-seekers and a random agent on "
+                                             "the test levels")
 
     smoke: ClassVar[tuple[str, ...]] = ("ppo.env_steps=512", "ppo.num_envs=8", "ppo.n_steps=16", "test_levels=12")
     resumable_changes: ClassVar[frozenset[str]] = frozenset({"test_levels", "scripted"})
@@ -85,7 +97,9 @@ def agent_train(cfg: AgentTrainConfig, ctx: Context) -> Outcome:
     metrics: dict[str, Any] = {"test": test, "train_distribution": train,
                                "learning_curve": {str(i + 1): p for i, p in enumerate(curve)}}
     if cfg.scripted:
-        metrics["scripted"] = {who: _scripted_row(env, held_out, who) for who in ("goal", "proxy")}
+        players: dict[str, Agent] = {"goal": scripted_agent("goal"), "proxy": scripted_agent("proxy"),
+                                     "random": random_agent(cfg.seed)}
+        metrics["scripted"] = {who: _scripted_row(env, held_out, agent) for who, agent in players.items()}
     plot_learning_curve(curve, ctx.out / "learning_curve.png", f"{cfg.env}, rand_frac {cfg.rand_frac:g}")
     plot_trajectories(env, policy, held_out[:6], ctx.out / "trajectories.png")
     write_agent_page(ctx.out, ctx.out, metrics, _agent_title(cfg))
@@ -100,9 +114,10 @@ def _agent_title(cfg: AgentTrainConfig) -> str:
     return f"{cfg.env} agent, rand_frac {cfg.rand_frac:g}, seed {cfg.seed}"
 
 
-def _scripted_row(env: GridWorld, levels: list[Level], pursue: Literal["goal", "proxy"]) -> dict[str, float]:
-    r = rates(play_levels(env, levels, scripted_agent(pursue)))
-    return {k: r[k]["rate"] for k in ("capable", "goal", "proxy", "misgeneralized")}
+def _scripted_row(env: GridWorld, levels: list[Level], agent: Agent) -> dict[str, float]:
+    r = rates(play_levels(env, levels, agent))
+    return {**{k: r[k]["rate"] for k in ("capable", "goal", "proxy", "misgeneralized")},
+            **{k: r[k] for k in MEANS if k in r}}
 
 
 def load_agent(folder: str | Path) -> tuple[AgentTrainConfig, GridWorld, GridPolicy]:
@@ -149,7 +164,8 @@ def finished_metrics(config: RunConfig, folder: Path) -> dict[str, Any] | None:
 def _test_rates(numbers: dict[str, Any]) -> dict[str, Any]:
     """metrics.json's flat `test.<outcome>.rate` numbers back into the nested shape `over_seeds` reads."""
     keys = ("capable", "goal", "proxy", "misgeneralized", "misgeneralized_given_capable")
-    return {"levels": numbers["test.levels"], **{k: {"rate": numbers[f"test.{k}.rate"]} for k in keys}}
+    means = {k: numbers[f"test.{k}"] for k in MEANS if f"test.{k}" in numbers}  # absent in cells run before them
+    return {"levels": numbers["test.levels"], **{k: {"rate": numbers[f"test.{k}.rate"]} for k in keys}, **means}
 
 
 def cell_rates(cfg: GoalMisgenConfig, rand_frac: float, seed: int, folder: Path) -> dict[str, Any]:
@@ -202,7 +218,10 @@ class AgentLensConfig(RunConfig):
                                   "`agent` (e.g. a cell of a goal-misgen grid)")
     probe_site: str = Field("hidden", description="policy site the probes read (hidden, relu2, relu1)")
     probe_levels: int = Field(150, gt=1, description="test levels the probe states come from (70% train, 30% test)")
-    states_per_level: int = Field(8, gt=0, description="random agent squares per probe level")
+    states: Literal["placed", "rollout"] = Field("placed", description=(
+        "probe states: the agent placed on random free squares, or the squares the trained policy itself visits "
+        "playing the probe levels (sampled actions)"))
+    states_per_level: int = Field(8, gt=0, description="random agent squares per probe level (placed states)")
     steer_site: str = Field("relu2", description="policy site where the goal vector is subtracted")
     steer_levels: int = Field(300, gt=0, description="test levels played with and without steering")
     coefficients: list[float] = Field([0.0, 1.0, 2.0], min_length=1, description="multiples of the goal vector "
@@ -228,19 +247,23 @@ def agent_lens(cfg: AgentLensConfig, ctx: Context) -> Outcome:
     torch.manual_seed(cfg.seed)
     untrained = policy_for(env, agent_cfg.ppo).eval()
     levels = held_out_levels(env, max(cfg.probe_levels, cfg.steer_levels), agent_cfg.test_seed)
-    states = probe_states(env, levels[: cfg.probe_levels], cfg.states_per_level, cfg.seed)
-    probes = probe_report(policy, untrained, states, cfg.probe_site, cfg.seed)
+    probed = levels[: cfg.probe_levels]
+    states = (rollout_states(env, policy, probed, cfg.seed) if cfg.states == "rollout"
+              else probe_states(env, probed, cfg.states_per_level, cfg.seed))
+    quadrants = goal_quadrants(env, probed)
+    probes = probe_report(policy, untrained, states, cfg.probe_site, cfg.seed, quadrants)
     steering = steering_report(policy, env, levels[: cfg.steer_levels], cfg.steer_site, cfg.coefficients)
-    quadrants = goal_quadrants(env, levels[: cfg.probe_levels])
     sae = sae_report(policy, untrained, states, quadrants, cfg.probe_site, cfg.sae_latents, cfg.sae_k,
                      cfg.sae_steps, cfg.seed)
     polytope = polytope_report(policy, untrained, states, quadrants, cfg.probe_site, cfg.regions, cfg.seed)
     base, most = steering[f"coef_{cfg.coefficients[0]:g}"], steering[f"coef_{cfg.coefficients[-1]:g}"]
-    g, p = probes["goal_direction"], probes["proxy_direction"]
+    g, p, q = probes["goal_direction"], probes["proxy_direction"], probes["goal_quadrant"]
     summary = (f"{agent_cfg.env} agent (rand_frac {agent_cfg.rand_frac:g}): probe at {cfg.probe_site} reads the goal "
                f"direction {g['trained']:.2f} (untrained {g['untrained_policy']:.2f}, shuffled "
                f"{g['shuffled_labels']:.2f}), the proxy direction {p['trained']:.2f} (untrained "
-               f"{p['untrained_policy']:.2f}); goal vector x{cfg.coefficients[-1]:g} at {cfg.steer_site}: goal "
+               f"{p['untrained_policy']:.2f}), the goal's quadrant {q['trained']:.2f} (shuffled "
+               f"{q['shuffled_labels']:.2f}) on {len(states['obs'])} {cfg.states} states; goal vector "
+               f"x{cfg.coefficients[-1]:g} at {cfg.steer_site}: goal "
                f"{base['goal']['rate']:.2f} -> {most['goal']['rate']:.2f}, proxy {base['proxy']['rate']:.2f} -> "
                f"{most['proxy']['rate']:.2f}; {_latent_summary(sae, polytope)}")
     lenses = {"probes": probes, "steering": steering, "sae": sae, "polytope": polytope}
