@@ -226,7 +226,9 @@ def start_worker(kind: str, toy: str, args: argparse.Namespace) -> subprocess.Po
     cmd += ["--threads", str(args.threads), "--max-minutes", str(args.max_minutes), "--stop-on", args.stop_on]
     if args.reference:
         cmd += ["--reference", args.reference]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(args.threads)}
+    # the caller's PYTHONPATH stays after ours (e.g. a folder with the reference's own dependencies)
+    path = os.pathsep.join(p for p in [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")] if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(args.threads)}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
