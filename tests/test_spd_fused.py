@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
+from torch.nn import functional as F
 
-from anatomist.mechanisms import spd
+from anatomist.mechanisms import gate_kernel, spd
 from conftest import pentagon_tms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+needs_kernel = pytest.mark.skipif(not gate_kernel.available(torch.zeros(1)), reason="no C compiler for the fused gates")
 
 # (losses of steps 1-4, sums of each parameter tensor after step 4): pure-PyTorch gates, before any fusing
 PINNED_PAPER = (
@@ -43,3 +46,46 @@ def test_steps_match_the_pinned_pure_pytorch_run(options: dict[str, object], pin
     losses, sums = _four_steps(**options)
     assert losses == pytest.approx(pinned[0], rel=1e-4)
     assert sums == pytest.approx(pinned[1], abs=2e-3)
+
+
+def _plain_gates(s: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
+    """The paper's gate MLP written out in float64 autograd: the answer the kernel must give."""
+    return (F.gelu(s[..., None] * w_in + b_in) * w_out).sum(-1) + b_out
+
+
+@needs_kernel
+def test_fused_gates_equal_the_plain_mlp_in_float64() -> None:
+    g = torch.Generator().manual_seed(0)
+    k, d = 37, 16  # gate counts that are not multiples of the vector width
+    s = torch.randn(300, k, generator=g) * 3
+    s[::7] = 0.0  # all-zero rows take the shared s = 0 path
+    s[5, 3] = 0.0  # a zero inside a live row does not
+    weights = [torch.randn(k, d, generator=g) * 2, torch.randn(k, d, generator=g), torch.randn(k, d, generator=g) / 4,
+               torch.randn(k, generator=g)]
+    grad_out = torch.randn(300, k, generator=g)
+    fused = [t.clone().requires_grad_() for t in (s, *weights)]
+    spd._GateMLP.apply(*fused).backward(grad_out)
+    exact = [t.double().requires_grad_() for t in (s, *weights)]
+    out = _plain_gates(*exact)
+    out.backward(grad_out.double())
+    assert torch.allclose(spd._GateMLP.apply(*fused).double(), out, rtol=1e-5, atol=2e-6)
+    for name, a, b in zip(["s", "w_in", "b_in", "w_out", "b_out"], fused, exact, strict=True):
+        assert a.grad is not None and b.grad is not None
+        scale = float(b.grad.abs().max())
+        assert torch.allclose(a.grad.double(), b.grad, atol=3e-6 * scale), name
+
+
+@needs_kernel
+def test_fused_gates_are_accurate_far_into_the_tails() -> None:
+    # GELU's erf: the fused normal CDF must hold its relative accuracy where Φ is tiny (h ≈ -9) and ≈ 1
+    h = torch.linspace(-9, 9, 2001)[:, None]
+    one = torch.ones(1, 1)
+    fused = spd._GateMLP.apply(h, one, torch.zeros(1, 1), one, torch.zeros(1))
+    assert torch.allclose(fused.double(), F.gelu(h.double()), rtol=3e-6, atol=1e-7)
+
+
+def test_pure_pytorch_gates_when_the_kernel_is_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANATOMIST_FUSED_GATES", "0")
+    assert not gate_kernel.available(torch.zeros(1))
+    losses, sums = _four_steps()
+    assert losses == pytest.approx(PINNED_PAPER[0], rel=1e-4) and sums == pytest.approx(PINNED_PAPER[1], abs=2e-3)
