@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -72,3 +74,14 @@ def test_shared_ci_networks_refuse_embeddings() -> None:
     with pytest.raises(AnatomistError, match="embedding targets \\['embed'\\] need ci_fn 'mlp'"):
         spd.initial_decomposition(EmbedThenLinear(), ["embed", "proj"], FAST.replace(ci_fn="shared_mlp"))
     assert isinstance(spd.initial_decomposition(nn.Sequential(nn.Linear(2, 2)), ["0"], FAST).ci, spd.CausalImportance)
+
+
+def test_per_module_C_and_shared_networks_survive_save_and_load(tmp_path: Path) -> None:
+    cfg = FAST.replace(C_per_module={"read": 2}, ci_fn="global_shared_mlp", d_gate=4)
+    dec = spd.initial_decomposition(Planted(), ["read", "write"], cfg)
+    dec.save(tmp_path)
+    loaded = spd.SPDDecomposition.load(Planted(), tmp_path)
+    assert loaded.C_of == {"read": 2, "write": 6} and loaded.config.ci_fn == "global_shared_mlp"
+    x = torch.rand(4, 3)
+    before, after = dec.importances(x), loaded.importances(x)
+    assert all(torch.equal(before[n], after[n]) for n in ("read", "write"))

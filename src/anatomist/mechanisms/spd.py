@@ -17,8 +17,15 @@ The reference's later improvements, which make LMs work, are options (off by def
 component W − ΣUVᵀ per target instead of the faithfulness loss (`delta_component`), stochastic masks on
 random subsets of the targets (`stochastic_recon_subset_coeff`), adversarial PGD masks
 (`pgd_recon_coeff`, `pgd_steps`, `pgd_step_size`, `pgd_scope`), a frequency term and an annealing end for
-the minimality loss (`importance_minimality_beta`, `pnorm_anneal_end`) and a faithfulness warm-up
-(`faithfulness_warmup_steps`). `runs.spd_lm` uses them on a whole Llama.
+the minimality loss (`importance_minimality_beta`, `pnorm_anneal_end`), a faithfulness warm-up
+(`faithfulness_warmup_steps`), C per module pattern (`C_per_module`, the reference's `module_info`) and
+causal-importance networks that read whole layer inputs, one per target or one for all targets
+(`ci_fn` 'shared_mlp' / 'global_shared_mlp', the reference's `ci_fn_type` and global `ci_config`; its
+current default is 'vector_mlp', one network per subcomponent reading the whole input, which we do
+not offer). `runs.spd_lm` uses them on a whole Llama.
+
+On the CPU the per-subcomponent gate MLPs run in a fused C kernel (`gate_kernel`) when a C compiler is
+present; otherwise, and for float64 or other devices, in PyTorch (same numbers to float precision).
 
 >>> from anatomist.mechanisms import spd
 >>> dec = spd.decompose(model, batches, targets=["linear1", "linear2"], config=spd.SPDConfig(C=20))
