@@ -89,3 +89,29 @@ def test_pure_pytorch_gates_when_the_kernel_is_switched_off(monkeypatch: pytest.
     assert not gate_kernel.available(torch.zeros(1))
     losses, sums = _four_steps()
     assert losses == pytest.approx(PINNED_PAPER[0], rel=1e-4) and sums == pytest.approx(PINNED_PAPER[1], abs=2e-3)
+
+
+@needs_kernel
+def test_fused_gates_split_over_threads_give_the_one_thread_numbers() -> None:
+    g = torch.Generator().manual_seed(1)
+    rows = 3 * gate_kernel.MIN_ROWS + 5  # enough rows for three threads
+    s, grad_out = torch.randn(rows, 9, generator=g), torch.randn(rows, 9, generator=g)
+    weights = [torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g),
+               torch.randn(9, generator=g)]
+
+    def run() -> list[Tensor]:
+        leaves = [t.clone().requires_grad_() for t in (s, *weights)]
+        out = spd._GateMLP.apply(*leaves)
+        out.backward(grad_out)
+        return [out.detach(), *(t.grad for t in leaves if t.grad is not None)]
+
+    one = run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert len(gate_kernel._row_chunks(s.shape[0])) == 3
+        three = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, three, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -19,7 +19,9 @@ float); exp is Cephes' single-precision polynomial. Both are branch-free, so the
 loops over gates; the results agree with PyTorch's float32 GELU to float precision (tests/test_spd_fused.py).
 
 The C source below is compiled on first use with the system C compiler (`cc`, or $CC) into
-`cache_dir("kernels")` and loaded with ctypes. Without a compiler, for other dtypes or devices, or with
+`cache_dir("kernels")` (one library per source, flags, compiler and CPU) and loaded with ctypes. With
+several torch threads the live rows are split into one range per thread, run on a small thread pool
+(ctypes releases the GIL), the backward's partial sums added afterwards. Without a compiler, for other dtypes or devices, or with
 ANATOMIST_FUSED_GATES=0, `available()` is False and SPD uses its PyTorch path.
 """
 
@@ -28,11 +30,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -167,15 +172,27 @@ void gate_backward(int64_t n_live, int64_t k, int64_t d, const int64_t *live, co
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _library: list[ctypes.CDLL | None] = []  # [] not tried yet, [None] unavailable, [lib] loaded
+_pool: list[tuple[int, ThreadPoolExecutor]] = []  # the worker threads of multi-threaded calls, made on first need
+MIN_ROWS = 256  # live rows per thread below which a call stays on one thread
 
 
 def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc"))
 
 
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags: a library built with -march=native only runs where they match
+    (a cache folder shared by several machines keeps one library per kind of CPU)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
+
+
 def _build(compiler: str) -> ctypes.CDLL | None:
-    """Compile SOURCE (once per source, flags and compiler: the file name is their hash) and load it."""
-    key = hashlib.sha256("\n".join([SOURCE, *FLAGS, compiler]).encode()).hexdigest()[:16]
+    """Compile SOURCE (once per source, flags, compiler and CPU: the file name is their hash) and load it."""
+    key = hashlib.sha256("\n".join([SOURCE, *FLAGS, compiler, _cpu_signature()]).encode()).hexdigest()[:16]
     folder = cache_dir("kernels")
     lib = folder / f"spd_gates_{key}.so"
     if not lib.exists():
@@ -225,6 +242,27 @@ def _ready(*tensors: Tensor) -> list[Tensor]:
     return [t.detach().contiguous() for t in tensors]
 
 
+def _row_chunks(n_live: int) -> list[tuple[int, int]]:
+    """Ranges of live rows, one per torch intra-op thread (ctypes drops the GIL, so the chunks run in parallel;
+    one thread: one range, a plain call). Chunks of fewer than MIN_ROWS rows are not worth a thread."""
+    n = max(1, min(torch.get_num_threads(), n_live // MIN_ROWS))
+    bounds = [n_live * i // n for i in range(n + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _run(chunks: list[tuple[int, int]], call: Any) -> None:
+    """call(start, stop) for every chunk: directly for one, on the shared thread pool for several."""
+    if len(chunks) == 1:
+        call(*chunks[0])
+        return
+    with _lock:
+        if not _pool or _pool[0][0] < len(chunks):
+            _pool[:] = [(len(chunks), ThreadPoolExecutor(len(chunks), thread_name_prefix="spd-gates"))]
+        pool = _pool[0][1]
+    for done in [pool.submit(call, a, b) for a, b in chunks]:
+        done.result()
+
+
 def forward(
     s: Tensor, live: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor, out: Tensor
 ) -> Tensor:
@@ -236,7 +274,8 @@ def forward(
     w_in, b_in, w_out = _ready(w_in.T, b_in.T, w_out.T)  # [d, k]: the loops run over gates
     (d, k), n_live = w_in.shape, live.numel()
     slope = s.new_empty(n_live, k)
-    lib.gate_forward(n_live, k, d, *map(_ptr, (live, s, w_in, b_in, w_out, b_out, out, slope)))
+    fixed = [_ptr(t) for t in (s, w_in, b_in, w_out, b_out, out)]
+    _run(_row_chunks(n_live), lambda a, b: lib.gate_forward(b - a, k, d, _ptr(live[a:]), *fixed, _ptr(slope[a:])))
     return slope
 
 
@@ -250,9 +289,18 @@ def backward(
     grad, s, live, slope = _ready(grad, s, live, slope)
     w_in, b_in = _ready(w_in.T, b_in.T)
     (d, k), n_live = w_in.shape, live.numel()
-    sums = s.new_zeros(3, d, k)
-    sum_g, scratch = s.new_zeros(k), s.new_empty(3 * d * k + k)
-    lib.gate_backward(
-        n_live, k, d, *map(_ptr, (live, grad, s, w_in, b_in, slope, g_s, sums[0], sums[1], sums[2], sum_g, scratch))
-    )
-    return sums[0].T, sums[1].T, sums[2].T, sum_g
+    chunks = _row_chunks(n_live)
+    sums = s.new_zeros(len(chunks), 3 * d * k + k)  # per chunk: three [d, k] sums, then the [k] sum of g
+    scratch = s.new_empty(len(chunks), 3 * d * k + k)
+    fixed = [_ptr(t) for t in (grad, s, w_in, b_in)]
+
+    def call(a: int, b: int) -> None:
+        i = chunks.index((a, b))
+        parts = [sums[i, j * d * k:] for j in range(4)]
+        lib.gate_backward(b - a, k, d, _ptr(live[a:]), *fixed, _ptr(slope[a:]), _ptr(g_s), *map(_ptr, parts),
+                          _ptr(scratch[i]))
+
+    _run(chunks, call)
+    total = sums.sum(0)
+    sum_a, sum_p, sum_sp = total[: 3 * d * k].view(3, d, k)
+    return sum_a.T, sum_p.T, sum_sp.T, total[3 * d * k:]
