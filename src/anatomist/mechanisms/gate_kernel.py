@@ -21,8 +21,8 @@ loops over gates; the results agree with PyTorch's float32 GELU to float precisi
 The C source below is compiled on first use with the system C compiler (`cc`, or $CC) into
 `cache_dir("kernels")` (one library per source, flags, compiler and CPU) and loaded with ctypes. With
 several torch threads the live rows are split into one range per thread, run on a small thread pool
-(ctypes releases the GIL), the backward's partial sums added afterwards. Without a compiler, for other dtypes or devices, or with
-ANATOMIST_FUSED_GATES=0, `available()` is False and SPD uses its PyTorch path.
+(ctypes releases the GIL), the backward's partial sums added afterwards. Without a compiler, for other
+dtypes or devices, or with ANATOMIST_FUSED_GATES=0, `available()` is False and SPD uses its PyTorch path.
 """
 
 from __future__ import annotations
