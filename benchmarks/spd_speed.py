@@ -20,9 +20,11 @@ reference/anatomist.
 
     python benchmarks/spd_speed.py --reference /work/peers/spd --threads 1 [--json]
 
-With --json the last line is one JSON object: per toy, each side's summary (`steps_per_s`, final scores,
-time to 0.999) and `ratio_vs_reference` (anatomist's steps/s over the reference's) with the time ratios
-`time_ratio_vs_reference` (reference's seconds to each score over anatomist's: > 1, anatomist is there sooner).
+With --json the last line is one JSON object: per toy, each side's summary (`steps_per_s`, `steps_per_cpu_s`,
+final scores, time to 0.999) and `ratio_vs_reference` (anatomist's steps/s over the reference's),
+`cpu_ratio_vs_reference` (the same per CPU second of each worker: on a shared machine whose load comes and goes,
+the figure that load moves least) with the time ratios `time_ratio_vs_reference` (reference's seconds to each
+score over anatomist's: > 1, anatomist is there sooner).
 
 The reference is run from its source folder (`--reference`, a checkout of branch spd-paper with
 torch, einops, jaxtyping, wandb, tqdm, pydantic importable); without it, only anatomist runs.
@@ -72,20 +74,26 @@ class Recorder:
     ) -> None:
         self.score, self.stable, self.max_seconds, self.key = score, stable, max_seconds, key
         self.curve: list[dict[str, float]] = []
-        self.start = time.perf_counter()
-        self.paused = 0.0
+        self.restart()
         self.streak_from: int | None = None
 
+    def restart(self) -> None:
+        """Zero both clocks: wall time, and this process's CPU time (what a shared machine's load changes least)."""
+        self.start, self.paused = time.perf_counter(), 0.0
+        self.start_cpu, self.paused_cpu = time.process_time(), 0.0
+
     def record(self, step: int, matrices: torch.Tensor) -> bool:
-        t_in = time.perf_counter()
+        t_in, cpu_in = time.perf_counter(), time.process_time()
         elapsed = t_in - self.start - self.paused
-        row = {"step": step, "time_s": round(elapsed, 3), **self.score(matrices)}
+        cpu = cpu_in - self.start_cpu - self.paused_cpu
+        row = {"step": step, "time_s": round(elapsed, 3), "cpu_s": round(cpu, 3), **self.score(matrices)}
         self.curve.append(row)
         if row[self.key] >= 0.999:
             self.streak_from = step if self.streak_from is None else self.streak_from
         else:
             self.streak_from = None
         self.paused += time.perf_counter() - t_in
+        self.paused_cpu += time.process_time() - cpu_in
         done = self.streak_from is not None and step - self.streak_from >= self.stable
         return done or elapsed > self.max_seconds
 
@@ -102,7 +110,7 @@ def _worker_anatomist(args: argparse.Namespace) -> dict[str, Any]:
     rec = Recorder(_scorer(toy), args.stable, args.max_minutes * 60, args.stop_on)
     init = spd.initial_decomposition(toy.model, default_targets(toy), cfg)
     rec.record(0, init.matrices("linear1").detach())
-    rec.start, rec.paused = time.perf_counter(), 0.0
+    rec.restart()
     data_gen = torch.Generator().manual_seed(args.seed + 2)
     spd.decompose(
         toy.model,
@@ -190,7 +198,7 @@ def _worker_reference(args: argparse.Namespace) -> dict[str, Any]:
     def observed_steps(iterable: Any, **_: Any) -> Iterator[int]:
         for step in iterable:
             if step == 1:  # step 0 ran the reference's one-off print/eval block: start the clock here
-                rec.start, rec.paused = time.perf_counter(), 0.0
+                rec.restart()
             if step % args.eval_every == 0 and (step > 0 or not rec.curve) and rec.record(step, matrices()):
                 return
             yield step
@@ -206,7 +214,9 @@ def summarize(curve: list[dict[str, float]], stable: int) -> dict[str, Any]:
     """steps/s over the run, and when MMCS (and the reference's row score) started staying ≥ 0.999."""
     last = curve[-1]
     out: dict[str, Any] = {"steps": last["step"], "seconds": last["time_s"]}
-    out["steps_per_s"] = round(last["step"] / last["time_s"], 2) if last["time_s"] > 0 else None
+    out["steps_per_s"] = round(last["step"] / last["time_s"], 3) if last["time_s"] > 0 else None
+    out["cpu_s"] = last["cpu_s"]
+    out["steps_per_cpu_s"] = round(last["step"] / last["cpu_s"], 3) if last["cpu_s"] > 0 else None
     out["init_mmcs"], out["init_mmcs_rows"] = curve[0]["mmcs"], curve[0]["mmcs_rows"]
     for key in ("mmcs", "min_cosine", "ml2r", "mmcs_rows", "min_cosine_rows", "ml2r_rows"):
         out[f"final_{key}"] = last[key]
@@ -226,7 +236,9 @@ def start_worker(kind: str, toy: str, args: argparse.Namespace) -> subprocess.Po
     cmd += ["--threads", str(args.threads), "--max-minutes", str(args.max_minutes), "--stop-on", args.stop_on]
     if args.reference:
         cmd += ["--reference", args.reference]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(args.threads)}
+    # the caller's PYTHONPATH stays after ours (e.g. a folder with the reference's own dependencies)
+    path = os.pathsep.join(p for p in [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")] if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(args.threads)}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -257,7 +269,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             results[toy][kind] = {**summarize(curve, args.stable), "curve": curve}
             s = results[toy][kind]
             say(
-                f"{toy:10s} {kind:9s} {s['steps_per_s']} steps/s, {s['steps']} steps; paper's MMCS (rows) "
+                f"{toy:10s} {kind:9s} {s['steps_per_s']} steps/s ({s['steps_per_cpu_s']} per CPU second), "
+                f"{s['steps']} steps; paper's MMCS (rows) "
                 f"{s['init_mmcs_rows']:.4f} -> {s['final_mmcs_rows']:.5f} (worst {s['final_min_cosine_rows']:.4f}, "
                 f"ML2R {s['final_ml2r_rows']:.3f}), stays ≥ 0.999 from {s['mmcs_rows_0999_s']} s "
                 f"(step {s['mmcs_rows_0999_step']}); flattened MMCS {s['init_mmcs']:.4f} -> {s['final_mmcs']:.4f} "
@@ -268,7 +281,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if args.reference:
             toys[toy] |= ratios(results[toy]["anatomist"], results[toy]["reference"])
             results[toy]["ratio_anatomist_over_reference"] = toys[toy]
-            say(f"{toy:10s} speed-up: {toys[toy]['ratio_vs_reference']}x steps/s; "
+            say(f"{toy:10s} speed-up: {toys[toy]['ratio_vs_reference']}x steps/s, "
+                f"{toys[toy]['cpu_ratio_vs_reference']}x steps per CPU second; "
                 f"time to 0.999: {toys[toy]['time_ratio_vs_reference']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -279,8 +293,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 def ratios(a: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
     """anatomist (a) against the reference (r): speed ratio, and the reference's time to each score over ours."""
     speed = a["steps_per_s"] / r["steps_per_s"] if a["steps_per_s"] and r["steps_per_s"] else None
+    cpu = a["steps_per_cpu_s"] / r["steps_per_cpu_s"] if a["steps_per_cpu_s"] and r["steps_per_cpu_s"] else None
     times = {key: r[key] / a[key] if a[key] and r[key] else None for key in ("mmcs_0999_s", "mmcs_rows_0999_s")}
-    return {"ratio_vs_reference": speed and round(speed, 3), "time_ratio_vs_reference": times}
+    return {"ratio_vs_reference": speed and round(speed, 3), "cpu_ratio_vs_reference": cpu and round(cpu, 3),
+            "time_ratio_vs_reference": times}
 
 
 if __name__ == "__main__":

@@ -152,6 +152,28 @@ def find_targets(model: nn.Module, patterns: Sequence[str] | str) -> list[Target
     return targets
 
 
+def components_per_target(targets: Sequence[Target], C: int, C_per_module: Mapping[str, int]) -> dict[str, int]:
+    """C of each target: that of the first `C_per_module` pattern (fnmatch) its name matches, else `C`.
+
+    A tied target has its owner's C (one set of factors). Errors: a pattern that matches no target, a C < 1,
+    or tied targets that the patterns give different C.
+    """
+    for pattern, c in C_per_module.items():
+        if not any(fnmatch.fnmatchcase(t.name, pattern) for t in targets):
+            names = [t.name for t in targets]
+            raise AnatomistError(f"C_per_module pattern '{pattern}' matches no target; targets: {names}")
+        if c < 1:
+            raise AnatomistError(f"C_per_module['{pattern}'] must be positive, got {c}")
+    wanted = {t.name: next((c for p, c in C_per_module.items() if fnmatch.fnmatchcase(t.name, p)), C) for t in targets}
+    for t in targets:
+        if t.owner != t.name and wanted[t.name] != wanted[t.owner]:
+            raise AnatomistError(
+                f"targets '{t.name}' and '{t.owner}' share one weight (tied), so one C, but C_per_module gives them "
+                f"{wanted[t.name]} and {wanted[t.owner]}"
+            )
+    return wanted
+
+
 def model_output(out: Any) -> Tensor:
     """The tensor a decomposition compares: the output itself, `.logits` of an HF output, or the first element."""
     if isinstance(out, Tensor):
@@ -187,6 +209,7 @@ class Decomposition(nn.Module):
         generator: torch.Generator | None = None,
         init: str = "random",
         rank: int = 1,
+        C_per_module: Mapping[str, int] | None = None,
     ):
         super().__init__()
         if C < 1:
@@ -195,14 +218,15 @@ class Decomposition(nn.Module):
         # C components per layer, each `rank` rank-one subcomponents (SPD: rank 1; APD: component c is
         # subcomponents c·rank … c·rank + rank − 1), so C means the number of components in every method
         self.C, self.rank = C, rank
-        self.n_subcomponents = C * rank
+        self.n_subcomponents = C * rank  # per target unless C_per_module says otherwise: see `n_pieces`
         self.targets: dict[str, Target] = {t.name: t for t in find_targets(model, targets)}
         self._modules_by_name = {t: model.get_submodule(t) for t in self.targets}
+        self.C_of = components_per_target(list(self.targets.values()), C, C_per_module or {})
         self.V = nn.ParameterDict()
         self.U = nn.ParameterDict()
         for t in self.targets.values():
             if t.owner == t.name:
-                w, k = self.target_weight(t.name), self.n_subcomponents
+                w, k = self.target_weight(t.name), self.n_pieces(t.name)
                 self.V[_key(t.name)] = nn.Parameter(torch.empty(t.d_in, k, dtype=w.dtype, device=w.device))
                 self.U[_key(t.name)] = nn.Parameter(torch.empty(k, t.d_out, dtype=w.dtype, device=w.device))
         self.reset_parameters(generator, init)
@@ -237,7 +261,7 @@ class Decomposition(nn.Module):
                 U.mul_((2 / (r + t.d_out)) ** 0.5)
             elif init == "svd":
                 u, sv, vh = torch.linalg.svd(W, full_matrices=False)
-                k = min(self.n_subcomponents, int((sv > sv[0] * 1e-6).sum()))
+                k = min(self.n_pieces(t.name), int((sv > sv[0] * 1e-6).sum()))
                 U[k:] *= 1e-3  # beyond the rank: tiny random pieces, free to grow
                 V[:, :k] = vh[:k].T
                 U[:k] = (u[:, :k] * sv[:k]).T
@@ -245,6 +269,10 @@ class Decomposition(nn.Module):
                 raise AnatomistError(f"init must be 'random', 'svd' or 'xavier', got '{init}'")
 
     # --- what a decomposition is made of ------------------------------------------------------------
+
+    def n_pieces(self, name: str) -> int:
+        """Rank-one subcomponents of a target: its C (`C_of`) times the rank of a component."""
+        return self.C_of[self.target(name).name] * self.rank
 
     def owners(self) -> list[Target]:
         """Targets that hold parameters (one per stored weight; tied targets reuse an owner's)."""
@@ -329,9 +357,9 @@ class Decomposition(nn.Module):
         _, U = self.factors(name)
         acts = self.inner(name, x)  # [..., C]
         if mask is not None:
-            if mask.shape[-1] != self.n_subcomponents or mask.ndim > acts.ndim:
+            if mask.shape[-1] != acts.shape[-1] or mask.ndim > acts.ndim:
                 raise AnatomistError(
-                    f"mask for '{name}' has shape {list(mask.shape)}; expected [..., {self.n_subcomponents}] "
+                    f"mask for '{name}' has shape {list(mask.shape)}; expected [..., {acts.shape[-1]}] "
                     f"matching the inner activations {list(acts.shape)}"
                 )
             acts = acts * mask

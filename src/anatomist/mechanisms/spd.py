@@ -17,8 +17,15 @@ The reference's later improvements, which make LMs work, are options (off by def
 component W − ΣUVᵀ per target instead of the faithfulness loss (`delta_component`), stochastic masks on
 random subsets of the targets (`stochastic_recon_subset_coeff`), adversarial PGD masks
 (`pgd_recon_coeff`, `pgd_steps`, `pgd_step_size`, `pgd_scope`), a frequency term and an annealing end for
-the minimality loss (`importance_minimality_beta`, `pnorm_anneal_end`) and a faithfulness warm-up
-(`faithfulness_warmup_steps`). `runs.spd_lm` uses them on a whole Llama.
+the minimality loss (`importance_minimality_beta`, `pnorm_anneal_end`), a faithfulness warm-up
+(`faithfulness_warmup_steps`), C per module pattern (`C_per_module`, the reference's `module_info`) and
+causal-importance networks that read whole layer inputs, one per target or one for all targets
+(`ci_fn` 'shared_mlp' / 'global_shared_mlp', the reference's `ci_fn_type` and global `ci_config`; its
+current default is 'vector_mlp', one network per subcomponent reading the whole input, which we do
+not offer). `runs.spd_lm` uses them on a whole Llama.
+
+On the CPU the per-subcomponent gate MLPs run in a fused C kernel (`gate_kernel`) when a C compiler is
+present; otherwise, and for float64 or other devices, in PyTorch (same numbers to float precision).
 
 >>> from anatomist.mechanisms import spd
 >>> dec = spd.decompose(model, batches, targets=["linear1", "linear2"], config=spd.SPDConfig(C=20))
@@ -28,6 +35,7 @@ the minimality loss (`importance_minimality_beta`, `pnorm_anneal_end`) and a fai
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,6 +49,7 @@ from torch import Tensor, nn
 from anatomist.core import distributed
 from anatomist.core.errors import AnatomistError
 from anatomist.core.io import load_json, load_tensors, save_json, save_tensors
+from anatomist.mechanisms import gate_kernel
 from anatomist.mechanisms.components import Decomposition
 from anatomist.mechanisms.training import FitConfig, fit
 
@@ -113,6 +122,18 @@ class SPDConfig(FitConfig, defaults={"steps": 40_000, "batch_size": 4096, "lr": 
         "(reference: faithfulness_warmup_steps).", ge=0
     )
     faithfulness_warmup_lr: float = Field(default=1e-3, description="Adam lr of the faithfulness warm-up.", gt=0)
+    C_per_module: dict[str, int] = Field(
+        default_factory=dict, description="Module-name pattern (fnmatch) → C for the targets it matches, the "
+        "first matching pattern winning; other targets get `C` (reference: module_info, a list of "
+        "{module_pattern, C}). Tied targets share one C.",
+    )
+    ci_fn: Literal["mlp", "shared_mlp", "global_shared_mlp"] = Field(
+        default="mlp", description="Causal-importance networks (reference: ci_fn_type, and ci_config "
+        "fn_type='global_shared_mlp'): 'mlp' the paper's, one 1 → d_gate → 1 MLP per subcomponent reading its "
+        "inner activation; 'shared_mlp' one d_in → d_gate → C MLP per target reading the layer's whole input; "
+        "'global_shared_mlp' one MLP for all targets, from all their inputs concatenated to every C at once. "
+        "d_gate is the hidden width (the reference's ci_fn_hidden_dims, one layer; 0: no hidden layer).",
+    )
 
     def pnorm_at(self, step: int) -> float:
         """p at `step`: `pnorm`, then linear to `pnorm_final` between the anneal start and end fractions."""
@@ -139,11 +160,12 @@ def upper_leaky(x: Tensor, alpha: float = 0.01) -> Tensor:
 class _GateMLP(torch.autograd.Function):
     """k independent scalar MLPs s ↦ w_outᵀ GELU(w_in·s + b_in) + b_out, forward and backward by hand.
 
-    Two exact savings over autograd, which matter because the gates are the bulk of an SPD step:
+    Exact savings over autograd, which matter because the gates are the bulk of an SPD step:
 
-    * Gate-major layout (`[k, n, d_gate]`): the output and the gradients of the input and of all
-      four weights are each one batched matmul that reads the hidden tensor once, instead of
-      multiply-then-sum passes (about 1.6× faster on CPU).
+    * Fused kernel (`gate_kernel`, float32 on the CPU): forward and backward each one pass that
+      computes the hidden units and sums them at once, never storing `[k, n, d_gate]` tensors.
+    * Otherwise gate-major layout (`[k, n, d_gate]`): the output and the gradients of the input and
+      of all four weights are each one batched matmul that reads the hidden tensor once.
     * Rows whose inputs are all exactly zero (sparse toy data: most TMS inputs are the zero
       vector) share one evaluation at s = 0; their outputs and gradients are that evaluation's,
       times how many there are.
@@ -152,33 +174,49 @@ class _GateMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, s: Tensor, w_in: Tensor, b_in: Tensor, w_out: Tensor, b_out: Tensor) -> Tensor:
         live = (s != 0).any(dim=1).nonzero()[:, 0]  # rows with any nonzero input
+        at_zero = (F.gelu(b_in) * w_out).sum(-1) + b_out  # [k]: every gate's output at s = 0
+        out = at_zero.expand_as(s).contiguous()  # the zero rows' outputs; the live rows are written below
+        ctx.fused = gate_kernel.available(s, w_in)
+        if ctx.fused:  # saved: ∂out/∂s of the live rows, [n_live, k]
+            slope = gate_kernel.forward(s, live, w_in, b_in, w_out, b_out, out)
+            ctx.save_for_backward(live, s, w_in, b_in, w_out, slope)
+            return out
         sk = s[live].T.contiguous()  # [k, n_live]
         h = torch.addcmul(b_in[:, None, :], sk[..., None], w_in[:, None, :])  # [k, n_live, d_gate]
         a = F.gelu(h)
-        out_live = torch.baddbmm(b_out[:, None, None], a, w_out[..., None])[..., 0]  # [k, n_live]
-        at_zero = (F.gelu(b_in) * w_out).sum(-1) + b_out  # [k]: every gate's output at s = 0
-        out = at_zero.expand_as(s).clone()
-        out[live] = out_live.T
-        ctx.save_for_backward(live, sk, w_in, b_in, w_out, h, a)
+        out[live] = torch.baddbmm(b_out[:, None, None], a, w_out[..., None])[..., 0].T
+        ctx.save_for_backward(live, sk, w_in, b_in, w_out, h, a)  # saved: the hidden tensors
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:
-        live, sk, w_in, b_in, w_out, h, a = ctx.saved_tensors
-        gk = grad[live].T.contiguous()  # [k, n_live]
-        g_w_out = torch.bmm(gk[:, None, :], a)[:, 0]  # [k, d_gate]
-        g_h = torch.ops.aten.gelu_backward(gk[..., None] * w_out[:, None, :], h)  # [k, n_live, d_gate]
-        g_live = torch.bmm(g_h, w_in[..., None])[..., 0]  # [k, n_live]
-        g_in = torch.bmm(torch.stack([sk, torch.ones_like(sk)], 1), g_h)  # [k, 2, d_gate]: w_in and b_in
-        g_w_in, g_b_in = g_in[:, 0], g_in[:, 1]
-        # the zero rows: at s = 0 the hidden is b_in; no gradient reaches w_in (it is multiplied by s = 0)
-        g_zero = grad.sum(0) - gk.sum(1)  # [k]: summed output gradient of the zero rows
+        live, s, w_in, b_in, w_out = ctx.saved_tensors[:5]
         slope = torch.ops.aten.gelu_backward(w_out, b_in)  # [k, d_gate]: ∂out/∂h at s = 0
+        g_s = grad * (slope * w_in).sum(-1)  # ∂out/∂s at s = 0, replaced on the live rows
+        if ctx.fused:
+            sum_a, sum_p, sum_sp, g_live = gate_kernel.backward(grad, s, live, w_in, b_in, ctx.saved_tensors[5], g_s)
+            g_w_in, g_b_in, g_w_out = sum_sp * w_out, sum_p * w_out, sum_a
+        else:
+            g_w_in, g_b_in, g_w_out, g_live = _gate_backward_batched(grad, g_s, live, s, w_in, w_out,
+                                                                     *ctx.saved_tensors[5:])
+        # the zero rows: at s = 0 the hidden is b_in; no gradient reaches w_in (it is multiplied by s = 0)
+        g_zero = grad.sum(0) - g_live  # [k]: summed output gradient of the zero rows
         g_w_out = g_w_out + g_zero[:, None] * F.gelu(b_in)
         g_b_in = g_b_in + g_zero[:, None] * slope
-        g_s = grad * (slope * w_in).sum(-1)  # ∂out/∂s at s = 0, replaced below on the live rows
-        g_s[live] = g_live.T
         return g_s, g_w_in, g_b_in, g_w_out, grad.sum(0)
+
+
+def _gate_backward_batched(
+    grad: Tensor, g_s: Tensor, live: Tensor, sk: Tensor, w_in: Tensor, w_out: Tensor, h: Tensor, a: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The live rows' share of the gradients from the stored hidden tensors, as batched matmuls: writes ∂/∂s
+    into `g_s`'s live rows and returns those of w_in, b_in, w_out and the live rows' summed output gradient."""
+    gk = grad[live].T.contiguous()  # [k, n_live]
+    g_w_out = torch.bmm(gk[:, None, :], a)[:, 0]  # [k, d_gate]
+    g_h = torch.ops.aten.gelu_backward(gk[..., None] * w_out[:, None, :], h)  # [k, n_live, d_gate]
+    g_s[live] = torch.bmm(g_h, w_in[..., None])[..., 0].T
+    g_in = torch.bmm(torch.stack([sk, torch.ones_like(sk)], 1), g_h)  # [k, 2, d_gate]: w_in and b_in
+    return g_in[:, 0], g_in[:, 1], g_w_out, gk.sum(1)
 
 
 class CausalImportance(nn.Module):
@@ -188,9 +226,11 @@ class CausalImportance(nn.Module):
     the stacked inner activations `[..., n_targets·C]`, never a Python loop over components.
     """
 
-    def __init__(self, n_targets: int, C: int, d_gate: int, generator: torch.Generator | None = None):
+    def __init__(
+        self, n_targets: int, C: int, d_gate: int, generator: torch.Generator | None = None, n_gates: int | None = None
+    ):
         super().__init__()
-        k = n_targets * C
+        k = n_targets * C if n_gates is None else n_gates  # n_gates: the targets' C summed, when they differ
         self.n_targets, self.C, self.d_gate = n_targets, C, d_gate
         width = max(d_gate, 1)
         # Kaiming-style scales: the input layer sees one scalar (fan-in 1, ReLU-like gain √2),
@@ -210,6 +250,47 @@ class CausalImportance(nn.Module):
         return out.reshape(inner.shape)
 
 
+class SharedCausalImportance(nn.Module):
+    """Causal-importance MLPs that read whole layer inputs (the reference's later `shared_mlp` and
+    `global_shared_mlp`): x ↦ W₂ GELU(W₁ x + b₁) + b₂ with x one target's input (`d_in` → C), or all
+    targets' inputs concatenated (Σ d_in → Σ C) for the global one. d_gate 0: one linear layer.
+    Initialised as the reference does: kaiming-normal weights (gain √2 into a GELU, 1 into the output), zero biases.
+    """
+
+    def __init__(self, d_in: int, d_out: int, d_gate: int, generator: torch.Generator | None = None):
+        super().__init__()
+        dims = [d_in, d_gate, d_out] if d_gate else [d_in, d_out]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            gain = 1.0 if i == len(dims) - 2 else math.sqrt(2.0)
+            self.weights.append(nn.Parameter(torch.randn(a, b, generator=generator) * gain / math.sqrt(a)))
+            self.biases.append(nn.Parameter(torch.zeros(b)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.addmm(b, x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], -1)
+            if i < len(self.weights) - 1:
+                x = F.gelu(x)
+        return x
+
+
+def _ci_networks(dec: Decomposition, config: SPDConfig, generator: torch.Generator | None) -> nn.Module:
+    """The `config.ci_fn` networks of a decomposition's targets."""
+    sizes = [dec.C_of[n] for n in dec.targets]
+    if config.ci_fn == "mlp":
+        return CausalImportance(len(sizes), config.C, config.d_gate, generator, n_gates=sum(sizes))
+    embeddings = [t.name for t in dec.targets.values() if t.kind == "embedding"]
+    if embeddings:  # an embedding's input is a token id, not a vector (the reference refuses them too)
+        raise AnatomistError(f"ci_fn '{config.ci_fn}' reads layer input vectors; the embedding targets "
+                             f"{embeddings} need ci_fn 'mlp'")
+    d_in = [t.d_in for t in dec.targets.values()]
+    if config.ci_fn == "global_shared_mlp":
+        return SharedCausalImportance(sum(d_in), sum(sizes), config.d_gate, generator)
+    return nn.ModuleList(SharedCausalImportance(d, c, config.d_gate, generator) for d, c in zip(d_in, sizes,
+                                                                                                   strict=True))
+
+
 class SPDDecomposition(Decomposition):
     """A `Decomposition` with SPD's causal-importance MLPs; `decompose` returns one."""
 
@@ -220,23 +301,30 @@ class SPDDecomposition(Decomposition):
         config: SPDConfig,
         generator: torch.Generator | None = None,
     ):
-        super().__init__(model, targets, config.C, generator, config.init)
+        super().__init__(model, targets, config.C, generator, config.init, C_per_module=config.C_per_module)
         self.config = config
-        self.ci = CausalImportance(len(self.targets), config.C, config.d_gate, generator)
+        self.ci = _ci_networks(self, config, generator)
         w = next(iter(self.V.values()))
         self.ci.to(device=w.device, dtype=w.dtype)
         self.history: list[dict[str, float]] = []
 
     def gate_preactivations(self, layer_inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """CI MLP outputs (before the hard sigmoids) per target from each target layer's input."""
+        """CI network outputs (before the hard sigmoids) per target from each target layer's input."""
         names = list(self.targets)
+        sizes = [self.C_of[n] for n in names]
+        if self.config.ci_fn == "shared_mlp":
+            assert isinstance(self.ci, nn.ModuleList)
+            return {n: net(layer_inputs[n]) for n, net in zip(names, self.ci, strict=True)}
+        if self.config.ci_fn == "global_shared_mlp":
+            together = _concat_inputs(names, [layer_inputs[n] for n in names], "global_shared_mlp")
+            return dict(zip(names, self.ci(together).split(sizes, dim=-1), strict=True))
         inner = [self.inner(n, layer_inputs[n]) for n in names]
-        if all(a.shape == inner[0].shape for a in inner):
+        if all(a.shape[:-1] == inner[0].shape[:-1] for a in inner):
             pre = self.ci(torch.cat(inner, dim=-1))  # one batched evaluation for all layers
-            return dict(zip(names, pre.split(self.C, dim=-1), strict=True))
+            return dict(zip(names, pre.split(sizes, dim=-1), strict=True))
         # layers seeing differently shaped inputs: each with its own slice of the gates
-        C = self.C
-        return {n: self.ci(a, slice(i * C, (i + 1) * C)) for i, (n, a) in enumerate(zip(names, inner, strict=True))}
+        ends = list(itertools.accumulate(sizes))
+        return {n: self.ci(a, slice(e - c, e)) for n, a, c, e in zip(names, inner, sizes, ends, strict=True)}
 
     def run_with_masks(
         self, inputs: Any, masks: Mapping[str, Tensor | None], delta_masks: Mapping[str, Tensor] | None = None
@@ -276,6 +364,15 @@ class SPDDecomposition(Decomposition):
             raise AnatomistError(f"{out / 'decomposition.safetensors'}: does not fit this model ({e})") from None
         dec.history = meta.get("history", [])
         return dec
+
+
+def _concat_inputs(names: Sequence[str], inputs: Sequence[Tensor], what: str) -> Tensor:
+    """The targets' inputs side by side, `[..., Σ d_in]`; they must share their leading dims (one row per input)."""
+    lead = {tuple(x.shape[:-1]) for x in inputs}
+    if len(lead) > 1:
+        shapes = {n: list(x.shape) for n, x in zip(names, inputs, strict=True)}
+        raise AnatomistError(f"{what} reads all targets' inputs side by side, but their shapes differ: {shapes}")
+    return torch.cat(list(inputs), dim=-1)
 
 
 # --- losses --------------------------------------------------------------------------------------

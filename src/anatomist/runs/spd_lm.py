@@ -144,7 +144,7 @@ def score_lm(dec: SPDDecomposition, inputs: Tensor) -> dict[str, Any]:
         n: {
             "alive": int(alive(c).sum()),
             "ci_l0": ci_l0(c),
-            "ci_l0_fraction": ci_l0(c) / dec.C,
+            "ci_l0_fraction": ci_l0(c) / c.shape[-1],  # of this matrix's C (C_per_module may set it)
             "delta_norm": float(dec.weight_delta(n).norm() / dec.target_weight(n).norm()),
         }
         for n, c in ci.items()
