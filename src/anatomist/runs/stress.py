@@ -46,6 +46,7 @@ from anatomist.stress.compare import (
 )
 from anatomist.stress.compare import markdown as compare_markdown
 from anatomist.stress.lenses import LENSES, Budget
+from anatomist.stress.lm_reparam import pair_rows, reparam_match, reparameterised_pair
 from anatomist.stress.stressors import STRESSORS
 from anatomist.stress.table import check_names, markdown, stress_table
 
@@ -108,7 +109,8 @@ class CompareConfig(RunConfig):
     # the smallest toy (cached once trained) in place of the experiment's; LM settings shrink an LM comparison
     smoke: ClassVar[tuple[str, ...]] = ("model=tms-5-2", "toy_steps=null",
                                         "decompositions=[sae_topk,transcoder,pca,spd]", "steps=5", "spd_steps=3",
-                                        "rows=2048", "n_seqs=2", "eval_seqs=2", "seq_len=16", "spliced_seqs=1")
+                                        "rows=2048", "n_seqs=2", "eval_seqs=2", "seq_len=16", "spliced_seqs=1",
+                                        "reparam_seqs=2")
     model: str = Field("tms-40-10", description="a toy (tms-*, resid-mlp-*; trained once, then cached) or a "
                        "language model (smollm2, ...)")
     toy_steps: int | None = Field(None, gt=0, description="toy: its training steps (null: the published count); "
@@ -131,8 +133,14 @@ class CompareConfig(RunConfig):
     n_seqs: int = Field(256, gt=0, description="language model: training sequences")
     eval_seqs: int = Field(16, gt=0, description="language model: held-out sequences evaluated")
     spliced_seqs: int = Field(8, gt=0, description="language model: held-out sequences spliced for CE/KL")
-    stress_run: str | None = Field(None, description="a finished `stress` run folder: adds each lens's share of "
+    stress_run: str | None = Field(None, description="toy: a finished `stress` run folder: adds each lens's share of "
                                    "stress cells found as stress_robustness")
+    reparam: bool = Field(True, description="language model: refit each decomposition on an exactly reparameterised "
+                          "copy of the model and with another seed (reparam_mmcs, reparam_control)")
+    reparam_seqs: int = Field(32, gt=0, description="language model: training sequences the reparameterisation "
+                              "fits use")
+    reparam_steps: int | None = Field(None, gt=0, description="language model: training steps of those fits "
+                                      "(null: steps)")
     seed: int = Field(0, description="seed of the data draws and the fits")
     device: str = Field("cpu", description="cpu, cuda or auto")
 
@@ -193,7 +201,23 @@ def _lm_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any]
         numbers = evaluate_dictionary(sae, model, eval_ids, read, target_site=write, spliced_seqs=cfg.spliced_seqs)
         rows[name] = _lm_numbers(numbers, sae, eval_rows if write is None else None)
         _say_row(name, rows[name])
+    if cfg.reparam:
+        _add_reparam(cfg, model, train_ids[: cfg.reparam_seqs], rows, d)
     return rows, [model_record(cfg.model, model)], f"{cfg.model} at {site}"
+
+
+def _add_reparam(cfg: CompareConfig, model: Any, ids: torch.Tensor, rows: dict[str, dict[str, Any]], d: int) -> None:
+    """reparam_mmcs and reparam_control of every decomposition (`anatomist.stress.lm_reparam`)."""
+    a, b, rotation = reparameterised_pair(model, cfg.seed)
+    settings = {"d_sae": cfg.d_sae or 8 * d, "k": cfg.k, "steps": cfg.reparam_steps or cfg.steps,
+                "batch_size": cfg.batch_size}
+    at_site = pair_rows(a, b, rotation, ids, cfg.site)
+    mlp = Site.parse(cfg.transcoder_target).module
+    for name in rows:
+        pair = pair_rows(a, b, rotation, ids, mlp + ":input", cfg.transcoder_target) if name == "transcoder" \
+            else at_site
+        rows[name] |= reparam_match(name, pair, settings, cfg.seed)
+        _say_row(name, rows[name])
 
 
 def _lm_numbers(numbers: dict[str, Any], sae: SparseDictionary, rows: torch.Tensor | None) -> dict[str, Any]:
