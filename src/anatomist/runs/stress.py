@@ -26,12 +26,14 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features.base import SparseDictionary
 from anatomist.features.bases import BASES
 from anatomist.features.train import TrainConfig, train_sae
+from anatomist.interpret.llm import LLMSpec, make_model
 from anatomist.interpret.reading import fit_baseline, site_rows
 from anatomist.mechanisms import spd
-from anatomist.nets.assets import load_model
+from anatomist.nets.assets import LoadedModel, load_model
 from anatomist.nets.sites import Site
 from anatomist.nets.toys import TOYS, load_toy
 from anatomist.report.html import esc, figure, page, table
+from anatomist.runs.autointerp import AutointerpConfig, interpretability
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 from anatomist.runs.plots import pyplot, save_figure
 from anatomist.runs.toy_scoring import default_targets, toy_batches, toy_report
@@ -141,6 +143,12 @@ class CompareConfig(RunConfig):
                               "fits use")
     reparam_steps: int | None = Field(None, gt=0, description="language model: training steps of those fits "
                                       "(null: steps)")
+    interpret_features: int = Field(20, ge=0, description="language model: features sampled per decomposition for "
+                                    "the interpretability column (the autointerp run's pipeline; 0: no column)")
+    interpret_seqs: int = Field(32, gt=0, description="language model: held-out sequences (after the training and "
+                                "evaluation ones) the interpretability contexts come from")
+    judge: LLMSpec | None = Field(None, description="language model: the model that explains and simulates features "
+                                  "(the simulation score); null: only the judge-free keyword proxy")
     seed: int = Field(0, description="seed of the data draws and the fits")
     device: str = Field("cpu", description="cpu, cuda or auto")
 
@@ -189,7 +197,7 @@ def _lm_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any]
     site = Site.parse(cfg.site)
     train_rows, eval_rows = site_rows(model, train_ids, site), site_rows(model, eval_ids, site)
     d = train_rows.shape[1]
-    rows = {}
+    rows, saes = {}, {}
     for name in cfg.decompositions:
         if name in BASES:
             sae: SparseDictionary = fit_baseline(name, train_rows, cfg.seed)  # type: ignore[arg-type]
@@ -200,10 +208,29 @@ def _lm_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any]
             read, write = Site.parse(tc.site), Site.parse(tc.target_site) if tc.target_site else None
         numbers = evaluate_dictionary(sae, model, eval_ids, read, target_site=write, spliced_seqs=cfg.spliced_seqs)
         rows[name] = _lm_numbers(numbers, sae, eval_rows if write is None else None)
+        saes[name] = (sae, str(read))
         _say_row(name, rows[name])
     if cfg.reparam:
         _add_reparam(cfg, model, train_ids[: cfg.reparam_seqs], rows, d)
+    if cfg.interpret_features:
+        _add_interpretability(cfg, loaded, saes, rows, ctx.out)
     return rows, [model_record(cfg.model, model)], f"{cfg.model} at {site}"
+
+
+def _add_interpretability(cfg: CompareConfig, loaded: LoadedModel, saes: dict[str, tuple[SparseDictionary, str]],
+                          rows: dict[str, dict[str, Any]], out: Path) -> None:
+    """keyword (and simulation, with a judge): the autointerp run's means over sampled features, on sequences
+    held out from every fit and evaluation above."""
+    sub = AutointerpConfig.parse({
+        "model": cfg.model, "site": cfg.site, "corpus": cfg.corpus, "seq_len": cfg.seq_len,
+        "n_seqs": cfg.interpret_seqs, "skip_seqs": cfg.n_seqs + cfg.eval_seqs, "n_features": cfg.interpret_features,
+        "scorers": ["simulation"] if cfg.judge else [], "activation_cache": None, "seed": cfg.seed,
+        **({"explainer": cfg.judge.model_dump()} if cfg.judge else {})})
+    judge = make_model(cfg.judge, sub.cache) if cfg.judge else None
+    table = interpretability(sub, loaded, saes, out, (judge, judge))
+    for name, got in table.items():
+        rows[name] |= {k: got.get(k) for k in ("keyword", "simulation") if k in got}
+        _say_row(name, rows[name])
 
 
 def _add_reparam(cfg: CompareConfig, model: Any, ids: torch.Tensor, rows: dict[str, dict[str, Any]], d: int) -> None:
