@@ -328,9 +328,10 @@ def obfuscate(sc: Scenario, seed: int = 0, steps: int = 300, feature: int = 0, w
     return _change("obfuscate", sc, _one_feature(sc, m, feature), "after-fit", **extra)
 
 
-def topk_config(d: int, d_sae: int, d_out: int | None = None) -> TopKConfig:
-    """TopK with k = 2 (about one feature is on per row); the dense kernel is the faster one at these widths."""
-    return TopKConfig.parse({"d_in": d, "d_sae": d_sae, "d_out": d_out, "k": 2, "sparse_kernel": False})
+def topk_config(d: int, d_sae: int, d_out: int | None = None, k: int = 2) -> TopKConfig:
+    """TopK with k = 2 by default (about one feature is on per row of the toy); the dense kernel is the faster one
+    at these widths."""
+    return TopKConfig.parse({"d_in": d, "d_sae": d_sae, "d_out": d_out, "k": k, "sparse_kernel": False})
 
 
 SAE_STEPS = 500  # the SAE lens's default budget (`lenses.Budget.sae_steps`)
