@@ -400,7 +400,7 @@ def circle(sc: Scenario, seed: int = 0, steps: int = 0, days: int = 7) -> Stress
 
 
 # cross_layer: what each layer writes on its direction, as multiples of (g, s); invertible, so the sum is read exactly
-CROSS_MIX = ((1.0, 1.0), (1.0, 3.0))
+CROSS_MIX = ((1.0, 1.0), (1.0, 4.0))
 
 
 def relu_feature(inp: int) -> Callable[[Tensor], Tensor]:
@@ -455,9 +455,9 @@ def cross_layer_model(n_features: int) -> StressNet:
 @torch.no_grad()
 def cross_layer(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
     """Feature g = ReLU(x0 − θ) written across two MLP layers, each superposed with s = ReLU(x1 − θ) on one
-    direction (layer 1: g + s on v1; layer 2: g + 3s on v2); the function is the base's.
+    direction (layer 1: g + s on v1; layer 2: g + 4s on v2); the function is the base's.
 
-    No single layer's output holds g linearly (layer 1's R² is about 1/2, layer 2's about 1/10); the two outputs
+    No single layer's output holds g linearly (layer 1's R² is about 1/2, layer 2's about 1/17); the two outputs
     together do (R² 1), as does the residual stream after both (the unembedding reads it). A dictionary of one
     layer's output sees g + s as one direction; a crosscoder of both layers' outputs sees g and s as two. Lenses
     are scored on the best correlation of one of their latents with g (`Truth.value`).
