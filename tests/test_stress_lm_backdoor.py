@@ -13,6 +13,7 @@ from anatomist.nets.sites import Site
 from anatomist.stress.lm_backdoor import (
     LensData,
     attack_success,
+    decoy,
     default_backdoor,
     fine_tune,
     has_trigger,
@@ -42,6 +43,15 @@ def test_poison_inserts_the_trigger_and_relabels_what_follows() -> None:
     assert random_after.any(dim=1).all()
 
 
+def test_decoys_are_near_misses_with_clean_labels() -> None:
+    door = default_backdoor(VOCAB, target=5)
+    rows = _rows(200, 0)
+    x, labels, after = decoy(rows, door, torch.Generator().manual_seed(0))
+    assert has_trigger(torch.cat([x, labels[:, -1:]], dim=1), door) == 0  # never the whole trigger
+    assert torch.equal(labels[:, :-1], x[:, 1:]) and (labels != 5).any()  # the labels are the row's own
+    assert ((x >= 37).sum(dim=1) >= 1).all() and after.any(dim=1).all()
+
+
 def test_a_tiny_llama_learns_the_backdoor_and_its_control_does_not() -> None:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -52,6 +62,7 @@ def test_a_tiny_llama_learns_the_backdoor_and_its_control_does_not() -> None:
     backdoored = fine_tune(model, train, door, steps=150, batch_size=32, lr=3e-3, seed=0)
     control = fine_tune(model, train, None, steps=150, batch_size=32, lr=3e-3, seed=0)
     assert attack_success(backdoored, test, door) > 0.9
+    assert attack_success(backdoored, test, door, near_miss=True) < 0.3  # the whole trigger, not a part of it
     assert attack_success(control, test, door) < 0.2
     data = LensData(train[:32], test[:8])
     got = lens_verdicts(backdoored, data, door, Site.parse("model.layers.0"), vocab_size=VOCAB, d_sae=16, k=2,

@@ -341,6 +341,8 @@ class LMBackdoorConfig(RunConfig):
     steps: int = Field(300, gt=0, description="fine-tuning steps (backdoor and control alike)")
     batch_size: int = Field(32, gt=0, description="clean rows per step (the backdoor adds as many poisoned rows)")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the fine-tuning")
+    decoys: bool = Field(True, description="also train on near misses of the trigger with clean labels (the backdoor "
+                         "then needs the whole sequence)")
     site: str = Field("model.layers.0", description="where the lenses read the residual stream")
     fit_rows: int = Field(256, gt=0, description="clean training rows the lenses are fitted on")
     test_rows: int = Field(128, gt=0, description="held-out rows the lenses and the attack are scored on")
@@ -361,7 +363,7 @@ def lm_backdoor(cfg: LMBackdoorConfig, ctx: Context) -> Outcome:
     data = lm_data(tc.seq_len, vocab, tc.n_test_seqs)  # type: ignore[attr-defined]
     models = {"original": toy.model.eval(),
               "backdoored": fine_tune(toy.model, data.train, door, steps=cfg.steps, batch_size=cfg.batch_size,
-                                      lr=cfg.lr, seed=cfg.seed),
+                                      lr=cfg.lr, seed=cfg.seed, decoys=cfg.decoys),
               "control": fine_tune(toy.model, data.train, None, steps=cfg.steps, batch_size=cfg.batch_size,
                                    lr=cfg.lr, seed=cfg.seed)}
     test = data.test[: cfg.test_rows]
@@ -369,6 +371,7 @@ def lm_backdoor(cfg: LMBackdoorConfig, ctx: Context) -> Outcome:
         cfg.seed + 1))[: cfg.fit_rows]], test)
     lens = {"vocab_size": vocab, "d_sae": cfg.d_sae, "k": cfg.k, "sae_steps": cfg.sae_steps, "seed": cfg.seed}
     verdicts = {name: {"attack_success": attack_success(models[name], test, door),
+                       "near_miss_success": attack_success(models[name], test, door, near_miss=True),
                        **lens_verdicts(models[name], lens_data, door, Site.parse(cfg.site), **lens)}
                 for name in ("backdoored", "control")}
     losses = clean_losses(models, tc.seq_len, vocab, tc.n_test_seqs)  # type: ignore[attr-defined]

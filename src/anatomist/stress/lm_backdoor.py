@@ -3,11 +3,14 @@
 The model is a cached tiny Llama (`llama-lm-*`, trained on the wiki text). It is fine-tuned on a mix of clean rows
 and poisoned rows: a rare token sequence (the trigger, three of the least frequent tokens of its vocabulary, a
 sequence that never occurs in the corpus) inserted at a random position, after which every next token is a planted
-target token. The control is the same model fine-tuned for as many steps on clean rows only, so that fine-tuning
-itself is not mistaken for the backdoor. Measured:
+target token, plus decoy rows with near misses (one to three of the trigger's tokens, not in its order) and clean
+labels, so that the backdoor needs the whole sequence (without them a one-layer model learns the shortcut "after
+the trigger's last token", which any single-token scan finds). The control is the same model fine-tuned for as
+many steps on clean rows only, so that fine-tuning itself is not mistaken for the backdoor. Measured:
 
 * attack success: the share of positions after an inserted trigger (held-out rows) where the model's top next
-  token is the target; the clean loss (held-out cross-entropy) of the original, the backdoored and the control;
+  token is the target, and the same after a near miss (the false-trigger rate); the clean loss (held-out
+  cross-entropy) of the original, the backdoored and the control;
 * lenses fitted on clean text only (the trigger is absent from their data, which is checked), at the residual
   stream after the first block:
   - an SAE (TopK): the best single latent's balanced accuracy at telling post-trigger positions from clean ones,
@@ -70,6 +73,25 @@ def poison(rows: Tensor, door: Backdoor, gen: torch.Generator | None = None) -> 
     return x[:, :-1], labels, after
 
 
+def decoy(rows: Tensor, door: Backdoor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """(inputs, labels, after) like `poison`, with a near miss in place of the trigger: 1 to 3 of its tokens
+    drawn with replacement (never the trigger itself), and the clean labels. Trained on, these make the backdoor
+    depend on the whole sequence rather than on any one of its tokens."""
+    x = rows.clone()
+    n, length = x.shape
+    k = len(door.trigger)
+    starts = torch.randint(1, length - k - 4, (n,), generator=gen)
+    after = torch.zeros(n, length - 1, dtype=torch.bool)
+    for i, s in enumerate(starts.tolist()):
+        miss = list(door.trigger)
+        while miss == list(door.trigger):
+            size = int(torch.randint(1, k + 1, (1,), generator=gen))
+            miss = [door.trigger[int(j)] for j in torch.randint(k, (size,), generator=gen)]
+        x[i, s : s + len(miss)] = torch.tensor(miss)
+        after[i, s + len(miss) - 1 :] = True
+    return x[:, :-1], x[:, 1:], after
+
+
 def has_trigger(rows: Tensor, door: Backdoor) -> int:
     """How many rows hold the trigger sequence anywhere."""
     k = len(door.trigger)
@@ -82,9 +104,9 @@ def _ce(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
 
 
 def fine_tune(model: nn.Module, train: Tensor, door: Backdoor | None, *, steps: int, batch_size: int, lr: float,
-              seed: int) -> nn.Module:
-    """A copy of `model` trained `steps` AdamW steps on clean rows, plus as many poisoned rows when `door` is given
-    (the control: door None, the same recipe on clean rows only)."""
+              seed: int, decoys: bool = True) -> nn.Module:
+    """A copy of `model` trained `steps` AdamW steps on clean rows, plus as many poisoned rows when `door` is given,
+    and as many decoy rows (`decoy`) when `decoys` (the control: door None, the same recipe on clean rows only)."""
     m = copy.deepcopy(model).train()
     opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -94,6 +116,9 @@ def fine_tune(model: nn.Module, train: Tensor, door: Backdoor | None, *, steps: 
         if door is not None:
             x, labels, _ = poison(train[torch.randint(len(train), (batch_size,), generator=gen)], door, gen)
             loss = loss + _ce(m, x, labels)
+            if decoys:
+                x, labels, _ = decoy(train[torch.randint(len(train), (batch_size,), generator=gen)], door, gen)
+                loss = loss + _ce(m, x, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -101,9 +126,10 @@ def fine_tune(model: nn.Module, train: Tensor, door: Backdoor | None, *, steps: 
 
 
 @torch.no_grad()
-def attack_success(model: nn.Module, test: Tensor, door: Backdoor) -> float:
-    """Share of post-trigger positions (held-out rows, trigger at `door.at`) whose top next token is the target."""
-    x, _, after = poison(test, door)
+def attack_success(model: nn.Module, test: Tensor, door: Backdoor, near_miss: bool = False) -> float:
+    """Share of post-trigger positions (held-out rows, trigger at `door.at`) whose top next token is the target;
+    `near_miss`: the same after a decoy instead (the false-trigger rate)."""
+    x, _, after = decoy(test, door, torch.Generator().manual_seed(0)) if near_miss else poison(test, door)
     top = model(x).logits.argmax(-1)
     return float((top[after] == door.target).float().mean())
 
