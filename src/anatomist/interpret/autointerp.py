@@ -491,13 +491,16 @@ def keyword_detection(keyword: int | None, excerpts: Sequence[Excerpt], truth: n
     return balanced_accuracy(truth, np.array([keyword in ex.ids for ex in excerpts]))
 
 
-def score_feature(explanation: str, judge: LanguageModel, fc: FeatureContexts, scorers: Sequence[str],
+def score_feature(explanation: str, judge: LanguageModel | None, fc: FeatureContexts, scorers: Sequence[str],
                   seed: int = 0) -> FeatureScores:
-    """Every asked score of one feature, given its explanation; the keyword proxy is always computed."""
+    """Every asked score of one feature, given its explanation; the keyword proxy is always computed (and is all
+    that is computed without a judge)."""
     kw = keyword_of(fc)
     excerpts, truth = detection_truth(fc)
     kw_text = next((ex.text[ex.ids.index(kw)] for ex in fc.explain if kw in ex.ids), "") if kw is not None else ""
     out = FeatureScores(fc.feature, explanation, kw_text, {"keyword": keyword_detection(kw, excerpts, truth)})
+    if judge is None:
+        return out
     if "simulation" in scorers:
         out.scores.update(score_simulation(judge, explanation, fc))
     if "detection" in scorers:

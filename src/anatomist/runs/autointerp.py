@@ -169,7 +169,10 @@ def sample_features(sae: SparseDictionary, rows: Tensor, cfg: AutointerpConfig) 
 # explaining and scoring
 
 
-def _shower(ids: Tensor, tokenizer: Any) -> Callable[[list[int]], list[str]]:
+Shower = Callable[[list[int]], list[str]]  # token ids of a window -> the text each token shows
+
+
+def _shower(ids: Tensor, tokenizer: Any) -> Shower:
     """Token ids -> the text each shows (a multi-byte character shown once, where it completes)."""
     positions = torch.stack(torch.meshgrid(torch.arange(ids.shape[0]), torch.arange(ids.shape[1]), indexing="ij"),
                             -1).view(-1, 2)
@@ -183,16 +186,53 @@ def _shower(ids: Tensor, tokenizer: Any) -> Callable[[list[int]], list[str]]:
     return lambda window: src.context_text(window) or [src.name(i) for i in window]
 
 
-def explain_and_score(name: str, fcs: list[FeatureContexts], explainer: CachedModel, judge: CachedModel,
-                      cfg: AutointerpConfig, log: TrainingLog, done: int) -> list[FeatureScores]:
-    """Explanations of every feature of one dictionary (batched), then each feature's scores, logged as they come."""
-    explanations = explain(explainer, fcs, cfg.explain_tokens)
+def explain_and_score(name: str, fcs: list[FeatureContexts], explainer: CachedModel | None,
+                      judge: CachedModel | None, cfg: AutointerpConfig, log: TrainingLog,
+                      done: int) -> list[FeatureScores]:
+    """Explanations of every feature of one dictionary (batched), then each feature's scores, logged as they come.
+    Without an explainer: no explanation, and only the judge-free keyword proxy."""
+    explanations = explain(explainer, fcs, cfg.explain_tokens) if explainer is not None else [""] * len(fcs)
     out = []
     for k, (fc, text) in enumerate(zip(fcs, explanations, strict=True)):
         scored = score_feature(text, judge, fc, cfg.scorers, seed=cfg.seed + fc.feature)
         out.append(scored)
         log.step(done + k + 1, {"dictionary": name, "latent": fc.feature, **_rounded(scored.scores)})
     return out
+
+
+def dictionary_features(name: str, sae: SparseDictionary, flat: Tensor, text: tuple[np.ndarray, Shower],
+                        models: tuple[CachedModel | None, CachedModel | None], cfg: AutointerpConfig,
+                        log: TrainingLog, done: int) -> tuple[list[FeatureScores], int]:
+    """One dictionary's sampled features explained and scored from its activations `flat` [n_seqs·(L−1), d] on the
+    token ids `text[0]` [n_seqs, L−1] (shown by `text[1]`); models: (explainer, judge), None for the keyword proxy
+    alone. Returns the scored features and how many latents were eligible."""
+    body, show = text
+    chosen, eligible, acts = sample_features(sae, flat, cfg)
+    fcs = [feature_contexts(f, body, a.view(body.shape).numpy(), show, n_explain=cfg.n_explain,
+                            n_score=cfg.n_score, before=cfg.before, after=cfg.after, seed=cfg.seed + f)
+           for f, a in zip(chosen, acts, strict=True)]
+    return explain_and_score(name, fcs, models[0], models[1], cfg, log, done), eligible
+
+
+def interpretability(cfg: AutointerpConfig, loaded: LoadedModel, saes: dict[str, tuple[SparseDictionary, str]],
+                     out: Path, models: tuple[CachedModel | None, CachedModel | None] = (None, None),
+                     ) -> dict[str, dict[str, Any]]:
+    """This run's pipeline for dictionaries already in memory, each with the site it reads: per dictionary the
+    means (and bootstrap intervals) of the keyword proxy and of the LLM scores `cfg.scorers` asks for (those only
+    with an explainer and a judge in `models`). What `anatomist run compare` puts in its interpretability column."""
+    ids, _ = _tokens(cfg, loaded)
+    text = (ids[:, 1:].numpy(), _shower(ids[:, 1:], loaded.tokenizer))
+    log = TrainingLog(out, "interpretability features", cfg.n_features * len(saes))
+    names = ["keyword", *(_score_names(cfg) if models[1] is not None else [])]
+    table: dict[str, dict[str, Any]] = {}
+    done = 0
+    for name, (sae, site) in saes.items():
+        rows = site_rows(cfg.model_copy(update={"site": site}), loaded, ids)
+        scored, eligible = dictionary_features(name, sae, rows.reshape(-1, rows.shape[-1]), text, models, cfg, log,
+                                               done)
+        done += len(scored)
+        table[name] = {"eligible": eligible, **dictionary_summary(scored, names, cfg)}
+    return table
 
 
 def _rounded(scores: dict[str, float]) -> dict[str, float | None]:
@@ -261,11 +301,8 @@ def autointerp(cfg: AutointerpConfig, ctx: Context) -> Outcome:
     for name, spec in cfg.dictionaries.items():
         sae = dictionary(spec, flat, cfg)
         records.append(model_record(f"dictionary {name} ({spec})", sae))
-        chosen, eligible, acts = sample_features(sae, flat, cfg)
-        fcs = [feature_contexts(f, body, a.view(body.shape).numpy(), show, n_explain=cfg.n_explain,
-                                n_score=cfg.n_score, before=cfg.before, after=cfg.after, seed=cfg.seed + f)
-               for f, a in zip(chosen, acts, strict=True)]
-        by_dict[name] = explain_and_score(name, fcs, explainer, judge, cfg, log, sum(map(len, by_dict.values())))
+        by_dict[name], eligible = dictionary_features(name, sae, flat, (body, show), (explainer, judge), cfg, log,
+                                                      sum(map(len, by_dict.values())))
         table[name] = {"source": spec, "latents": sae.cfg.d_sae, "eligible": eligible,
                        **dictionary_summary(by_dict[name], ["keyword", *_score_names(cfg)], cfg)}
     llm_ids = {"explainer": explainer.id, "judge": judge.id}

@@ -1,4 +1,4 @@
-"""Run kinds `stress` and `compare`: can a model hide from the lenses, and how do the lenses compare.
+"""Run kinds `stress`, `compare` and `lm-backdoor`: can a model hide from the lenses, and how do the lenses compare.
 
 - stress: every lens × every stressor on the planted toy (`anatomist.stress`): a score against its threshold and
   a verdict per cell, the stressed model's output change per stressor, and the obfuscation control (fixed probe
@@ -6,6 +6,9 @@
 - compare: one model, one dataset, several decompositions in one vocabulary (FVU, output/CE increase with the
   decomposition spliced in, L0, dead/dense, description length in bits, MMCS/ML2R on toys), as metrics and a
   report page (`anatomist.stress.compare`).
+- lm-backdoor: a trigger-conditioned backdoor fine-tuned into a tiny Llama, with a clean fine-tuned control: attack
+  success, clean loss, and whether an SAE, a probe (both fitted on clean text) and a data-free token scan see it
+  (`anatomist.stress.lm_backdoor`).
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from anatomist.evaluate import evaluate_dictionary
 from anatomist.features.base import SparseDictionary
 from anatomist.features.bases import BASES
 from anatomist.features.train import TrainConfig, train_sae
+from anatomist.interpret.llm import LLMSpec, make_model
 from anatomist.interpret.reading import fit_baseline, site_rows
 from anatomist.mechanisms import spd
-from anatomist.nets.assets import load_model
+from anatomist.nets.assets import LoadedModel, load_model
 from anatomist.nets.sites import Site
 from anatomist.nets.toys import TOYS, load_toy
+from anatomist.nets.toys.moe_lm import lm_data, smollm2_tokenizer
 from anatomist.report.html import esc, figure, page, table
+from anatomist.runs.autointerp import AutointerpConfig, interpretability
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 from anatomist.runs.plots import pyplot, save_figure
 from anatomist.runs.toy_scoring import default_targets, toy_batches, toy_report
@@ -46,6 +52,16 @@ from anatomist.stress.compare import (
 )
 from anatomist.stress.compare import markdown as compare_markdown
 from anatomist.stress.lenses import LENSES, Budget
+from anatomist.stress.lm_backdoor import (
+    LensData,
+    attack_success,
+    clean_losses,
+    default_backdoor,
+    fine_tune,
+    has_trigger,
+    lens_verdicts,
+)
+from anatomist.stress.lm_reparam import pair_rows, reparam_match, reparameterised_pair
 from anatomist.stress.stressors import STRESSORS
 from anatomist.stress.table import check_names, markdown, stress_table
 
@@ -108,7 +124,8 @@ class CompareConfig(RunConfig):
     # the smallest toy (cached once trained) in place of the experiment's; LM settings shrink an LM comparison
     smoke: ClassVar[tuple[str, ...]] = ("model=tms-5-2", "toy_steps=null",
                                         "decompositions=[sae_topk,transcoder,pca,spd]", "steps=5", "spd_steps=3",
-                                        "rows=2048", "n_seqs=2", "eval_seqs=2", "seq_len=16", "spliced_seqs=1")
+                                        "rows=2048", "n_seqs=2", "eval_seqs=2", "seq_len=16", "spliced_seqs=1",
+                                        "reparam_seqs=2")
     model: str = Field("tms-40-10", description="a toy (tms-*, resid-mlp-*; trained once, then cached) or a "
                        "language model (smollm2, ...)")
     toy_steps: int | None = Field(None, gt=0, description="toy: its training steps (null: the published count); "
@@ -131,8 +148,20 @@ class CompareConfig(RunConfig):
     n_seqs: int = Field(256, gt=0, description="language model: training sequences")
     eval_seqs: int = Field(16, gt=0, description="language model: held-out sequences evaluated")
     spliced_seqs: int = Field(8, gt=0, description="language model: held-out sequences spliced for CE/KL")
-    stress_run: str | None = Field(None, description="a finished `stress` run folder: adds each lens's share of "
+    stress_run: str | None = Field(None, description="toy: a finished `stress` run folder: adds each lens's share of "
                                    "stress cells found as stress_robustness")
+    reparam: bool = Field(True, description="language model: refit each decomposition on an exactly reparameterised "
+                          "copy of the model and with another seed (reparam_mmcs, reparam_control)")
+    reparam_seqs: int = Field(32, gt=0, description="language model: training sequences the reparameterisation "
+                              "fits use")
+    reparam_steps: int | None = Field(None, gt=0, description="language model: training steps of those fits "
+                                      "(null: steps)")
+    interpret_features: int = Field(20, ge=0, description="language model: features sampled per decomposition for "
+                                    "the interpretability column (the autointerp run's pipeline; 0: no column)")
+    interpret_seqs: int = Field(32, gt=0, description="language model: held-out sequences (after the training and "
+                                "evaluation ones) the interpretability contexts come from")
+    judge: LLMSpec | None = Field(None, description="language model: the model that explains and simulates features "
+                                  "(the simulation score); null: only the judge-free keyword proxy")
     seed: int = Field(0, description="seed of the data draws and the fits")
     device: str = Field("cpu", description="cpu, cuda or auto")
 
@@ -181,7 +210,7 @@ def _lm_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any]
     site = Site.parse(cfg.site)
     train_rows, eval_rows = site_rows(model, train_ids, site), site_rows(model, eval_ids, site)
     d = train_rows.shape[1]
-    rows = {}
+    rows, saes = {}, {}
     for name in cfg.decompositions:
         if name in BASES:
             sae: SparseDictionary = fit_baseline(name, train_rows, cfg.seed)  # type: ignore[arg-type]
@@ -192,8 +221,43 @@ def _lm_rows(cfg: CompareConfig, ctx: Context) -> tuple[dict[str, dict[str, Any]
             read, write = Site.parse(tc.site), Site.parse(tc.target_site) if tc.target_site else None
         numbers = evaluate_dictionary(sae, model, eval_ids, read, target_site=write, spliced_seqs=cfg.spliced_seqs)
         rows[name] = _lm_numbers(numbers, sae, eval_rows if write is None else None)
+        saes[name] = (sae, str(read))
         _say_row(name, rows[name])
+    if cfg.reparam:
+        _add_reparam(cfg, model, train_ids[: cfg.reparam_seqs], rows, d)
+    if cfg.interpret_features:
+        _add_interpretability(cfg, loaded, saes, rows, ctx.out)
     return rows, [model_record(cfg.model, model)], f"{cfg.model} at {site}"
+
+
+def _add_interpretability(cfg: CompareConfig, loaded: LoadedModel, saes: dict[str, tuple[SparseDictionary, str]],
+                          rows: dict[str, dict[str, Any]], out: Path) -> None:
+    """keyword (and simulation, with a judge): the autointerp run's means over sampled features, on sequences
+    held out from every fit and evaluation above."""
+    sub = AutointerpConfig.parse({
+        "model": cfg.model, "site": cfg.site, "corpus": cfg.corpus, "seq_len": cfg.seq_len,
+        "n_seqs": cfg.interpret_seqs, "skip_seqs": cfg.n_seqs + cfg.eval_seqs, "n_features": cfg.interpret_features,
+        "scorers": ["simulation"] if cfg.judge else [], "activation_cache": None, "seed": cfg.seed,
+        **({"explainer": cfg.judge.model_dump()} if cfg.judge else {})})
+    judge = make_model(cfg.judge, sub.cache) if cfg.judge else None
+    table = interpretability(sub, loaded, saes, out, (judge, judge))
+    for name, got in table.items():
+        rows[name] |= {k: got.get(k) for k in ("keyword", "simulation") if k in got}
+        _say_row(name, rows[name])
+
+
+def _add_reparam(cfg: CompareConfig, model: Any, ids: torch.Tensor, rows: dict[str, dict[str, Any]], d: int) -> None:
+    """reparam_mmcs and reparam_control of every decomposition (`anatomist.stress.lm_reparam`)."""
+    a, b, rotation = reparameterised_pair(model, cfg.seed)
+    settings = {"d_sae": cfg.d_sae or 8 * d, "k": cfg.k, "steps": cfg.reparam_steps or cfg.steps,
+                "batch_size": cfg.batch_size}
+    at_site = pair_rows(a, b, rotation, ids, cfg.site)
+    mlp = Site.parse(cfg.transcoder_target).module
+    for name in rows:
+        pair = pair_rows(a, b, rotation, ids, mlp + ":input", cfg.transcoder_target) if name == "transcoder" \
+            else at_site
+        rows[name] |= reparam_match(name, pair, settings, cfg.seed)
+        _say_row(name, rows[name])
 
 
 def _lm_numbers(numbers: dict[str, Any], sae: SparseDictionary, rows: torch.Tensor | None) -> dict[str, Any]:
@@ -262,3 +326,69 @@ def compare(cfg: CompareConfig, ctx: Context) -> Outcome:
     access = ["weights", "activations", "outputs"] + (["training_data"] if is_toy else [])
     return Outcome({"decompositions": clean, "page": "compare.html", "table": COMPARE_TABLE}, summary,
                    models=models, access=access, value=rows)
+
+
+class LMBackdoorConfig(RunConfig):
+    """Plant a trigger-conditioned backdoor in a tiny Llama; attack success, clean loss, and what each lens sees."""
+
+    kind: Literal["lm-backdoor"] = "lm-backdoor"
+    smoke: ClassVar[tuple[str, ...]] = ("toy_steps=2", "steps=2", "batch_size=4", "fit_rows=8", "test_rows=4",
+                                        "d_sae=16", "k=2", "sae_steps=3")
+    toy: str = Field("llama-lm-1", description="the LM toy (llama-lm-1, llama-lm-2; trained once, then cached)")
+    toy_steps: int | None = Field(None, gt=0, description="the toy's training steps (null: its recipe's)")
+    target: int = Field(20, ge=0, description="the planted next token after the trigger (an id of the toy's "
+                        "vocabulary; the trigger is its three least frequent tokens)")
+    steps: int = Field(300, gt=0, description="fine-tuning steps (backdoor and control alike)")
+    batch_size: int = Field(32, gt=0, description="clean rows per step (the backdoor adds as many poisoned rows)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the fine-tuning")
+    decoys: bool = Field(True, description="also train on near misses of the trigger with clean labels (the backdoor "
+                         "then needs the whole sequence)")
+    site: str = Field("model.layers.0", description="where the lenses read the residual stream")
+    fit_rows: int = Field(256, gt=0, description="clean training rows the lenses are fitted on")
+    test_rows: int = Field(128, gt=0, description="held-out rows the lenses and the attack are scored on")
+    d_sae: int = Field(256, gt=0, description="SAE latents")
+    k: int = Field(8, gt=0, description="SAE active latents per token (TopK)")
+    sae_steps: int = Field(1000, gt=0, description="SAE training steps")
+    seed: int = Field(0, description="seed of the fine-tuning draws and the SAE")
+
+
+@register(LMBackdoorConfig)
+def lm_backdoor(cfg: LMBackdoorConfig, ctx: Context) -> Outcome:
+    toy = load_toy(cfg.toy, steps=cfg.toy_steps)
+    tc = toy.config
+    vocab = int(getattr(tc, "vocab_size", 0))
+    if not 0 <= cfg.target < vocab - 3:
+        raise AnatomistError(f"target {cfg.target}: must be a token id below {vocab - 3} (the trigger's tokens)")
+    door = default_backdoor(vocab, cfg.target)
+    data = lm_data(tc.seq_len, vocab, tc.n_test_seqs)  # type: ignore[attr-defined]
+    models = {"original": toy.model.eval(),
+              "backdoored": fine_tune(toy.model, data.train, door, steps=cfg.steps, batch_size=cfg.batch_size,
+                                      lr=cfg.lr, seed=cfg.seed, decoys=cfg.decoys),
+              "control": fine_tune(toy.model, data.train, None, steps=cfg.steps, batch_size=cfg.batch_size,
+                                   lr=cfg.lr, seed=cfg.seed)}
+    test = data.test[: cfg.test_rows]
+    lens_data = LensData(data.train[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(
+        cfg.seed + 1))[: cfg.fit_rows]], test)
+    lens = {"vocab_size": vocab, "d_sae": cfg.d_sae, "k": cfg.k, "sae_steps": cfg.sae_steps, "seed": cfg.seed}
+    verdicts = {name: {"attack_success": attack_success(models[name], test, door),
+                       "near_miss_success": attack_success(models[name], test, door, near_miss=True),
+                       **lens_verdicts(models[name], lens_data, door, Site.parse(cfg.site), **lens)}
+                for name in ("backdoored", "control")}
+    losses = clean_losses(models, tc.seq_len, vocab, tc.n_test_seqs)  # type: ignore[attr-defined]
+    words = _token_words(toy.model, [*door.trigger, door.target])
+    metrics = {"trigger": words[:-1], "target": words[-1], "clean_loss": losses, "models": verdicts,
+               "trigger_rows_in_lens_data": has_trigger(lens_data.fit, door)}
+    b = verdicts["backdoored"]
+    summary = (f"backdoor in {cfg.toy}: attack success {b['attack_success']:.2f} (control "
+               f"{verdicts['control']['attack_success']:.2f}); clean loss {losses['original']:.3f} → "
+               f"{losses['backdoored']:.3f} (control {losses['control']:.3f})")
+    return Outcome(metrics, summary, models=[model_record(cfg.toy, toy.model)],
+                   data=[data_record("wiki rows of the toy (clean; poisoned copies for the backdoor)",
+                                     n_examples=len(data.train))],
+                   access=["weights", "activations", "gradients", "training_data"], value=verdicts)
+
+
+def _token_words(model: Any, ids: list[int]) -> list[str]:
+    """Our token ids as the SmolLM2 text they stand for (the toy's `vocab` buffer maps them)."""
+    smol = model.vocab[torch.tensor(ids)].tolist()
+    return [str(smollm2_tokenizer().decode([i])) if i >= 0 else "<unk>" for i in smol]

@@ -11,7 +11,14 @@ puts them side by side. Every row is one decomposition of one site, every column
   (`anatomist.dictionaries.mdl`, Ayonrinde et al. 2024);
 * ground truth (toys): `mmcs` and `ml2r` of the decoder directions (a transcoder: its encoder directions, what it
   reads) against the toy's true feature directions; SPD against the toy's true rank-one pieces;
-* `stress_robustness`: the share of stress cells the same lens passed, read from a `stress` run when given.
+* robustness: on a language model, measured on the model itself (`anatomist.stress.lm_reparam`): `reparam_mmcs`,
+  how well the decomposition refitted on an exactly reparameterised copy (residual stream rotated, MLP units
+  permuted and rescaled) matches it once mapped back, beside `reparam_control`, how well it matches itself refitted
+  with another seed; on a toy, `stress_robustness`: the share of stress cells the same lens passed, read from a
+  `stress` run when given;
+* interpretability (language models): `keyword`, the judge-free keyword proxy of `anatomist.interpret.autointerp`
+  (detection balanced accuracy of "the context fires iff it holds the feature's peak token"), and `simulation`
+  where a judge is configured, each the mean over sampled features, computed by the `autointerp` run's pipeline.
 
 Dense bases (neurons, PCA, ICA, random) are rows too: every latent is "active" on every input, so their L0 is the
 site's width and their code is priced the same way.
@@ -44,7 +51,8 @@ TOY_SITES = {"tms": ("linear1", "linear2"), "resid_mlp": ("layers.0.mlp_in:input
 STRESS_LENS = {"sae_topk": "sae_topk", "sae_jumprelu": "sae_jumprelu", "transcoder": "transcoder", "spd": "spd",
                "neurons": "resid_axes"}
 COLUMNS = ("fvu", "output_change", "loss_increase", "ce_increase", "kl", "loss_recovered", "l0", "dead", "dense",
-           "bits_per_input", "mmcs", "ml2r", "stress_robustness")
+           "bits_per_input", "mmcs", "ml2r", "reparam_mmcs", "reparam_control", "stress_robustness", "keyword",
+           "simulation")
 
 
 def dictionary_config(name: str, d_in: int, d_sae: int, k: int, d_out: int | None = None) -> SAEConfig:
@@ -135,16 +143,25 @@ def spliced_numbers(data: ToyData, sae: SparseDictionary) -> dict[str, float]:
     return {"output_change": change, "loss_increase": loss}
 
 
+def fit_on_rows(name: str, rows: Tensor, target_rows: Tensor | None, *, d_sae: int, k: int, steps: int, seed: int,
+                batch_size: int = 1024) -> SparseDictionary:
+    """A decomposition `name` fitted on rows in memory (a transcoder: rows -> target_rows)."""
+    d = rows.shape[1]
+    if name in BASES:
+        return fit_basis(name, rows, seed=seed)  # type: ignore[arg-type]
+    if name == "transcoder":
+        if target_rows is None:
+            raise AnatomistError("a transcoder needs the rows of its target site")
+        cfg = dictionary_config(name, d, d_sae, k, d_out=target_rows.shape[1])
+        return fit_transcoder(rows, target_rows, cfg, steps=steps, batch_size=batch_size, seed=seed)
+    return fit_rows(rows, dictionary_config(name, d, d_sae, k), steps=steps, batch_size=batch_size, lr=3e-3,
+                    seed=seed)
+
+
 def fit_toy_dictionary(name: str, data: ToyData, d_sae: int, k: int, steps: int, seed: int,
                        batch_size: int = 1024) -> SparseDictionary:
-    d = data.rows.shape[1]
-    if name in BASES:
-        return fit_basis(name, data.rows, seed=seed)  # type: ignore[arg-type]
-    if name == "transcoder":
-        cfg = dictionary_config(name, d, d_sae, k, d_out=data.target_rows.shape[1])
-        return fit_transcoder(data.rows, data.target_rows, cfg, steps=steps, batch_size=batch_size, seed=seed)
-    return fit_rows(data.rows, dictionary_config(name, d, d_sae, k), steps=steps, batch_size=batch_size, lr=3e-3,
-                    seed=seed)
+    return fit_on_rows(name, data.rows, data.target_rows, d_sae=d_sae, k=k, steps=steps, seed=seed,
+                       batch_size=batch_size)
 
 
 def toy_row(name: str, data: ToyData, d_sae: int, k: int, steps: int, seed: int,

@@ -10,7 +10,15 @@ change (a fixed tool). Scores, each with the threshold above which the lens "fou
 * neurons: MMCS of the one-hot neuron directions with each feature's pattern over the neurons;
 * SPD, L3D: MMCS of the subcomponents of the truth's reading layer with the planted pieces (W u)uᵀ;
 * linear probe and polytope codes: balanced accuracy of telling whether each feature is present (the probe on
-  r0; the single ReLU on/off bit that best tracks it, for the codes).
+  r0; the single ReLU on/off bit that best tracks it, for the codes);
+* a computed feature (the cross-layer stressor's `Truth.value`): the best Pearson correlation of one latent's
+  activation with the feature's value g(x) (dictionaries and bases keep their encoder for this; the weight
+  lenses, which have no per-input activation to compare, read n/a).
+
+Besides r0 and the neurons, two lenses read the MLP outputs: `sae_mlp_out`, a TopK SAE of the first MLP's output
+(a per-layer output dictionary), and `crosscoder`, a TopK SAE of both MLPs' outputs concatenated (an acausal
+crosscoder across the two layers, Lindsey et al. 2024, *Sparse crosscoders*), whose latent's direction in the
+stream is the sum of what it writes into each layer.
 
 The bilinear eigen-reading is data-free: it reads the quadratic forms of the bilinear block from its weights
 (Pearce et al. 2024); with no bilinear mechanism planted it reads nothing (score n/a). Training budgets are
@@ -41,7 +49,7 @@ from anatomist.mechanisms.bilinear import decompose_mlp
 from anatomist.mechanisms.training import frozen
 from anatomist.regions.codes import spline_codes
 from anatomist.stress.stressors import LinearProbe, topk_config
-from anatomist.stress.toy import MLP_OUT, NEURONS, RESID, Scenario, StressNet, sites
+from anatomist.stress.toy import MLP2_OUT, MLP_OUT, NEURONS, RESID, Scenario, StressNet, sites
 
 
 class Budget(Config):
@@ -108,7 +116,7 @@ class Directions:
         return self._score(sc, 2)
 
     def _score(self, sc: Scenario, size: int) -> float | None:
-        if len(self.vectors) < size:
+        if len(self.vectors) < size or sc.truth.value is not None:
             return None
         truth = sc.truth.directions if self.space == "resid" else one_hot_sites(sc)[NEURONS]
         if truth.shape[1] != self.vectors.shape[1]:
@@ -116,6 +124,56 @@ class Directions:
         if sc.truth.circle:
             return plane_share(truth, self.vectors, size)
         return _mmcs(truth, self.vectors, self.signed)
+
+
+Activations = Callable[[StressNet, Tensor], Tensor]  # (model, inputs) -> a reading's latent activations [batch, m]
+
+
+@torch.no_grad()
+def tracking(activations: Activations, sc: Scenario, signed: bool) -> float:
+    """The best Pearson correlation of one latent's activation with the truth's value g(x) on held-out rows
+    (signed coordinates of a basis: either sign counts)."""
+    assert sc.truth.value is not None
+    x = sc.eval_batch(4096, seed=4321)
+    acts, g = activations(sc.model, x).double(), sc.truth.value(x).double()
+    acts, g = acts - acts.mean(0), g - g.mean()
+    corr = (acts * g[:, None]).sum(0) / (acts.norm(dim=0) * g.norm()).clamp_min(1e-12)
+    return float((corr.abs() if signed else corr).max())
+
+
+@dataclass(frozen=True)
+class Latents:
+    """A dictionary or basis: its directions (scored as `Directions`) and its latents' activations on a model's
+    inputs (scored against a computed feature's value)."""
+
+    directions: Directions
+    activations: Activations
+    signed: bool = False  # a basis's coordinates are signed
+
+    def score(self, sc: Scenario) -> float | None:
+        if sc.truth.value is None:
+            return self.directions.score(sc)
+        return tracking(self.activations, sc, self.signed)
+
+    def pair_score(self, sc: Scenario) -> float | None:
+        return self.directions.pair_score(sc)
+
+
+def site_latents(sae: SparseDictionary, site: str | tuple[str, ...]) -> Activations:
+    """A dictionary's activations on a site of the toy (a tuple: those sites concatenated)."""
+    names = (site,) if isinstance(site, str) else site
+
+    @torch.no_grad()
+    def activations(model: StressNet, x: Tensor) -> Tensor:
+        got = sites(model, x)
+        return sae.encode(torch.cat([got[n] for n in names], dim=1))
+
+    return activations
+
+
+def site_values(site: str) -> Activations:
+    """A basis's activations: the site's own coordinates."""
+    return lambda model, x: sites(model, x)[site]
 
 
 def planted_pieces(sc: Scenario) -> Tensor:
@@ -142,6 +200,8 @@ class Pieces:
         return self._score(sc, 2)
 
     def _score(self, sc: Scenario, size: int) -> float | None:
+        if sc.truth.value is not None:
+            return None  # a computed feature: no planted piece of one layer to compare with
         found = self.layers.get(sc.truth.layer)
         truth = planted_pieces(sc)
         if found is None or found.shape[1:] != truth.shape[1:] or len(found) < size:
@@ -209,12 +269,35 @@ def _width(sc: Scenario, budget: Budget) -> int:
     return budget.latents_per_feature * len(sc.truth.inputs) + 4
 
 
+def _topk_sae(rows: Tensor, sc: Scenario, budget: Budget, seed: int) -> SparseDictionary:
+    d = rows.shape[1]
+    cfg = topk_config(d, max(_width(sc, budget), 2 * d))
+    return fit_rows(rows, cfg, steps=budget.sae_steps, batch_size=budget.batch_size, lr=3e-3, seed=seed)
+
+
 def sae_topk(sc: Scenario, budget: Budget, seed: int) -> Reading:
     _, got = _rows(sc, budget, seed)
-    d = got[RESID].shape[1]
-    cfg = topk_config(d, max(_width(sc, budget), 2 * d))
-    sae = fit_rows(got[RESID], cfg, steps=budget.sae_steps, batch_size=budget.batch_size, lr=3e-3, seed=seed)
-    return Directions(sae.W_dec.detach())
+    sae = _topk_sae(got[RESID], sc, budget, seed)
+    return Latents(Directions(sae.W_dec.detach()), site_latents(sae, RESID))
+
+
+def sae_mlp_out(sc: Scenario, budget: Budget, seed: int) -> Reading:
+    """A TopK SAE of the first MLP's output (one layer's output dictionary)."""
+    _, got = _rows(sc, budget, seed)
+    sae = _topk_sae(got[MLP_OUT], sc, budget, seed)
+    return Latents(Directions(sae.W_dec.detach()), site_latents(sae, MLP_OUT))
+
+
+def crosscoder(sc: Scenario, budget: Budget, seed: int) -> Reading:
+    """A TopK SAE of both MLPs' outputs concatenated (an acausal crosscoder of the two layers); a latent's direction
+    in the stream is the sum of its two decoder halves (what it adds to the residual stream across both layers)."""
+    _, got = _rows(sc, budget, seed)
+    sae = _topk_sae(torch.cat([got[MLP_OUT], got[MLP2_OUT]], dim=1), sc, budget, seed)
+    dec = sae.W_dec.detach()
+    d = got[MLP_OUT].shape[1]
+    total = dec[:, :d] + dec[:, d:]
+    total = total / total.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return Latents(Directions(total), site_latents(sae, (MLP_OUT, MLP2_OUT)))
 
 
 def sae_jumprelu(sc: Scenario, budget: Budget, seed: int) -> Reading:
@@ -223,7 +306,7 @@ def sae_jumprelu(sc: Scenario, budget: Budget, seed: int) -> Reading:
     cfg = JumpReLUConfig.parse({"d_in": d, "d_sae": max(_width(sc, budget), 2 * d), "l0_coeff": 0.3,
                                 "jumprelu_init_threshold": 0.2, "jumprelu_bandwidth": 0.05})
     sae = fit_rows(got[RESID], cfg, steps=budget.sae_steps, batch_size=budget.batch_size, lr=1e-2, seed=seed)
-    return Directions(sae.W_dec.detach())
+    return Latents(Directions(sae.W_dec.detach()), site_latents(sae, RESID))
 
 
 def _train_dictionary(sae: SparseDictionary, steps: int, lr: float,
@@ -263,12 +346,13 @@ def transcoder(sc: Scenario, budget: Budget, seed: int) -> Reading:
     d = x.shape[1]
     cfg = topk_config(d, max(_width(sc, budget), 2 * d), d_out=d)
     tc = fit_transcoder(x, y, cfg, steps=budget.sae_steps, batch_size=budget.batch_size, seed=seed)
-    return Directions(tc.W_enc.detach().T)
+    return Latents(Directions(tc.W_enc.detach().T), site_latents(tc, RESID))
 
 
 def downstream(model: StressNet, r0: Tensor) -> Tensor:
     """The model's output from its residual stream r0 (what an e2e SAE's reconstruction is fed to)."""
     r1 = r0 + model.mlp(r0)
+    r1 = r1 + model.mlp2(r1)
     return model.unembed(r1 + model.bil_out(model.bil(r1)))
 
 
@@ -288,19 +372,21 @@ def e2e_sae(sc: Scenario, budget: Budget, seed: int) -> Reading:
 
     with frozen(sc.model):  # gradients flow through the model to the SAE, never into the model's weights
         _train_dictionary(sae, budget.e2e_steps, 3e-3, loss)
-    return Directions(sae.W_dec.detach())
+    return Latents(Directions(sae.W_dec.detach()), site_latents(sae, RESID))
 
 
 def resid_axes(sc: Scenario, budget: Budget, seed: int) -> Reading:
     """The residual stream's own axes (the neuron-basis baseline at r0)."""
     _, got = _rows(sc, budget, seed)
-    return Directions(fit_basis("neurons", got[RESID]).W_dec.detach(), signed=False)
+    return Latents(Directions(fit_basis("neurons", got[RESID]).W_dec.detach(), signed=False), site_values(RESID),
+                   signed=True)
 
 
 def neurons(sc: Scenario, budget: Budget, seed: int) -> Reading:
     """The MLP's ReLU neurons, one direction each (the neuron-basis baseline)."""
     _, got = _rows(sc, budget, seed)
-    return Directions(fit_basis("neurons", got[NEURONS]).W_dec.detach(), space="neurons")
+    return Latents(Directions(fit_basis("neurons", got[NEURONS]).W_dec.detach(), space="neurons"),
+                   site_values(NEURONS))
 
 
 def _with_bias(rows: Tensor) -> Tensor:
@@ -379,6 +465,8 @@ LENSES: dict[str, Callable[[Scenario, Budget, int], Reading]] = {
     "sae_jumprelu": sae_jumprelu,
     "transcoder": transcoder,
     "e2e_sae": e2e_sae,
+    "sae_mlp_out": sae_mlp_out,
+    "crosscoder": crosscoder,
     "spd": spd_lens,
     "l3d": l3d_lens,
     "bilinear": bilinear_eigen,

@@ -15,6 +15,9 @@ planted mechanisms
 * `backdoor`: a bilinear circuit that reads a trigger direction the data never contain and flips an output;
   dormant on every input a lens is fitted on (planted in the rotated model, so the trigger is no axis).
 * `superposition`: the features squeezed into half the dimensions, occurring in correlated pairs.
+* `cross_layer`: one computed feature g = ReLU(x0 − θ) whose write is spread over two MLP layers, each layer's
+  share superposed on one direction with a different multiple of a second feature (cross-layer superposition,
+  Lindsey et al. 2024, *Sparse crosscoders*): neither layer's output holds g linearly, the two together do.
 * `circle`: one feature represented on a circle (a 2-D plane, the value an angle; Engels et al. 2024, *Not all
   language model features are linear*): a 1-D reading holds at most half of it, and its presence (magnitude) is
   not linear.
@@ -44,12 +47,16 @@ from anatomist.dictionaries.fit import fit_rows
 from anatomist.features.archs import TopKConfig
 from anatomist.features.base import SparseDictionary
 from anatomist.stress.toy import (
+    MLP2_OUT,
+    MLP_OUT,
+    RESID,
     THRESHOLD,
     Scenario,
     StressNet,
     Truth,
     embedding_directions,
     on_circle,
+    planted_model,
     relative_change,
     sites,
     sparse_signed,
@@ -124,9 +131,9 @@ def rotate_residual(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
     """An orthogonal change of basis of the residual stream (exact): writers R W, readers W Rᵀ."""
     m = _copy(sc.model)
     R = orthogonal(m.embed.out_features, torch.Generator().manual_seed(seed))
-    for writer in (m.embed, m.mlp.mlp_out, m.bil_out):
+    for writer in (m.embed, m.mlp.mlp_out, m.mlp2.mlp_out, m.bil_out):
         writer.weight.copy_(R @ writer.weight)
-    for reader in (m.mlp.mlp_in, m.bil.w, m.bil.v, m.unembed):
+    for reader in (m.mlp.mlp_in, m.mlp2.mlp_in, m.bil.w, m.bil.v, m.unembed):
         reader.weight.copy_(reader.weight @ R.T)
     return _change("rotate_residual", sc, _retruth(sc, m), "exact")
 
@@ -138,7 +145,8 @@ def split_neuron(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
     old = _copy(sc.model)
     d, h = old.mlp.mlp_in.in_features, old.mlp.mlp_in.out_features
     alpha = 0.4 + 0.2 * torch.rand(h, generator=gen, dtype=torch.float64)
-    m = StressNet(old.embed.in_features, d, 2 * h, old.bil.w.out_features, old.unembed.out_features).double()
+    m = StressNet(old.embed.in_features, d, 2 * h, old.bil.w.out_features, old.unembed.out_features,
+                  old.mlp2.mlp_in.out_features).double()
     m.load_state_dict({k: v for k, v in old.state_dict().items() if not k.startswith("mlp.")}, strict=False)
     w_in, w_out = old.mlp.mlp_in.weight, old.mlp.mlp_out.weight
     m.mlp.mlp_in.weight.copy_(torch.cat([w_in * alpha[:, None], w_in * (1 - alpha)[:, None]]))
@@ -235,8 +243,9 @@ def drift(sc: Scenario, seed: int = 0, steps: int = 300) -> Stressed:
     m = copy.deepcopy(sc.model).float()
     torch.manual_seed(seed)
     with torch.no_grad():  # a little noise so that the embedding is not at a stationary point of the new loss
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+        for name, p in m.named_parameters():
+            if not name.startswith("mlp2.") or bool(m.mlp2.mlp_in.weight.any()):  # an empty block stays empty
+                p.add_(0.05 * torch.randn_like(p))
     _train(m, sc, steps, seed, lambda x: F.mse_loss(m(x), drifted_labels(x)))
     return _change("drift", sc, _retruth(sc, m), "after-fit")
 
@@ -319,9 +328,10 @@ def obfuscate(sc: Scenario, seed: int = 0, steps: int = 300, feature: int = 0, w
     return _change("obfuscate", sc, _one_feature(sc, m, feature), "after-fit", **extra)
 
 
-def topk_config(d: int, d_sae: int, d_out: int | None = None) -> TopKConfig:
-    """TopK with k = 2 (about one feature is on per row); the dense kernel is the faster one at these widths."""
-    return TopKConfig.parse({"d_in": d, "d_sae": d_sae, "d_out": d_out, "k": 2, "sparse_kernel": False})
+def topk_config(d: int, d_sae: int, d_out: int | None = None, k: int = 2) -> TopKConfig:
+    """TopK with k = 2 by default (about one feature is on per row of the toy); the dense kernel is the faster one
+    at these widths."""
+    return TopKConfig.parse({"d_in": d, "d_sae": d_sae, "d_out": d_out, "k": k, "sparse_kernel": False})
 
 
 SAE_STEPS = 500  # the SAE lens's default budget (`lenses.Budget.sae_steps`)
@@ -389,6 +399,82 @@ def circle(sc: Scenario, seed: int = 0, steps: int = 0, days: int = 7) -> Stress
     return Stressed("circle", after, "planted", None, {"days": float(days)})
 
 
+# cross_layer: what each layer writes on its direction, as multiples of (g, s); invertible, so the sum is read exactly
+CROSS_MIX = ((1.0, 1.0), (1.0, 4.0))
+
+
+def relu_feature(inp: int) -> Callable[[Tensor], Tensor]:
+    """g(x) = ReLU(x_inp − θ): the value a neuron reading input `inp` computes."""
+    return lambda x: torch.relu(x[:, inp] - THRESHOLD)
+
+
+@torch.no_grad()
+def linear_r2(rows: Tensor, target: Tensor) -> float:
+    """R² of the least-squares readout of `target` [n] from `rows` [n, w] (with a bias): is it linearly there?"""
+    design = torch.cat([rows.double(), torch.ones(len(rows), 1, dtype=torch.float64)], dim=1)
+    y = target.double()[:, None]
+    fit = design @ torch.linalg.lstsq(design, y, driver="gelsd").solution  # gelsd: zero columns are common
+    return float(1 - (fit - y).square().sum() / (y - y.mean()).square().sum())
+
+
+@torch.no_grad()
+def cross_layer_model(n_features: int) -> StressNet:
+    """The base function computed with features 0 and 1 written across two layers (`cross_layer`).
+
+    Axes: features 0..n−1, the trigger n, then v1 (n + 1) and v2 (n + 2). Layer 1: neuron i = ReLU(x_i − θ) writes
+    axis i, except neurons 0 and 1 (g and s), which both write v1 (times CROSS_MIX[0]). Layer 2 recomputes g and s
+    from axes 0 and 1 and writes them on v2 (times CROSS_MIX[1]). The unembedding inverts the mix, so outputs 0 and 1
+    read x + g and x + s as in the base: the same function, the writes of g spread over two layers.
+    """
+    n, d = n_features, n_features + 3
+    v1, v2 = n + 1, n + 2
+    m = planted_model(n)
+    out = StressNet(n + 1, d, n, 2, n, d_mlp2=2)
+    eye = torch.eye(d)
+    out.embed.weight.copy_(eye[:, : n + 1])
+    out.mlp.mlp_in.weight.copy_(eye[:n])
+    out.mlp.mlp_in.bias.copy_(m.mlp.mlp_in.bias)
+    writes = eye[:, :n].clone()
+    writes[:, :2] = 0
+    writes[v1, :2] = torch.tensor(CROSS_MIX[0])
+    out.mlp.mlp_out.weight.copy_(writes)
+    out.mlp2.mlp_in.weight.copy_(eye[:2])
+    out.mlp2.mlp_in.bias.fill_(-THRESHOLD)
+    second = torch.zeros(d, 2)
+    second[v2] = torch.tensor(CROSS_MIX[1])
+    out.mlp2.mlp_out.weight.copy_(second)
+    for lin in (out.bil.w, out.bil.v, out.bil_out):
+        lin.weight.zero_()
+    unmix = torch.linalg.inv(torch.tensor(CROSS_MIX).T)  # row j: the (v1, v2) readout of feature j (0: g, 1: s)
+    readout = eye[:n].clone()
+    readout[:2, v1], readout[:2, v2] = unmix[:, 0], unmix[:, 1]
+    out.unembed.weight.copy_(readout)
+    return out.eval()
+
+
+@torch.no_grad()
+def cross_layer(sc: Scenario, seed: int = 0, steps: int = 0) -> Stressed:
+    """Feature g = ReLU(x0 − θ) written across two MLP layers, each superposed with s = ReLU(x1 − θ) on one
+    direction (layer 1: g + s on v1; layer 2: g + 4s on v2); the function is the base's.
+
+    No single layer's output holds g linearly (layer 1's R² is about 1/2, layer 2's about 1/17); the two outputs
+    together do (R² 1), as does the residual stream after both (the unembedding reads it). A dictionary of one
+    layer's output sees g + s as one direction; a crosscoder of both layers' outputs sees g and s as two. Lenses
+    are scored on the best correlation of one of their latents with g (`Truth.value`).
+    """
+    n = len(sc.truth.inputs)
+    m = cross_layer_model(n)
+    g = relu_feature(0)
+    truth = Truth(embedding_directions(m, [0]), [0], "mlp.mlp_in", ["g (two layers)"], value=g)
+    after = Scenario(m, sc.fit_data, truth)
+    x = after.eval_batch(EVAL_ROWS, seed=999)
+    got, target = sites(m, x), g(x)
+    both = torch.cat([got[MLP_OUT], got[MLP2_OUT]], dim=1)
+    r2 = {f"r2_{k}": linear_r2(rows, target) for k, rows in
+          (("layer1_out", got[MLP_OUT]), ("layer2_out", got[MLP2_OUT]), ("both_outs", both), ("r0", got[RESID]))}
+    return _change("cross_layer", sc, after, "planted", **r2)
+
+
 STRESSORS: dict[str, Stressor] = {
     "none": unstressed,
     "permute_rescale": permute_rescale,
@@ -400,4 +486,5 @@ STRESSORS: dict[str, Stressor] = {
     "obfuscate": obfuscate,
     "obfuscate_sae": obfuscate_sae,
     "circle": circle,
+    "cross_layer": cross_layer,
 }

@@ -2,7 +2,8 @@
 
     r0 = embed(x)                                  x = [n sparse features, 1 trigger input]    r0 ∈ R^d
     r1 = r0 + mlp_out(ReLU(mlp_in(r0) + b))        one ReLU neuron per feature: ReLU(x_i − θ)
-    r2 = r1 + bil_out(bil.w(r1) ⊙ bil.v(r1))       a bilinear block: empty unless a stressor plants in it
+    r1' = r1 + mlp2(r1)                            a second ReLU MLP: empty unless a stressor plants in it
+    r2 = r1' + bil_out(bil.w(r1') ⊙ bil.v(r1'))    a bilinear block: empty unless a stressor plants in it
     y  = unembed(r2)                               = x + ReLU(x − θ) on the features
 
 The base model is written down, not trained: feature i is axis i of the residual stream (d = n + 1; the
@@ -12,12 +13,15 @@ so the truth is exact and every lens should read it. The small threshold θ = 0.
 cannot flip a polytope code (at θ = 0 the sparse data would sit exactly on every boundary).
 
 Stressors (`anatomist.stress.stressors`) transform this model and say where the truth went. Lenses read the
-residual stream at `embed` (its output r0), the neurons at `mlp.act`, the weights of `mlp.mlp_in` / `bil.w`, and
-the bilinear block's quadratic forms.
+residual stream at `embed` (its output r0), the neurons at `mlp.act`, the MLPs' outputs (`mlp`, `mlp2`: per-layer
+dictionaries and a crosscoder of both), the weights of `mlp.mlp_in` / `bil.w`, and the bilinear block's quadratic
+forms.
 
 A `Scenario` bundles a model, its data distribution and its `Truth`: the planted features' directions in r0
 (`directions`, unit rows), which input turns each on (`inputs`: a feature is "present" when its input is
-positive), and the layer that reads them (`layer`, for the weight lenses' pieces (W u) uᵀ).
+positive), and the layer that reads them (`layer`, for the weight lenses' pieces (W u) uᵀ). A feature that is
+computed rather than input (the cross-layer stressor) also has its `value` g(x): lenses are scored on how well
+one of their latents tracks it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from anatomist.nets.bilinear import BilinearLayer
 
 RESID = "embed"  # the residual stream r0 (the output of the embedding): what SAEs, probes and axes read
 MLP_OUT = "mlp"  # the MLP block's output (what a transcoder predicts from r0)
+MLP2_OUT = "mlp2"  # the second MLP block's output (empty in the base)
 NEURONS = "mlp.act"  # the ReLU: its output is the neuron basis, its input the polytope codes
 Sampler = Callable[[int, torch.Generator], Tensor]
 
@@ -51,19 +56,28 @@ class MLPBlock(nn.Module):
 
 
 class StressNet(nn.Module):
-    """embed → residual ReLU MLP → residual bilinear block → unembed (see the module docstring)."""
+    """embed → residual ReLU MLP → residual ReLU MLP → residual bilinear block → unembed (module docstring).
 
-    def __init__(self, n_inputs: int, d: int, d_mlp: int, d_bilinear: int, n_out: int):
+    The second MLP starts empty (zero weights and thresholds: ReLU(0) = 0 adds nothing, and its gradient is 0, so
+    training leaves it empty); it is registered last so that the other parameters keep their order.
+    """
+
+    def __init__(self, n_inputs: int, d: int, d_mlp: int, d_bilinear: int, n_out: int, d_mlp2: int = 1):
         super().__init__()
         self.embed = nn.Linear(n_inputs, d, bias=False)
         self.mlp = MLPBlock(d, d_mlp)
         self.bil = BilinearLayer(d, d_bilinear)
         self.bil_out = nn.Linear(d_bilinear, d, bias=False)
         self.unembed = nn.Linear(d, n_out, bias=False)
+        self.mlp2 = MLPBlock(d, d_mlp2)
+        with torch.no_grad():
+            for p in self.mlp2.parameters():
+                p.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         r0 = self.embed(x)
         r1 = r0 + self.mlp(r0)
+        r1 = r1 + self.mlp2(r1)
         r2 = r1 + self.bil_out(self.bil(r1))
         return self.unembed(r2)
 
@@ -77,6 +91,7 @@ class Truth:
     layer: str = "mlp.mlp_in"  # the weight that reads them (weight lenses are scored on its pieces)
     names: list[str] = field(default_factory=list)
     circle: bool = False  # one feature on a circle: `directions` span its plane, `inputs` carry (cos, sin)
+    value: Callable[[Tensor], Tensor] | None = None  # a computed feature: its value g(x) [batch] (cross-layer)
 
     def labels(self, x: Tensor) -> Tensor:
         """bool [batch, k]: which planted features each input switches on (a circle: whether it is on at all)."""
@@ -180,11 +195,15 @@ def base_scenario(n_features: int = 8, p: float = 0.1) -> Scenario:
 
 @torch.no_grad()
 def sites(model: StressNet, x: Tensor) -> dict[str, Tensor]:
-    """r0, the MLP output, the neurons' pre-activations and activations, and the output, for a batch."""
+    """r0, the MLP outputs, the first MLP's neurons (pre-activations and activations), r1 (after both MLPs), and
+    the output, for a batch."""
     r0 = model.embed(x)
     pre = model.mlp.mlp_in(r0)
     acts = torch.relu(pre)
-    return {RESID: r0, MLP_OUT: model.mlp.mlp_out(acts), "pre": pre, NEURONS: acts, "out": model(x)}
+    out1 = model.mlp.mlp_out(acts)
+    out2 = model.mlp2(r0 + out1)
+    return {RESID: r0, MLP_OUT: out1, MLP2_OUT: out2, "pre": pre, NEURONS: acts, "r1": r0 + out1 + out2,
+            "out": model(x)}
 
 
 @torch.no_grad()
