@@ -100,6 +100,11 @@ def _image_links(page: str) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', page)
 
 
+def _dangling_links(page: str, folder: Path) -> list[str]:
+    """Relative links and sources of a page that name no file (a run folder's page has no report around it)."""
+    return [link for link in re.findall(r'(?:href|src)="([^"#:]+)"', page) if not (folder / link).is_file()]
+
+
 def test_agent_lens_and_grid_pages_link_their_images(tmp_path: Path) -> None:
     from anatomist.runs import KINDS, load_run_config, run
 
@@ -109,12 +114,12 @@ def test_agent_lens_and_grid_pages_link_their_images(tmp_path: Path) -> None:
         page = (folder / "report.html").read_text()
         links = _image_links(page)
         assert {Path(p).name for p in links} == {"learning_curve.png", "trajectories.png"}
-        assert all((folder / p).is_file() for p in links)
+        assert all((folder / p).is_file() for p in links) and not _dangling_links(page, folder)
     assert "SAE latents" in (tmp_path / "lens" / "report.html").read_text()
     grid = load_run_config("goal-misgen", [*KINDS["goal-misgen"].config.smoke, "rand_fracs=[0.5]"])
     run(grid, tmp_path / "grid", threads=1)
     page = (tmp_path / "grid" / "report.html").read_text()
-    assert _image_links(page) == ["misgeneralization.png"]
+    assert _image_links(page) == ["misgeneralization.png"] and not _dangling_links(page, tmp_path / "grid")
     assert 'href="rf0.5_s0/report.html"' in page and (tmp_path / "grid" / "rf0.5_s0" / "report.html").is_file()
     (tmp_path / "grid" / "rf0.5_s0" / "report.html").unlink()  # a cell finished before runs wrote pages
     run(grid, tmp_path / "grid", threads=1)

@@ -17,7 +17,7 @@ from typing import Any
 
 from anatomist.agents.measure import MEANS
 from anatomist.core.io import atomic_write_text
-from anatomist.report.html import esc, figure, flatten, page, table
+from anatomist.report.html import esc, figure, flatten, standalone_page, table
 
 PAGE = "report.html"
 OUTCOMES = ("capable", "goal", "proxy", "misgeneralized", "misgeneralized_given_capable")
@@ -82,7 +82,7 @@ def write_agent_page(out: Path, agent_folder: Path, metrics: Mapping[str, Any], 
     body = (f"<h1>{esc(title)}</h1><h2>Outcomes</h2>{rates_table(metrics)}{figures}"
             + (lens_tables(lenses) if lenses else ""))
     path = out / PAGE
-    atomic_write_text(path, page(title, body, ""))
+    atomic_write_text(path, standalone_page(title, body))
     return path
 
 
@@ -99,6 +99,6 @@ def write_grid_page(out: Path, curve: Mapping[str, Mapping[str, Any]], cells: li
     body = (f"<h1>{esc(title)}</h1>" + figure("misgeneralization.png", "misgeneralization against rand_frac")
             + table(["rand_frac", *cols], rows) + f"<h2>Agents</h2><ul>{links}</ul>")
     path = out / PAGE
-    atomic_write_text(path, page(title, body, ""))
+    atomic_write_text(path, standalone_page(title, body))
     return path
 

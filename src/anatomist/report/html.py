@@ -6,6 +6,7 @@ import html
 import json
 import math
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from typing import Any
 
 from anatomist.core.io import dumps
@@ -92,4 +93,16 @@ def page(title: str, body: str, root: str, *, page_kind: str = "static", scripts
         f'<body data-page="{esc(page_kind)}"><header><a href="{prefix}index.html">anatomist report</a>'
         f"<span>{esc(title)}</span></header><main>{body}</main>{inline}"
         f'<script src="{prefix}assets/app.js"></script>{tags}</body></html>'
+    )
+
+
+def standalone_page(title: str, body: str) -> str:
+    """A page written into a run folder with no report built around it: the report's style inlined (no asset
+    files to go missing beside it) and no script (these pages are static)."""
+    css = (resources.files("anatomist.report") / "assets" / "style.css").read_text(encoding="utf-8")
+    return (
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{esc(title)}</title><style>{css}</style></head>"
+        f'<body data-page="static"><header><span>anatomist</span><span>{esc(title)}</span></header>'
+        f"<main>{body}</main></body></html>"
     )

@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 
 from anatomist.core.errors import AnatomistError
+from anatomist.core.io import atomic_write_text
 from anatomist.core.provenance import data_record, model_record
 from anatomist.data import CORPUS_HELP, load_corpus
 from anatomist.dictionaries.mdl import description_length
@@ -36,7 +37,7 @@ from anatomist.nets.assets import LoadedModel, load_model
 from anatomist.nets.sites import Site
 from anatomist.nets.toys import TOYS, load_toy
 from anatomist.nets.toys.moe_lm import lm_data, smollm2_tokenizer
-from anatomist.report.html import esc, figure, page, table
+from anatomist.report.html import esc, figure, standalone_page, table
 from anatomist.runs.autointerp import AutointerpConfig, interpretability
 from anatomist.runs.base import Context, Outcome, RunConfig, register
 from anatomist.runs.plots import pyplot, save_figure
@@ -308,7 +309,7 @@ def write_page(rows: Mapping[str, Mapping[str, Any]], title: str, out: Path, plo
                                                                          for n, r in rows.items()])
     body += "".join(figure(p, p.removeprefix("compare_").removesuffix(".png")) for p in plots)
     path = out / "compare.html"
-    path.write_text(page(title, body, ""))
+    atomic_write_text(path, standalone_page(title, body))
     return path
 
 
