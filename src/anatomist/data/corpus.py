@@ -4,6 +4,7 @@ the user's own files (a path, folder or glob: `anatomist.data.text_files`), stre
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -31,8 +32,28 @@ CORPUS_HELP = ("packaged corpus name (wiki; brown, python-docs, linux-docs once 
 TEXT_FIELD_HELP = "the field (.jsonl) or column (.parquet, datasets folder) that holds the text"
 
 
+class Tokenizable(ABC):
+    """A corpus read as one stream of texts (`stream`, named `name`), packed into rows of token ids."""
+
+    name: str
+
+    @abstractmethod
+    def stream(self) -> Iterable[str | Piece]:
+        """The corpus's texts (or parts of long ones) in order."""
+
+    def tokenize(self, tokenizer: Any, seq_len: int, n_seqs: int | None = None, add_bos: bool = True) -> torch.Tensor:
+        """Pack the texts, each followed by EOS, into rows of `seq_len` token ids: LongTensor [n, seq_len].
+
+        With `add_bos` (and a tokenizer that has a BOS token) every row starts with BOS, then
+        `seq_len - 1` tokens of the stream; texts run on across row ends. Stops once `n_seqs` rows
+        are made (None: the whole corpus); the last, partial row is dropped (`core.text.pack_rows`).
+        The stream is read only as far as the rows need.
+        """
+        return pack_rows(self.stream(), tokenizer, seq_len, n_seqs, add_bos, name=self.name)
+
+
 @dataclass
-class Corpus:
+class Corpus(Tokenizable):
     """Documents in a fixed order; `titles[i]` names `texts[i]` where the corpus has titles."""
 
     name: str
@@ -44,15 +65,6 @@ class Corpus:
 
     def stream(self) -> Iterable[str | Piece]:
         return self.texts
-
-    def tokenize(self, tokenizer: Any, seq_len: int, n_seqs: int | None = None, add_bos: bool = True) -> torch.Tensor:
-        """Pack the texts, each followed by EOS, into rows of `seq_len` token ids: LongTensor [n, seq_len].
-
-        With `add_bos` (and a tokenizer that has a BOS token) every row starts with BOS, then
-        `seq_len - 1` tokens of the stream; texts run on across row ends. Stops once `n_seqs` rows
-        are made (None: the whole corpus); the last, partial row is dropped (`core.text.pack_rows`).
-        """
-        return pack_rows(self.stream(), tokenizer, seq_len, n_seqs, add_bos, name=self.name)
 
 
 def _wiki() -> tuple[list[str], list[str]]:
@@ -97,7 +109,7 @@ def _installed_corpus(name: str) -> FileCorpus:
 
 
 @dataclass
-class FileCorpus:
+class FileCorpus(Tokenizable):
     """The user's own text on disk, read as a stream when tokenised (a 10 GB corpus is never held in memory)."""
 
     name: str
@@ -106,13 +118,9 @@ class FileCorpus:
     def stream(self) -> Iterable[str | Piece]:
         return progress(self.files.pieces(), desc=f"tokenising {self.name}")
 
-    def tokenize(self, tokenizer: Any, seq_len: int, n_seqs: int | None = None, add_bos: bool = True) -> torch.Tensor:
-        """As `Corpus.tokenize`, reading the files only as far as the rows need."""
-        return pack_rows(self.stream(), tokenizer, seq_len, n_seqs, add_bos, name=self.name)
-
 
 @dataclass
-class JoinedCorpus:
+class JoinedCorpus(Tokenizable):
     """Corpora read one after the other ("brown+wiki"), as one stream: rows may span the join."""
 
     name: str
@@ -121,10 +129,6 @@ class JoinedCorpus:
     def stream(self) -> Iterator[str | Piece]:
         for part in self.parts:
             yield from part.stream()
-
-    def tokenize(self, tokenizer: Any, seq_len: int, n_seqs: int | None = None, add_bos: bool = True) -> torch.Tensor:
-        """As `Corpus.tokenize`, over the parts in order."""
-        return pack_rows(self.stream(), tokenizer, seq_len, n_seqs, add_bos, name=self.name)
 
 
 def load_corpus(name: str = "wiki", text_field: str = "text", split: str = "train",
