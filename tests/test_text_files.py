@@ -172,3 +172,26 @@ def test_installed_corpora_tokenise(name: str) -> None:
     assert rows.shape == (20, 64)
     decoded = "".join(chr(t - 10) for t in rows[:, 1:].flatten().tolist() if t > 2)
     assert "/nn" not in decoded and "/at " not in decoded  # Brown's tags are stripped
+
+
+def test_tokenised_once_then_trained_from_the_file_equals_training_on_the_corpus(tmp_path: Path, tiny_lm: Path) -> None:
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for i in range(30):
+        (corpus / f"{i:02d}.txt").write_text(f"Note {i}: the river {i % 4} floods after {i * 3} days of rain.")
+    made = run(parse_run_config({"kind": "tokenize", "model": str(tiny_lm), "corpus": str(corpus), "seq_len": 16,
+                                 "n_seqs": 20}), tmp_path / "tokens")
+    assert made.metrics.numbers["n_seqs"] == 20 and made.metrics.numbers["n_tokens"] == 320
+    base = {"kind": "sae-train", "model": str(tiny_lm), "site": "model.layers.1", "steps": 15, "batch_size": 64,
+            "seed": 0, "sae": {"arch": "topk", "d_in": 16, "d_sae": 32, "k": 4}}
+    data = {"seq_len": 16, "n_seqs": 16, "eval_seqs": 4, "cache": None}
+    from_text = run(parse_run_config({**base, "data": {**data, "corpus": str(corpus)}}), tmp_path / "text")
+    tokens = str(tmp_path / "tokens" / "tokens.safetensors")
+    from_file = run(parse_run_config({**base, "data": {**data, "inputs": tokens}}), tmp_path / "file")
+    for key in ("fvu", "mse", "l0"):
+        assert from_file.metrics.numbers[key] == from_text.metrics.numbers[key], key
+
+
+def test_tokenize_refuses_a_model_without_a_tokenizer(tmp_path: Path) -> None:
+    with pytest.raises(AnatomistError, match="no tokenizer"):
+        run(parse_run_config({"kind": "tokenize", "model": "mnist-cnn", "corpus": "wiki", "n_seqs": 2}), tmp_path)

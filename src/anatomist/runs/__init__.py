@@ -25,6 +25,7 @@ from anatomist.runs import (  # noqa: F401  (each module registers its kinds on 
     steer,
     stress,
     sweep,
+    tokens,
     toys,
 )
 from anatomist.runs.base import (
