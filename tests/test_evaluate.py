@@ -134,6 +134,16 @@ def test_half_scaled_dictionary_sits_in_between(llama: LlamaForCausalLM) -> None
     assert res["n_predictions"] == 4 * 6 and res["n_rows"] == 6 * 7
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 4, 8])
+def test_spliced_seqs_counts_sequences_whatever_the_batch(llama: LlamaForCausalLM, batch_size: int) -> None:
+    """3 spliced sequences are 3, also when a batch of 2, 4 or 8 straddles the third (it once spliced whole batches)."""
+    half = Linear(torch.eye(16), 0.5 * torch.eye(16))
+    res = evaluate_dictionary(half, llama, IDS, "model.layers.1", spliced_seqs=3, batch_size=batch_size)
+    one = evaluate_dictionary(half, llama, IDS[:3], "model.layers.1", batch_size=1)
+    assert res["n_predictions"] == 3 * 6 and res["n_rows"] == 6 * 7
+    assert res["ce_spliced"] == pytest.approx(one["ce_spliced"], rel=1e-5)
+
+
 def test_transcoder_that_computes_the_mlp_is_exact(llama: LlamaForCausalLM) -> None:
     mlp = llama.model.layers[1].mlp
 

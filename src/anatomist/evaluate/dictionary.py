@@ -99,6 +99,14 @@ def _replace_kept(new: torch.Tensor, keep: torch.Tensor | None) -> Callable[[tor
     return fn
 
 
+def batch_bounds(n: int, n_spliced: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each batch, none straddling `n_spliced`: the spliced sequences are exactly the first
+    `n_spliced`, whatever the batch size."""
+    ends = [*range(batch_size, n_spliced, batch_size), n_spliced, *range(n_spliced + batch_size, n, batch_size), n]
+    bounds = zip([0, *ends], ends, strict=False)
+    return [(a, b) for a, b in bounds if b > a]
+
+
 @torch.no_grad()
 def evaluate_dictionary(
     sae: Dictionary,
@@ -135,9 +143,9 @@ def evaluate_dictionary(
     diff_sq = 0.0  # classifier: Σ over examples of (CE spliced − CE clean)², for the standard error of the increase
     kl_sum, n_pred = 0.0, 0
     dev = next(iter(model.parameters()), torch.empty(0)).device
-    for start in progress(range(0, len(inputs), batch_size), desc="evaluate"):
-        x = inputs[start : start + batch_size].to(dev)
-        m = None if attention_mask is None else attention_mask[start : start + batch_size].to(dev)
+    for start, end in progress(batch_bounds(len(inputs), n_spliced, batch_size), desc="evaluate"):
+        x = inputs[start:end].to(dev)
+        m = None if attention_mask is None else attention_mask[start:end].to(dev)
         model_in: Any = x if m is None else {"input_ids": x, "attention_mask": m}
         keep = position_mask(x, m, pad_id, exclude_bos)
         do_splice = spliced and start < n_spliced
@@ -165,7 +173,7 @@ def evaluate_dictionary(
         with splice(model, {write: _replace_kept(torch.zeros_like(new), keep)}):
             zeroed = primary(run_model(model, model_in))
         if labels is not None:  # classifier: CE against the labels, KL per example
-            y = labels[start : start + batch_size].to(dev)
+            y = labels[start:end].to(dev)
             per_example = {name: nn.functional.cross_entropy(logits.float(), y, reduction="none")
                            for name, logits in (("clean", clean), ("spliced", with_sae), ("zero", zeroed))}
             for name, logits in (("clean", clean), ("spliced", with_sae), ("zero", zeroed)):
