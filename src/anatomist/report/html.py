@@ -81,28 +81,29 @@ def figure(src: str, caption: str) -> str:
     return f'<figure><img src="{esc(src)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
 
+def _document(title: str, style: str, page_kind: str, home: str, body: str, tail: str = "") -> str:
+    """The one page skeleton: head with `style` (a stylesheet link or an inline style), header with `home`."""
+    return (
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{esc(title)}</title>{style}</head>"
+        f'<body data-page="{esc(page_kind)}"><header>{home}<span>{esc(title)}</span></header>'
+        f"<main>{body}</main>{tail}</body></html>"
+    )
+
+
 def page(title: str, body: str, root: str, *, page_kind: str = "static", scripts: Iterable[str] = (),
          data: Any = None) -> str:
     """A whole page; `root` is the relative path back to the report folder ('' or '../..'), for assets."""
     prefix = f"{root}/" if root else ""
     tags = "".join(f'<script src="{esc(s)}"></script>' for s in scripts)
     inline = f'<script type="application/json" id="page-data">{js_json(data)}</script>' if data is not None else ""
-    return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{esc(title)}</title><link rel=\"stylesheet\" href=\"{prefix}assets/style.css\"></head>"
-        f'<body data-page="{esc(page_kind)}"><header><a href="{prefix}index.html">anatomist report</a>'
-        f"<span>{esc(title)}</span></header><main>{body}</main>{inline}"
-        f'<script src="{prefix}assets/app.js"></script>{tags}</body></html>'
-    )
+    return _document(title, f'<link rel="stylesheet" href="{prefix}assets/style.css">', page_kind,
+                     f'<a href="{prefix}index.html">anatomist report</a>', body,
+                     f'{inline}<script src="{prefix}assets/app.js"></script>{tags}')
 
 
 def standalone_page(title: str, body: str) -> str:
     """A page written into a run folder with no report built around it: the report's style inlined (no asset
     files to go missing beside it) and no script (these pages are static)."""
     css = (resources.files("anatomist.report") / "assets" / "style.css").read_text(encoding="utf-8")
-    return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{esc(title)}</title><style>{css}</style></head>"
-        f'<body data-page="static"><header><span>anatomist</span><span>{esc(title)}</span></header>'
-        f"<main>{body}</main></body></html>"
-    )
+    return _document(title, f"<style>{css}</style>", "static", "<span>anatomist</span>", body)
