@@ -94,6 +94,9 @@ def test_resume_refuses_non_training_kinds_and_missing_runs(tmp_path: Path) -> N
     cfg = load_run_config("toy-train", ["steps=5"])
     with pytest.raises(AnatomistError, match="does not train"):
         run(cfg, tmp_path, resume=True)
+    sweep = parse_run_config({"kind": "sweep", "base": {"kind": "toy-train"}, "runs": {"a": {}}})
+    with pytest.raises(AnatomistError, match="continues without --resume: run it again into"):
+        run(sweep, tmp_path, resume=True)  # a sweep resumes by running again, not by a flag it would refuse
 
 
 def test_cli_lists_kinds_and_shows_fields() -> None:

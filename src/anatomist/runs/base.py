@@ -296,6 +296,9 @@ def run(config: RunConfig, out: str | Path, *, resume: bool = False, threads: in
     """
     kind = get_kind(config.kind)
     out = Path(out)
+    if resume and kind.composite:
+        raise AnatomistError(f"run kind '{kind.name}' continues without --resume: run it again into {out} "
+                             "(its training runs continue from their checkpoints, the other parts run again)")
     if resume and not kind.trains:
         raise AnatomistError(f"run kind '{kind.name}' does not train, so it has nothing to resume")
     if distributed.init_from_env() and distributed.world_size() > 1 and not kind.data_parallel:
